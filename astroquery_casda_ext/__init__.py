@@ -1,0 +1,64 @@
+"""
+astroquery_casda_ext: a client for the CSIRO ASKAP Science Data Archive (CASDA).
+
+``from astroquery_casda_ext import Casda`` is a drop-in replacement for
+``from astroquery.casda import Casda``.
+"""
+from astropy import config as _config
+
+__version__ = "0.1.0"
+
+
+class Conf(_config.ConfigNamespace):
+    """Configuration parameters for `astroquery_casda_ext`.
+
+    Names shared with ``astroquery.casda`` (``server``, ``timeout``, ``poll_interval``,
+    ``soda_base_url``, ``login_url``, ``username``) keep their meaning.  Values are read
+    when a call runs, so ``conf.set_temp`` works in scripts and tests.
+    """
+
+    environment = _config.ConfigItem(
+        'prod', "CASDA environment whose hosts to use: 'prod', 'at', 'test' or 'dev'. "
+        "For 'prod' the URL items below are used as they are.")
+    server = _config.ConfigItem(
+        'https://casda.csiro.au/casda_vo_tools/sia2/query',
+        'Address of the CASDA SIA2 query service (anonymous).')
+    tap_url = _config.ConfigItem(
+        'https://casda.csiro.au/casda_vo_tools/tap',
+        'Address of the anonymous CASDA TAP service.')
+    vo_proxy_url = _config.ConfigItem(
+        'https://data.csiro.au/casda_vo_proxy/vo/',
+        'Base address of the authenticated CASDA VO proxy (TAP, SIA2, DataLink behind OPAL login).')
+    soda_base_url = _config.ConfigItem(
+        'https://casda.csiro.au/casda_data_access/',
+        'Address of the CASDA SODA server.')
+    login_url = _config.ConfigItem(
+        'https://data.csiro.au/casda_vo_proxy/vo/tap/availability',
+        'Address for test logins.')
+    username = _config.ConfigItem(
+        '', 'Optional default username (ATNF OPAL login) for the CASDA archive.')
+    timeout = _config.ConfigItem(
+        30, 'Time limit in seconds for connecting to and reading from CASDA servers.')
+    poll_interval = _config.ConfigItem(
+        20, 'Longest wait in seconds between two looks at a running job; '
+        'polling starts at poll_first and backs off to this.')
+    poll_first = _config.ConfigItem(
+        1.0, 'First wait in seconds before looking at a job that was just started.')
+    job_timeout = _config.ConfigItem(
+        86400.0, 'Seconds to wait for a staging or cutout job before giving up (0 = no limit). '
+        'The job keeps running on the server and can be resumed by URL.')
+    datalink_batch_size = _config.ConfigItem(
+        50, 'Product IDs sent in one DataLink request.')
+    job_batch_size = _config.ConfigItem(
+        500, 'Most products put into one SODA job; larger selections are split over several jobs.')
+    download_workers = _config.ConfigItem(
+        4, 'Files downloaded in parallel.')
+    download_retries = _config.ConfigItem(
+        5, 'Retries per file on connection errors, timeouts, 429 and 5xx responses.')
+
+
+conf = Conf()
+
+from .core import Casda, CasdaClass  # noqa: E402
+
+__all__ = ['Casda', 'CasdaClass', 'conf', 'Conf']

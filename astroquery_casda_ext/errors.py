@@ -1,0 +1,183 @@
+"""Exceptions and warnings raised by astroquery_casda_ext.
+
+Every input error also subclasses astroquery's `~astroquery.exceptions.InvalidQueryError`
+and the builtin `ValueError`, and every failure ``astroquery.casda`` reported as
+``ValueError`` still is one, so ``except`` clauses written for ``astroquery.casda``
+keep catching what they caught before.
+
+No exception text ever contains a password, an access token or the query string of a
+signed URL: messages name URLs through `redact_url`.
+"""
+from urllib.parse import urlsplit, urlunsplit
+
+from astropy.utils.exceptions import AstropyWarning
+from astroquery.exceptions import InvalidQueryError, LoginError
+
+__all__ = [
+    "CasdaError", "InvalidInputError", "InvalidRegionError", "InvalidSpectralRangeError",
+    "InvalidTableError", "InvalidSourceListError", "InvalidURLError",
+    "NotLoggedInError", "CasdaLoginError", "InsecureTransportError",
+    "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
+    "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
+    "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError",
+    "AccessDeniedWarning", "ServiceWarning", "redact_url",
+]
+
+
+def redact_url(url):
+    """Return ``url`` safe to print: no user info, no query string, no fragment.
+
+    The query string of an S3 presigned URL is its signature and a DataLink ``id=``
+    value is an access token; both are credentials.
+    """
+    if not url:
+        return url
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "..." if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class CasdaError(Exception):
+    """Base class for errors raised by astroquery_casda_ext."""
+
+
+# --- bad input: raised before anything is sent --------------------------------------------
+
+class InvalidInputError(CasdaError, InvalidQueryError, ValueError):
+    """An argument was rejected before any request was sent."""
+
+
+class InvalidRegionError(InvalidInputError):
+    """Coordinates, a radius, a box or a polygon is malformed or out of range."""
+
+
+class InvalidSpectralRangeError(InvalidInputError):
+    """A band, channel range or polarisation is malformed."""
+
+
+class InvalidTableError(InvalidInputError):
+    """A table of products is empty or lacks a column the call needs."""
+
+
+class InvalidSourceListError(InvalidInputError):
+    """A source-list file could not be read or has a malformed line."""
+
+
+class InvalidURLError(InvalidInputError):
+    """A URL (e.g. a job URL) is not one this client can use."""
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+class NotLoggedInError(CasdaError, LoginError, ValueError):
+    """The call needs an OPAL login; call ``Casda.login()`` first."""
+
+
+class CasdaLoginError(CasdaError, LoginError):
+    """CASDA rejected the credentials; the message carries the server's answer."""
+
+
+class InsecureTransportError(CasdaError):
+    """Credentials would have been sent over plain HTTP to a host that is not loopback."""
+
+
+# --- the service said no ----------------------------------------------------------------------
+
+class ServiceError(CasdaError):
+    """CASDA answered with an error.
+
+    Attributes
+    ----------
+    url : str
+        The redacted URL of the request.
+    status : int or None
+        The HTTP status, if the error came as one.
+    server_message : str
+        The server's own words.
+    """
+
+    def __init__(self, message, *, url=None, status=None, server_message=None):
+        super().__init__(message)
+        self.url = redact_url(url)
+        self.status = status
+        self.server_message = server_message if server_message is not None else message
+
+
+class QueryError(ServiceError, InvalidQueryError):
+    """A TAP or SIA2 query came back with ``QUERY_STATUS=ERROR``."""
+
+
+class DataLinkError(ServiceError):
+    """A DataLink request failed as a whole (fault document or HTTP error)."""
+
+
+class NoAccessError(CasdaError, ValueError):
+    """None of the requested products can be accessed by this user.
+
+    ``denied`` maps each product id to the server's message.
+    """
+
+    def __init__(self, message, denied=None):
+        super().__init__(message)
+        self.denied = dict(denied or {})
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+class JobError(CasdaError, ValueError):
+    """A SODA/UWS job could not be used; ``job_url`` names it."""
+
+    def __init__(self, message, *, job_url=None, phase=None, server_message=None):
+        super().__init__(message)
+        self.job_url = job_url
+        self.phase = phase
+        self.server_message = server_message
+
+
+class JobFailedError(JobError):
+    """The job ended in ERROR or ABORTED; ``server_message`` is its errorSummary."""
+
+
+class JobExpiredError(JobError):
+    """The job has expired on the server (HTTP 410): stage the data again."""
+
+
+class JobNotFoundError(JobError):
+    """The server does not know this job (HTTP 404)."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """The job did not finish within the allowed time. It is still running; resume it by URL."""
+
+
+# --- downloads --------------------------------------------------------------------------------
+
+class DownloadError(CasdaError, OSError):
+    """A file could not be downloaded and verified. Retrying the call resumes it."""
+
+    def __init__(self, message, *, url=None, path=None):
+        super().__init__(message)
+        self.url = redact_url(url)
+        self.path = path
+
+
+class ChecksumMismatchError(DownloadError):
+    """A downloaded file did not match CASDA's ``.checksum``, twice. It was not kept."""
+
+
+class UnsafeFilenameError(DownloadError, InvalidInputError):
+    """A server-supplied file name would have escaped the download directory."""
+
+
+# --- warnings ---------------------------------------------------------------------------------
+
+class AccessDeniedWarning(AstropyWarning):
+    """Some products were skipped because the user may not access them."""
+
+
+class ServiceWarning(AstropyWarning):
+    """The service reported something worth knowing that is not an error (e.g. an error file)."""

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: one emulator for the session, reset before each test, and a
+hermetic environment (no CASDA_* variables, no real keyring)."""
+import pytest
+
+CASDA_ENV_VARS = ("CASDA_USER", "CASDA_PASSWORD", "CASDA_PASSWD")
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """A `CasdaEmulator` serving real HTTP on 127.0.0.1 for the whole test session."""
+    from astroquery_casda_ext.emulator import CasdaEmulator
+    with CasdaEmulator(data_dir=tmp_path_factory.mktemp("casda-holdings")) as emu:
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def _reset_emulator(request):
+    """Give every test that uses the emulator a clean one (faults, log, jobs, options)."""
+    if "emulator" in request.fixturenames:
+        request.getfixturevalue("emulator").reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch):
+    """Tests see no CASDA credentials from the developer's shell or keyring."""
+    for name in CASDA_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    import keyring
+    from keyring.backends.fail import Keyring as FailKeyring
+    previous = keyring.get_keyring()
+    keyring.set_keyring(FailKeyring())
+    yield
+    keyring.set_keyring(previous)
