@@ -1,0 +1,730 @@
+"""Finding data: SIA2 payloads and results, TAP queries through pyvo, ADQL helpers.
+
+`Discovery` takes the façade's `requests.Session`, its `~astroquery_casda_ext.endpoints.Endpoints`
+and an optional ``auth(url)`` callable (`~astroquery_casda_ext.credentials.ProxyAuth`).
+Every argument is validated (by `~astroquery_casda_ext.regions`) before anything is sent;
+CASDA's answers become astropy Tables, ``QUERY_STATUS=ERROR`` becomes
+`~astroquery_casda_ext.errors.QueryError` with the server's words, and ``OVERFLOW``
+becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
+
+The document readers (`parse_sia2`, `read_uws_job`) are pure functions of bytes, testable
+on recorded CASDA responses.
+"""
+import io
+import re
+import time as _time
+import warnings
+import xml.etree.ElementTree as ElementTree
+from contextlib import contextmanager
+from urllib.parse import unquote, urljoin
+
+import numpy as np
+import requests
+from astropy import units as u
+from astropy.io.votable import parse as parse_votable
+from astropy.io.votable.exceptions import VOWarning
+from astropy.table import Row
+from astropy.time import Time
+from astroquery.exceptions import MaxResultsWarning
+from pyvo.dal import TAPResults, TAPService
+from pyvo.dal.exceptions import DALAccessError, DALOverflowWarning, DALQueryError
+from pyvo.dal.tap import TAPQuery, escape
+
+from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
+                     NotLoggedInError, QueryError, ServiceError, redact_url)
+from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
+                      parse_coordinates, parse_pol, parse_radius)
+
+__all__ = ["Discovery", "parse_sia2", "read_uws_job", "SIA2_DATAPRODUCT_TYPES",
+           "TAP_ACTIVE_PHASES"]
+
+#: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
+SIA2_DATAPRODUCT_TYPES = ("image", "cube")
+#: Phases of a UWS job that is still on its way (CASDA also uses SUSPENDED and HELD).
+TAP_ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD", "UNKNOWN"})
+# Columns that hold ICRS degrees; given a unit if the server left it out, so that
+# SkyCoord(t['s_ra'], t['s_dec']) works on every table this module returns.
+_DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_UWS_ERROR_PREFIX = "Query Error: "
+
+
+# --- small validators -------------------------------------------------------------------------
+
+def _put(payload, key, values):
+    """Store one value as a string and several as a list (repeated parameters, OR-ed by CASDA)."""
+    if len(values) == 1:
+        payload[key] = values[0]
+    elif values:
+        payload[key] = list(values)
+
+
+def _strings(value, name):
+    """A non-empty list of non-empty strings from a string or a sequence of them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, np.ndarray)) or not len(items) \
+            or not all(isinstance(item, str) and item.strip() for item in items):
+        raise InvalidInputError(f"{name} {value!r} must be a non-empty string or a list of them")
+    return [item.strip() for item in items]
+
+
+def _positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} {value!r} must be a positive integer")
+    return int(value)
+
+
+def _sbid(value):
+    """A scheduling block id: a positive integer, or a string of digits."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return _positive_int(value, "sbid")
+
+
+def _dataproduct_types(value):
+    types = [item.lower() for item in _strings(value, "dataproduct_type")]
+    bad = [item for item in types if item not in SIA2_DATAPRODUCT_TYPES]
+    if bad:
+        raise InvalidInputError(f"dataproduct_type {bad[0]!r} is not accepted by CASDA's SIA2: choose "
+                                "'image' or 'cube' (CASDA labels 2-D images 'cube' as well)")
+    return types
+
+
+def _mjd(value, name):
+    """A time as MJD: an astropy Time, an ISO string or an MJD number."""
+    try:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            mjd = float(value)
+        elif isinstance(value, (str, Time)):
+            mjd = float(Time(value).mjd)
+        else:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} {value!r} is not a time: give an astropy Time, an ISO string "
+                                "('2023-01-31T12:00:00') or an MJD number") from None
+    if not np.isfinite(mjd):
+        raise InvalidInputError(f"{name} {value!r} is not a finite time")
+    return mjd
+
+
+def _time_string(value):
+    """CASDA's ``TIME`` value: ``'mjd'`` or ``'mjd1 mjd2'`` (no ISO dates, no open ends)."""
+    pair = isinstance(value, (list, tuple)) or (isinstance(value, (Time, np.ndarray)) and value.shape == (2,))
+    if not pair:
+        return format_number(_mjd(value, "time"))
+    if len(value) != 2 or any(bound is None for bound in value):
+        raise InvalidInputError(f"time {value!r} must be one time or a (start, end) pair; "
+                                "CASDA's TIME has no open ends")
+    start, end = _mjd(value[0], "time start"), _mjd(value[1], "time end")
+    if start > end:
+        raise InvalidInputError(f"time {value!r}: the start is after the end")
+    return f"{format_number(start)} {format_number(end)}"
+
+
+def _adql_string(value):
+    return "'" + escape(str(value)) + "'"
+
+
+def _adql_in(column, values, name):
+    return f"{column} IN ({', '.join(_adql_string(item) for item in _strings(values, name))})"
+
+
+def _flux_mjy(value):
+    """A flux threshold in mJy (or mJy/beam): a number in mJy or a Quantity."""
+    try:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            flux = float(value)
+        else:
+            quantity = u.Quantity(value)
+            if quantity.unit.is_equivalent(u.mJy / u.beam):
+                quantity = quantity * u.beam
+            flux = float(quantity.to_value(u.mJy))
+    except (TypeError, ValueError, u.UnitsError):
+        raise InvalidInputError(f"flux_min {value!r} must be a number of mJy or a flux Quantity "
+                                "(e.g. 0.5 * u.Jy)") from None
+    if not np.isfinite(flux):
+        raise InvalidInputError(f"flux_min {value!r} is not finite")
+    return flux
+
+
+def _adql_region(s_region):
+    """An ADQL geometry from an ObsCore ``s_region`` ('POLYGON ICRS ra dec ...').
+
+    Every number is re-written by `format_number`, so nothing from the string other than
+    validated numbers reaches the query.
+    """
+    tokens = str(s_region).split()
+    shape = tokens[0].upper() if tokens else ""
+    numbers_ = tokens[2:] if len(tokens) > 1 and not _is_number(tokens[1]) else tokens[1:]
+    if shape not in ("POLYGON", "CIRCLE") or not all(_is_number(t) for t in numbers_) \
+            or (shape == "POLYGON" and (len(numbers_) < 6 or len(numbers_) % 2)) \
+            or (shape == "CIRCLE" and len(numbers_) != 3):
+        raise InvalidInputError(f"cannot use the image footprint {s_region!r}: expected "
+                                "'POLYGON ICRS ra dec ...' or 'CIRCLE ICRS ra dec r'")
+    return f"{shape}('ICRS', {', '.join(format_number(float(t)) for t in numbers_)})"
+
+
+def _is_number(text):
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+# --- documents --------------------------------------------------------------------------------
+
+@contextmanager
+def _quiet_votable():
+    """Silence the VOTable warnings CASDA's documents raise (and pyvo's overflow warning,
+    which `_warn_overflow` replaces with astroquery's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VOWarning)
+        warnings.simplefilter("ignore", DALOverflowWarning)
+        yield
+
+
+def _query_status(votable):
+    """(status, message) of the last ``QUERY_STATUS`` INFO: CASDA writes OVERFLOW or a
+    late ERROR after ``</TABLE>``, so the last one is the one that counts."""
+    status = ("OK", "")
+    for resource in votable.resources:
+        for info in resource.infos:
+            if info.name.upper() == "QUERY_STATUS":
+                status = (str(info.value).upper(), (info.content or "").strip())
+    return status
+
+
+def _add_degree_units(table):
+    for name in _DEGREE_COLUMNS:
+        if name in table.colnames and table[name].unit is None:
+            table[name].unit = u.deg
+    return table
+
+
+def _warn_overflow(table, service):
+    warnings.warn(MaxResultsWarning(
+        f"CASDA's {service} stopped at {len(table)} rows (MAXREC or the server's limit): there are more. "
+        "Narrow the query or raise maxrec."), stacklevel=3)
+
+
+def _filter_subtypes(table, subtypes):
+    wanted = {item.lower() for item in _strings(subtypes, "dataproduct_subtype")}
+    if "dataproduct_subtype" not in table.colnames:
+        raise InvalidTableError("the result has no dataproduct_subtype column to filter on")
+    column = table["dataproduct_subtype"]
+    values = column.filled("") if hasattr(column, "filled") else column
+    return table[np.array([str(value).lower() in wanted for value in values], dtype=bool)]
+
+
+def parse_sia2(content, *, dataproduct_subtype=None):
+    """An astropy Table from a CASDA SIA2 response.
+
+    Columns are CASDA's, selected by name: a leading ``distance`` column (degrees from
+    the search position) is present for single-cone queries, ``filename`` and ObsCore 1.1
+    columns on newer servers.  ``s_ra``/``s_dec`` are in degrees.
+
+    Parameters
+    ----------
+    content : bytes or str
+        The body of a ``sia2/query`` response.
+    dataproduct_subtype : str or list of str, optional
+        Keep only rows of these subtypes (e.g. ``'cont.restored.t0'``).  CASDA's SIA2 has
+        no parameter for this, so the filter runs here, after the query.
+
+    Raises
+    ------
+    QueryError
+        ``QUERY_STATUS=ERROR`` (CASDA answers errors with HTTP 200); carries the server's text.
+    ServiceError
+        The body is not a VOTable, or has no result table.
+
+    Warns
+    -----
+    MaxResultsWarning
+        The result was truncated (``QUERY_STATUS=OVERFLOW``).
+    """
+    table = _votable_table(content, "SIA2")
+    return table if dataproduct_subtype is None else _filter_subtypes(table, dataproduct_subtype)
+
+
+def _votable_table(content, service):
+    data = content.encode() if isinstance(content, str) else content
+    with _quiet_votable():
+        try:
+            votable = parse_votable(io.BytesIO(data))
+        except (ValueError, IndexError, ElementTree.ParseError) as exc:
+            raise ServiceError(f"CASDA's {service} answer is not a VOTable: {exc}") from None
+        status, message = _query_status(votable)
+        if status == "ERROR":
+            raise QueryError(f"CASDA {service} query failed: {message}", server_message=message)
+        resources = [res for res in votable.resources if res.tables]
+        if not resources:
+            raise ServiceError(f"CASDA's {service} answer has no result table")
+        table = resources[0].tables[0].to_table(use_names_over_ids=True)
+    if status == "OVERFLOW":
+        _warn_overflow(table, service)
+    return _add_degree_units(table)
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_uws_job(content):
+    """(phase, result href or None, error message or None) from a UWS job document.
+
+    Element names are matched without their namespace: CASDA's TAP writes UWS 1.0 as the
+    default namespace, its SODA with a ``uws:`` prefix.
+    """
+    try:
+        root = ElementTree.fromstring(content)
+    except ElementTree.ParseError as exc:
+        raise ServiceError(f"CASDA's job document is not XML: {exc}") from None
+    phase, href, message = None, None, None
+    for element in root.iter():
+        name = _local(element.tag)
+        if name == "phase":
+            phase = (element.text or "").strip().upper()
+        elif name == "result" and (href is None or element.get("id") == "result"):
+            href = element.get("{http://www.w3.org/1999/xlink}href")
+        elif name == "message":
+            message = (element.text or "").strip() or None
+    return phase, href, message
+
+
+def _result_url(href, job_url):
+    """The result URL: CASDA percent-encodes whole hrefs (``https%3A%2F%2F...``)."""
+    if href and "://" not in href and re.match(r"[A-Za-z][A-Za-z0-9+.-]*%3A", href, re.IGNORECASE):
+        href = unquote(href)
+    return urljoin(job_url + "/", href) if href else job_url + "/results/result"
+
+
+# --- transport --------------------------------------------------------------------------------
+
+class _PerRequestAuthSession:
+    """The session pyvo is given: the façade's session, with auth chosen per URL and a timeout.
+
+    pyvo calls ``get``/``post``/``delete`` with neither auth nor (for sync queries) a
+    timeout.  Credentials set on the shared session would go to every host, so instead each
+    request asks ``auth(url)``, which answers only for the OPAL proxy; ``requests`` drops the
+    header if a redirect leaves the host.
+    """
+
+    def __init__(self, session, auth, timeout):
+        self._session = session
+        self._auth = auth
+        self._timeout = timeout
+
+    @property
+    def headers(self):
+        return self._session.headers
+
+    def request(self, method, url, **kwargs):
+        if self._auth is not None and kwargs.get("auth") is None:
+            kwargs["auth"] = self._auth(url)
+        kwargs.setdefault("timeout", self._timeout)
+        return self._session.request(method, url, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url, data=None, **kwargs):
+        return self.request("POST", url, data=data, **kwargs)
+
+    def delete(self, url, **kwargs):
+        return self.request("DELETE", url, **kwargs)
+
+
+@contextmanager
+def _service_errors(url, service="TAP"):
+    """Translate pyvo's and requests' exceptions into this package's, once, at the boundary."""
+    try:
+        yield
+    except DALQueryError as exc:
+        reason = str(exc.reason or "").strip()
+        reason = reason[len(_UWS_ERROR_PREFIX):] if reason.startswith(_UWS_ERROR_PREFIX) else reason
+        raise QueryError(f"CASDA {service} query failed: {reason}", url=url, server_message=reason) from None
+    except DALAccessError as exc:
+        _raise_http(getattr(exc, "code", None), str(exc.reason or exc), url, service)
+    except requests.HTTPError as exc:
+        _raise_http(exc.response.status_code, str(exc), url, service)
+    except requests.RequestException as exc:
+        raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {type(exc).__name__}",
+                           url=url) from None
+
+
+def _raise_http(status, message, url, service):
+    if status == 401:
+        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})") from None
+    raise ServiceError(f"CASDA {service} error at {redact_url(url)}: {message}", url=url,
+                       status=status or None) from None
+
+
+class Discovery:
+    """SIA2 and TAP searches of CASDA, and ADQL helpers for its common questions.
+
+    Parameters
+    ----------
+    session : requests.Session
+        Shared with the rest of the client; never given credentials.
+    endpoints : Endpoints
+        Where the anonymous VO tools and the OPAL proxy live.
+    auth : callable, optional
+        ``auth(url)`` -> requests auth object or None (`ProxyAuth`); needed for
+        ``authenticated=True`` queries, which go to the proxy and also see embargoed rows
+        of the user's projects.
+    timeout : float
+        Seconds to wait for CASDA to connect and answer each request.
+    sleep, clock : callable
+        Injected so that tests of the async wait run without waiting.
+    """
+
+    #: First pause in seconds before looking at an async TAP job again.
+    tap_poll_first = 0.2
+    #: Longest pause between two looks at an async TAP job.
+    tap_poll_cap = 5.0
+    #: Seconds to wait for an async TAP job (CASDA's own async limit is 10 hours).
+    tap_async_timeout = 36000.0
+
+    def __init__(self, session, endpoints, *, auth=None, timeout=30, sleep=_time.sleep, clock=_time.monotonic):
+        self._session = session
+        self.endpoints = endpoints
+        self._auth = auth
+        self.timeout = timeout
+        self._sleep = sleep
+        self._clock = clock
+        self._tap_services = {}
+
+    # --- SIA2 -----------------------------------------------------------------------------
+
+    def sia2_payload(self, coordinates=None, *, radius=None, width=None, height=None, polygon=None,
+                     band=None, rest_frequency=None, time=None, pol=None, collection=None,
+                     dataproduct_type=None, maxrec=None):
+        """The SIA2 request parameters, validated, as astroquery's ``get_query_payload=True`` returns them.
+
+        Parameters
+        ----------
+        coordinates : optional
+            One or many positions (`regions.parse_positions`); several give several ``POS``
+            values, which CASDA ORs.
+        radius : str, Quantity or number (degrees), optional
+            Cone radius, default 1 arcmin, at most 10 degrees.
+        width, height : optional
+            Together: boxes instead of cones (`regions.Box`; one crossing RA 0 becomes two
+            ``RANGE`` values).
+        polygon : optional
+            One polygon (>= 3 vertices) instead of coordinates.
+        band : (low, high), optional
+            Wavelengths, frequencies or velocities (`regions.parse_band`); None = open end.
+        rest_frequency : Quantity, optional
+            Needed when ``band`` is in velocities.
+        time : Time, str or number, or a (start, end) pair of them, optional
+            Sent as MJD (CASDA accepts nothing else).  A pair selects observations entirely
+            inside it; one value those containing it.
+        pol : str or list of str, optional
+            ``I Q U V RR LL RL LR XX YY XY YX POLI POLA``.
+        collection : str or list of str, optional
+            Project short names, e.g. ``'The Rapid ASKAP Continuum Survey'`` (exact match).
+        dataproduct_type : {'image', 'cube'} or a list, optional
+            CASDA marks 2-D images as ``'cube'`` too.
+        maxrec : int, optional
+            Most rows to return.
+
+        Returns
+        -------
+        dict
+            ``{'POS': 'CIRCLE 333.9 -45.8 0.0166666667', ...}``; a parameter with several
+            values holds a list.
+
+        Raises
+        ------
+        InvalidInputError
+            (or its subclasses InvalidRegionError, InvalidSpectralRangeError) for any bad value.
+        """
+        payload = {}
+        regions = make_regions(coordinates, radius=radius, width=width, height=height, polygon=polygon)
+        _put(payload, "POS", [value for region in regions for value in region.sia2_values()])
+        if band is not None:
+            payload["BAND"] = band_string(*parse_band(band, rest_frequency=rest_frequency))
+        elif rest_frequency is not None:
+            raise InvalidInputError("rest_frequency is only used with a band in velocities")
+        if time is not None:
+            payload["TIME"] = _time_string(time)
+        if pol is not None:
+            _put(payload, "POL", parse_pol(pol, allowed=SIA2_POL_STATES))
+        if collection is not None:
+            _put(payload, "COLLECTION", _strings(collection, "collection"))
+        if dataproduct_type is not None:
+            _put(payload, "DPTYPE", _dataproduct_types(dataproduct_type))
+        if maxrec is not None:
+            payload["MAXREC"] = str(_positive_int(maxrec, "maxrec"))
+        return payload
+
+    def parse_sia2(self, content, *, dataproduct_subtype=None):
+        """See the module function `parse_sia2`."""
+        return parse_sia2(content, dataproduct_subtype=dataproduct_subtype)
+
+    def query_sia2(self, payload, *, authenticated=False, dataproduct_subtype=None):
+        """Send a `sia2_payload` to CASDA and return the parsed Table.
+
+        ``authenticated=True`` asks the OPAL proxy, which needs ``auth``.
+        """
+        url = self.endpoints.proxy_sia2_url if authenticated else self.endpoints.sia2_url
+        session = _PerRequestAuthSession(self._session, self._auth_for(authenticated), self.timeout)
+        with _service_errors(url, "SIA2"):
+            response = session.get(url, params=payload)
+            response.raise_for_status()
+        return parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
+
+    # --- TAP ------------------------------------------------------------------------------
+
+    def _auth_for(self, authenticated):
+        if not authenticated:
+            return None
+        if self._auth is None:
+            raise NotLoggedInError("an authenticated query needs an OPAL login: call Casda.login() first")
+        return self._auth
+
+    def _tap_service(self, authenticated):
+        if authenticated not in self._tap_services:
+            url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
+            session = _PerRequestAuthSession(self._session, self._auth_for(authenticated), self.timeout)
+            self._tap_services[authenticated] = TAPService(url, session=session)
+        return self._tap_services[authenticated]
+
+    def tap(self, query, *, async_job=False, maxrec=None, authenticated=False):
+        """Run an ADQL query on CASDA's TAP service.
+
+        Parameters
+        ----------
+        query : str
+            ADQL (CASDA's TAP speaks ADQL 2.0).
+        async_job : bool
+            Run as a UWS job (for queries longer than the 20 s sync limit).
+        maxrec : int, optional
+            Most rows to return.
+        authenticated : bool
+            Ask through the OPAL proxy (needs ``auth``): embargoed rows of the user's
+            projects become visible.
+
+        Returns
+        -------
+        `~astropy.table.Table`
+
+        Raises
+        ------
+        QueryError
+            CASDA rejected or could not run the query (its message is kept).
+        CasdaLoginError
+            The proxy rejected the credentials.
+        ServiceError
+            Any other failure to talk to CASDA.
+        JobTimeoutError
+            An async job did not finish within ``tap_async_timeout``.
+
+        Warns
+        -----
+        MaxResultsWarning
+            The result was truncated.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError(f"query {query!r} must be a non-empty ADQL string")
+        maxrec = None if maxrec is None else _positive_int(maxrec, "maxrec")
+        service = self._tap_service(bool(authenticated))
+        with _service_errors(service.baseurl), _quiet_votable():
+            if async_job:
+                results = self._run_async(service, query, maxrec)
+            else:
+                results = service.run_sync(query, maxrec=maxrec)
+            table = results.to_table()
+        if results.status[0].upper() == "OVERFLOW":
+            _warn_overflow(table, "TAP")
+        return _add_degree_units(table)
+
+    def _run_async(self, service, query, maxrec):
+        # pyvo's AsyncTAPJob cannot read CASDA's job documents (timestamps like
+        # 2023-03-14T10:21:09.118+0800) and does not wait through SUSPENDED/HELD, so the
+        # submission and result use pyvo and the job is followed with read_uws_job.
+        session = service._session
+        submitted = TAPQuery(service.baseurl, query, mode="async", maxrec=maxrec, session=session).submit()
+        submitted.close()
+        submitted.raise_for_status()
+        job_url = submitted.url.rstrip("/")
+        try:
+            session.post(job_url + "/phase", data={"PHASE": "RUN"}).raise_for_status()
+            phase, href, message = self._wait_for_job(session, job_url)
+            if phase != "COMPLETED":
+                raise DALQueryError(message or f"the job ended {phase}", phase, job_url)
+            response = session.get(_result_url(href, job_url))
+            response.raise_for_status()
+            return TAPResults(parse_votable(io.BytesIO(response.content)), url=job_url, session=session)
+        finally:
+            self._delete_job(session, job_url)
+
+    def _wait_for_job(self, session, job_url):
+        deadline = self._clock() + self.tap_async_timeout
+        delay = self.tap_poll_first
+        while True:
+            response = session.get(job_url)
+            response.raise_for_status()
+            phase, href, message = read_uws_job(response.content)
+            if phase not in TAP_ACTIVE_PHASES:
+                return phase, href, message
+            if self._clock() + delay > deadline:
+                raise JobTimeoutError(f"TAP job {job_url} still {phase} after {self.tap_async_timeout:g} s",
+                                      job_url=job_url, phase=phase)
+            self._sleep(delay)
+            delay = min(self.tap_poll_cap, delay * 1.5)
+
+    @staticmethod
+    def _delete_job(session, job_url):
+        # Deleting is good manners (CASDA keeps finished jobs for 12 h); failing to is harmless.
+        try:
+            session.delete(job_url, allow_redirects=False)
+        except requests.RequestException:
+            pass
+
+    # --- ADQL helpers ---------------------------------------------------------------------
+
+    def _select(self, table, conditions, *, order_by=None, maxrec=None, authenticated=False):
+        query = f"SELECT * FROM {table} WHERE " + " AND ".join(conditions)
+        if order_by:
+            query += f" ORDER BY {order_by}"
+        return self.tap(query, maxrec=maxrec, authenticated=authenticated)
+
+    def list_tables(self, *, authenticated=False):
+        """Every table CASDA's TAP service offers (``TAP_SCHEMA.tables``)."""
+        return self.tap("SELECT * FROM TAP_SCHEMA.tables ORDER BY table_name", authenticated=authenticated)
+
+    def columns(self, table_name, *, authenticated=False):
+        """The columns of one table (``TAP_SCHEMA.columns``): names, units, UCDs, descriptions.
+
+        Raises
+        ------
+        InvalidInputError
+            The name is not ``schema.table`` (checked before sending) or CASDA has no such table.
+        """
+        if not isinstance(table_name, str) or not _TABLE_NAME.fullmatch(table_name):
+            raise InvalidInputError(f"table_name {table_name!r} must look like 'schema.table', "
+                                    "e.g. 'casda.continuum_component'")
+        table = self.tap(f"SELECT * FROM TAP_SCHEMA.columns WHERE table_name = {_adql_string(table_name)}",
+                         authenticated=authenticated)
+        if not len(table):
+            raise InvalidInputError(f"CASDA has no table {table_name!r}; list_tables() shows those it has")
+        return table
+
+    def images_of_sbid(self, sbid, *, subtypes=None, dataproduct_types=("cube",), authenticated=False):
+        """ObsCore rows of one scheduling block's images and cubes.
+
+        Parameters
+        ----------
+        sbid : int or str of digits
+            The scheduling block id (ObsCore ``obs_id``).
+        subtypes : str or list of str, optional
+            ``dataproduct_subtype`` values, e.g. ``'cont.restored.t0'``, ``'spectral.restored.3d'``.
+        dataproduct_types : str or list of str or None
+            Default ``('cube',)``: CASDA files 2-D images as cubes.  None = every type.
+        """
+        conditions = [f"obs_id = {_adql_string(_sbid(sbid))}"]
+        if dataproduct_types is not None:
+            conditions.append(_adql_in("dataproduct_type", dataproduct_types, "dataproduct_types"))
+        if subtypes is not None:
+            conditions.append(_adql_in("dataproduct_subtype", subtypes, "subtypes"))
+        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did", authenticated=authenticated)
+
+    def components(self, *, sbid=None, image=None, flux_min=None, maxrec=None, authenticated=False):
+        """Continuum components (``casda.continuum_component``), brightest first.
+
+        Parameters
+        ----------
+        sbid : int, optional
+            Components of this scheduling block (``first_sbid``).
+        image : ObsCore Row or product id (e.g. ``'cube-1001'``), optional
+            Components inside the image's footprint (its ``s_region``).
+        flux_min : number (mJy) or Quantity, optional
+            Keep components with ``flux_peak`` (mJy/beam) above this.
+        maxrec : int, optional
+            Most rows to return.
+
+        Raises
+        ------
+        InvalidInputError
+            Neither ``sbid`` nor ``image`` given (the whole catalogue is millions of rows),
+            or an unknown image.
+        """
+        conditions = []
+        if sbid is not None:
+            conditions.append(f"first_sbid = {_sbid(sbid)}")
+        if image is not None:
+            region = _adql_region(self._footprint(image, authenticated))
+            conditions.append(f"CONTAINS(POINT('ICRS', ra_deg_cont, dec_deg_cont), {region}) = 1")
+        if not conditions:
+            raise InvalidInputError("components() needs sbid= or image=: the whole catalogue is too big")
+        if flux_min is not None:
+            conditions.append(f"flux_peak > {format_number(_flux_mjy(flux_min))}")
+        return self._select("casda.continuum_component", conditions, order_by="flux_peak DESC",
+                            maxrec=maxrec, authenticated=authenticated)
+
+    def _footprint(self, image, authenticated):
+        if isinstance(image, Row) or (hasattr(image, "keys") and "s_region" in image.keys()):
+            return image["s_region"]
+        if not isinstance(image, str) or not image.strip():
+            raise InvalidInputError(f"image {image!r} must be an ObsCore row or a product id like 'cube-1001'")
+        rows = self.tap("SELECT s_region FROM ivoa.obscore WHERE obs_publisher_did = "
+                        f"{_adql_string(image.strip())}", authenticated=authenticated)
+        if not len(rows):
+            raise InvalidInputError(f"CASDA has no product {image!r}")
+        return rows["s_region"][0]
+
+    def products_containing(self, coordinates, *, collection=None, dataproduct_type=None,
+                            authenticated=False):
+        """ObsCore rows whose footprint (``s_region``) contains a position.
+
+        ``dataproduct_type`` may be any ObsCore value here (``'cube'``, ``'visibility'``,
+        ``'spectrum'``...), unlike SIA2.
+        """
+        coord = parse_coordinates(coordinates)
+        conditions = [f"CONTAINS(POINT('ICRS', {format_number(coord.ra.deg)}, {format_number(coord.dec.deg)}), "
+                      "s_region) = 1"]
+        if collection is not None:
+            conditions.append(_adql_in("obs_collection", collection, "collection"))
+        if dataproduct_type is not None:
+            conditions.append(_adql_in("dataproduct_type", dataproduct_type, "dataproduct_type"))
+        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did", authenticated=authenticated)
+
+    def images_in_interval(self, coordinates, start, end, *, radius=None, collection=None, subtypes=None,
+                           authenticated=False):
+        """Images and cubes at a position observed entirely between ``start`` and ``end``, by time.
+
+        Parameters
+        ----------
+        coordinates
+            One position.
+        start, end : Time, ISO string or MJD number
+            ``t_min >= start`` and ``t_max <= end``.
+        radius : optional
+            Footprints intersecting this cone; default: footprints containing the position.
+        collection, subtypes : str or list of str, optional
+            Exact ``obs_collection`` / ``dataproduct_subtype`` values.
+
+        Returns
+        -------
+        `~astropy.table.Table`
+            Sorted by ``t_min`` (a light curve's order).
+        """
+        coord = parse_coordinates(coordinates)
+        t_start, t_end = _mjd(start, "start"), _mjd(end, "end")
+        if t_start > t_end:
+            raise InvalidInputError(f"start {start!r} is after end {end!r}")
+        point = f"{format_number(coord.ra.deg)}, {format_number(coord.dec.deg)}"
+        if radius is None:
+            where = f"CONTAINS(POINT('ICRS', {point}), s_region) = 1"
+        else:
+            where = f"INTERSECTS(CIRCLE('ICRS', {point}, {format_number(parse_radius(radius).value)}), s_region) = 1"
+        conditions = [where, "dataproduct_type IN ('cube', 'image')",
+                      f"t_min >= {format_number(t_start)}", f"t_max <= {format_number(t_end)}"]
+        if collection is not None:
+            conditions.append(_adql_in("obs_collection", collection, "collection"))
+        if subtypes is not None:
+            conditions.append(_adql_in("dataproduct_subtype", subtypes, "subtypes"))
+        return self._select("ivoa.obscore", conditions, order_by="t_min", authenticated=authenticated)

@@ -1,0 +1,56 @@
+"""``python -m astroquery_casda_ext.emulator``: run a local CASDA until Ctrl-C."""
+import argparse
+import signal
+import sys
+import threading
+
+from .holdings import HoldingsConfig
+from .options import EmulatorOptions
+from .server import CasdaEmulator
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m astroquery_casda_ext.emulator",
+                                     description="Serve a local emulation of CASDA over HTTP.")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--data-dir", default=None,
+                        help="directory for the holdings and staged files (default: a temporary one)")
+    parser.add_argument("--datalink-flavour", choices=("current", "old"), default="current")
+    parser.add_argument("--href-style", choices=("plain", "encoded", "presigned"), default="plain")
+    parser.add_argument("--no-range", action="store_true", help="downloads ignore Range headers")
+    parser.add_argument("--bulk-count", type=int, default=0, help="extra large products (for benchmarks)")
+    parser.add_argument("--bulk-size", type=int, default=HoldingsConfig.bulk_size,
+                        help="size in bytes of each bulk product")
+    return parser
+
+
+def options_from(args):
+    """The `EmulatorOptions` the command line asks for."""
+    holdings = HoldingsConfig(bulk_count=args.bulk_count, bulk_size=args.bulk_size)
+    return EmulatorOptions(holdings=holdings, datalink_flavour=args.datalink_flavour,
+                           href_style=args.href_style, range_support=not args.no_range)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    emulator = CasdaEmulator(args.data_dir, port=args.port, host=args.host, options=options_from(args))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with emulator:
+        print(f"CASDA emulator serving {emulator.url}", flush=True)
+        print(f"  anonymous VO tools: {emulator.url}casda_vo_tools/", flush=True)
+        print(f"  OPAL proxy:         {emulator.url}casda_vo_proxy/vo/", flush=True)
+        # A local test account of the emulator, not a real OPAL password.
+        print(f"  built-in test login: username {emulator.username!r}, password {emulator.password!r}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

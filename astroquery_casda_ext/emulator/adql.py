@@ -1,0 +1,1141 @@
+"""ADQL for the emulator's TAP service, executed for real over an embedded SQLite database.
+
+`TapDatabase` loads `~.schema.TableDef` tables (plus the ``TAP_SCHEMA`` tables describing
+them) into an in-memory SQLite database and runs ADQL queries on it:
+
+1. sqlglot parses the ADQL (its T-SQL dialect reads ``SELECT TOP n``);
+2. the syntax tree is checked against the subset below; anything else is an `AdqlError`
+   with a message in CASDA's words (``Unable to interpret query '...'``);
+3. tables and columns are resolved case-insensitively against the table definitions, so an
+   unknown name is refused before SQLite sees it, and every identifier is rewritten to a
+   quoted SQLite name;
+4. embargoed tables are replaced by a filtered sub-query (CASDA's rule, protocol §8.2);
+5. ADQL functions become SQLite user functions (geometry and maths below), and the tree is
+   written out as SQLite SQL, with TOP and MAXREC as one ``LIMIT``.
+
+Supported: ``SELECT [DISTINCT] [TOP n]`` with ``*``, ``t.*``, columns (bare, ``t.col``,
+``schema.table.col``), expressions and aliases; ``FROM`` one or more tables (``schema.table``
+or a unique bare name, with or without alias), ``[INNER|LEFT [OUTER]|CROSS] JOIN ... ON`` and
+comma joins; ``WHERE``/``HAVING`` with ``AND``/``OR``/``NOT``, comparisons, ``LIKE``
+(case-sensitive, as in PostgreSQL), ``ILIKE``, ``IN (list)``, ``BETWEEN``, ``IS [NOT] NULL``,
+arithmetic and ``||``; ``GROUP BY``; ``ORDER BY`` name, alias or position, ``ASC``/``DESC``
+(NULLs sort as in PostgreSQL: last ascending, first descending); ``COUNT``, ``MIN``, ``MAX``,
+``AVG``, ``SUM``; ADQL maths (``ABS CEILING FLOOR SQRT EXP LOG LOG10 POWER SIN COS TAN ASIN
+ACOS ATAN ATAN2 DEGREES RADIANS PI MOD ROUND TRUNCATE RAND``), ``LOWER``, ``UPPER``,
+``COALESCE``; geometry ``POINT CIRCLE BOX POLYGON CONTAINS INTERSECTS DISTANCE COORD1 COORD2``.
+
+Refused: more than one statement, anything but ``SELECT`` (``INSERT``, ``DROP``...),
+sub-queries, ``UNION``/``INTERSECT``/``EXCEPT``, ``WITH``, ``JOIN ... USING``, ``NATURAL``,
+``RIGHT``/``FULL`` joins, ``TOP ... PERCENT``, ``OFFSET``, ``CAST``, unknown tables, columns
+and functions, and ``AREA``/``CENTROID``/``REGION``/``COORDSYS``.
+
+Geometry values are strings in the form of CASDA's ``s_region`` column: ``POINT ICRS ra dec``,
+``CIRCLE ICRS ra dec r``, ``BOX ICRS ra dec width height``, ``POLYGON ICRS ra1 dec1 ...``
+(degrees; the frame is read and ignored, as CASDA's pgSphere translation ignores it).  A BOX
+is a range of RA and Dec (pgSphere's ``sbox``), which is what CASDA's SIA2 ``RANGE`` means;
+polygons have great-circle edges and must fit in a hemisphere.
+"""
+import dataclasses
+import functools
+import math
+import random
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from .schema import Column, TableDef, tap_schema_tables
+
+__all__ = ["AdqlError", "QueryResult", "TapDatabase"]
+
+
+class AdqlError(Exception):
+    """A query was refused or failed; ``message`` is the text for ``QUERY_STATUS=ERROR``."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class QueryResult:
+    """The rows of a query and the VOTable FIELD definitions of its columns.
+
+    ``overflow`` is True only when MAXREC cut the result short; ``table_name`` is the full
+    name of the table queried when there was exactly one (CASDA's ``Table Name`` INFO).
+    """
+
+    columns: list[Column]
+    rows: list[tuple]
+    overflow: bool
+    table_name: str | None
+
+
+# =============================================================================================
+# Spherical geometry
+# =============================================================================================
+
+_RAD = math.pi / 180.0
+#: Slack for comparisons of unit-vector products (1e-12 is ~0.2 micro-arcsec).
+_EPS = 1e-12
+
+
+def _unit(ra, dec):
+    a, d = ra * _RAD, dec * _RAD
+    cos_dec = math.cos(d)
+    return (cos_dec * math.cos(a), cos_dec * math.sin(a), math.sin(d))
+
+
+def _dot(a, b):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _cross(a, b):
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _normalised(v):
+    norm = math.sqrt(_dot(v, v))
+    if norm < 1e-15:
+        return None
+    return (v[0] / norm, v[1] / norm, v[2] / norm)
+
+
+def _angle(a, b):
+    """Angle between unit vectors in radians; atan2 keeps small angles exact."""
+    c = _cross(a, b)
+    return math.atan2(math.sqrt(_dot(c, c)), _dot(a, b))
+
+
+def _dec_of(v):
+    return math.degrees(math.asin(max(-1.0, min(1.0, v[2]))))
+
+
+def _ra_of(v):
+    return math.degrees(math.atan2(v[1], v[0])) % 360.0
+
+
+def _on_arc(x, edge):
+    """Whether ``x`` (on the edge's great circle) lies on the minor arc p1 -> p2."""
+    p1, p2, normal = edge
+    return _dot(_cross(p1, x), normal) >= -_EPS and _dot(_cross(x, p2), normal) >= -_EPS
+
+
+def _arc_distance(v, edge):
+    """Angular distance (radians) from ``v`` to a great-circle arc."""
+    p1, p2, normal = edge
+    s = _dot(v, normal)
+    foot = _normalised((v[0] - s * normal[0], v[1] - s * normal[1], v[2] - s * normal[2]))
+    if foot is not None and _on_arc(foot, edge):
+        return math.asin(min(1.0, abs(s)))
+    return min(_angle(v, p1), _angle(v, p2))
+
+
+def _arcs_cross(edge_a, edge_b):
+    line = _normalised(_cross(edge_a[2], edge_b[2]))
+    if line is None:        # same great circle: overlaps show up as vertices inside
+        return False
+    minus = (-line[0], -line[1], -line[2])
+    return any(_on_arc(x, edge_a) and _on_arc(x, edge_b) for x in (line, minus))
+
+
+def _validate_dec(dec):
+    if not -90.0 - 1e-9 <= dec <= 90.0 + 1e-9:
+        raise ValueError(f"declination {dec!r} is outside [-90, 90]")
+
+
+def _number(text):
+    return f"{float(text)!r}"
+
+
+class _Point:
+    kind = "POINT"
+
+    def __init__(self, ra, dec):
+        _validate_dec(dec)
+        self.ra, self.dec = ra % 360.0, max(-90.0, min(90.0, dec))
+        self.vec = _unit(self.ra, self.dec)
+
+    def contains_point(self, point):
+        return _angle(self.vec, point.vec) <= 1e-12
+
+    def __str__(self):
+        return f"POINT ICRS {_number(self.ra)} {_number(self.dec)}"
+
+
+class _Circle:
+    kind = "CIRCLE"
+
+    def __init__(self, ra, dec, radius):
+        if radius < 0:
+            raise ValueError(f"circle radius {radius!r} is negative")
+        self.centre = _Point(ra, dec)
+        self.radius_deg = radius
+        self.radius = radius * _RAD
+        self.cos_radius = math.cos(min(self.radius, math.pi))
+
+    def contains_vec(self, vec):
+        d = _dot(vec, self.centre.vec)
+        if abs(d - self.cos_radius) > 1e-9:     # clear-cut: the fast dot product decides
+            return d > self.cos_radius
+        return _angle(vec, self.centre.vec) <= self.radius + _EPS
+
+    def contains_point(self, point):
+        return self.contains_vec(point.vec)
+
+    def __str__(self):
+        c = self.centre
+        return f"CIRCLE ICRS {_number(c.ra)} {_number(c.dec)} {_number(self.radius_deg)}"
+
+
+class _Box:
+    """A range of RA (wrapping at 0/360) and Dec, as pgSphere's ``sbox`` (CASDA's BOX)."""
+
+    kind = "BOX"
+
+    def __init__(self, ra, dec, width, height):
+        if width < 0 or height < 0:
+            raise ValueError("box width and height must not be negative")
+        _validate_dec(dec)
+        self.args = (ra % 360.0, dec, width, height)
+        self.dec_min, self.dec_max = max(-90.0, dec - height / 2), min(90.0, dec + height / 2)
+        self.full_ra = width >= 360.0
+        self.span = min(width, 360.0)
+        self.ra_min = (ra - width / 2) % 360.0
+        self.ra_max = (self.ra_min + self.span) % 360.0
+
+    def ra_in_range(self, ra):
+        return self.full_ra or (ra - self.ra_min) % 360.0 <= self.span + 1e-9
+
+    def contains_radec(self, ra, dec):
+        if not self.dec_min - 1e-9 <= dec <= self.dec_max + 1e-9:
+            return False
+        return abs(dec) >= 90.0 - 1e-9 or self.ra_in_range(ra)
+
+    def contains_point(self, point):
+        return self.contains_radec(point.ra, point.dec)
+
+    def corners(self):
+        if self.full_ra:
+            return []
+        return [_Point(ra, dec) for ra in (self.ra_min, self.ra_max) for dec in (self.dec_min, self.dec_max)]
+
+    def boundary_points(self):
+        """Points along the boundary, at most half a degree apart (for containment tests)."""
+        ra_steps = max(2, math.ceil(self.span / 0.5)) + 1
+        dec_steps = max(2, math.ceil((self.dec_max - self.dec_min) / 0.5)) + 1
+        ras = [self.ra_min + self.span * i / (ra_steps - 1) for i in range(ra_steps)]
+        decs = [self.dec_min + (self.dec_max - self.dec_min) * i / (dec_steps - 1) for i in range(dec_steps)]
+        points = [(ra, dec) for ra in ras for dec in (self.dec_min, self.dec_max)]
+        if not self.full_ra:
+            points += [(ra, dec) for ra in (self.ra_min, self.ra_max) for dec in decs]
+        return [_Point(ra, dec) for ra, dec in points]
+
+    def __str__(self):
+        return "BOX ICRS " + " ".join(_number(value) for value in self.args)
+
+
+class _Polygon:
+    """A spherical polygon with great-circle edges, smaller than a hemisphere.
+
+    Points are tested in the gnomonic projection about the polygon's centre, where
+    great circles are straight lines, so the planar even-odd rule is exact.
+    """
+
+    kind = "POLYGON"
+
+    def __init__(self, coords):
+        points = [_Point(ra, dec) for ra, dec in coords]
+        if len(points) > 3 and _angle(points[0].vec, points[-1].vec) < 1e-12:
+            points.pop()        # a closed ring repeats its first vertex
+        if len(points) < 3:
+            raise ValueError("a polygon needs at least 3 vertices")
+        self.points = points
+        self.vecs = [p.vec for p in points]
+        self.centre = _normalised(tuple(sum(v[i] for v in self.vecs) for i in range(3)))
+        if self.centre is None or min(_dot(v, self.centre) for v in self.vecs) <= 1e-9:
+            raise ValueError("polygons larger than a hemisphere are not supported")
+        self.cos_radius = min(_dot(v, self.centre) for v in self.vecs)
+        self.radius = _angle(self.centre, min(self.vecs, key=lambda v: _dot(v, self.centre)))
+        self.east = _normalised(_cross((0.0, 0.0, 1.0), self.centre)) or (0.0, 1.0, 0.0)
+        self.north = _cross(self.centre, self.east)
+        self.plane = [self._project(v) for v in self.vecs]
+        pairs = zip(self.vecs, self.vecs[1:] + self.vecs[:1])
+        self.edges = [(a, b, n) for a, b in pairs if (n := _normalised(_cross(a, b))) is not None]
+
+    def _project(self, v):
+        depth = _dot(v, self.centre)
+        return (_dot(v, self.east) / depth, _dot(v, self.north) / depth)
+
+    def contains_vec(self, vec):
+        if _dot(vec, self.centre) < self.cos_radius - 1e-9:   # outside the bounding cap
+            return False
+        x, y = self._project(vec)
+        inside = False
+        for (x1, y1), (x2, y2) in zip(self.plane, self.plane[1:] + self.plane[:1]):
+            if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
+                inside = not inside
+        return inside
+
+    def contains_point(self, point):
+        return self.contains_vec(point.vec)
+
+    def dec_range(self):
+        centre_dec, radius = _dec_of(self.centre), math.degrees(self.radius)
+        return centre_dec - radius, centre_dec + radius
+
+    def __str__(self):
+        return "POLYGON ICRS " + " ".join(f"{_number(p.ra)} {_number(p.dec)}" for p in self.points)
+
+
+_SHAPES = {"POINT": (_Point, 2), "POSITION": (_Point, 2), "CIRCLE": (_Circle, 3), "BOX": (_Box, 4)}
+
+
+def _is_number(token):
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=32768)
+def _region(text):
+    """Parse a geometry string (``s_region`` style); cached, since columns repeat values."""
+    tokens = str(text).split()
+    shape = tokens[0].upper() if tokens else ""
+    start = 1
+    while start < len(tokens) and not _is_number(tokens[start]):
+        start += 1          # frame words: ICRS, GEOCENTER...
+    numbers = [float(token) for token in tokens[start:] if _is_number(token)]
+    if len(numbers) != len(tokens) - start or not all(map(math.isfinite, numbers)):
+        raise ValueError(f"invalid geometry {text!r}")
+    if shape == "POLYGON" and len(numbers) >= 6 and len(numbers) % 2 == 0:
+        return _Polygon(list(zip(numbers[0::2], numbers[1::2])))
+    if shape in _SHAPES and len(numbers) == _SHAPES[shape][1]:
+        return _SHAPES[shape][0](*numbers)
+    raise ValueError(f"invalid geometry {text!r}")
+
+
+# --- intersections --------------------------------------------------------------------------
+
+def _circle_circle(a, b):
+    return _angle(a.centre.vec, b.centre.vec) <= a.radius + b.radius + _EPS
+
+
+def _circle_polygon(circle, polygon):
+    centre = circle.centre.vec
+    if _angle(centre, polygon.centre) > circle.radius + polygon.radius + 1e-9:
+        return False
+    if polygon.contains_vec(centre) or any(circle.contains_vec(v) for v in polygon.vecs):
+        return True
+    return any(_arc_distance(centre, edge) <= circle.radius + _EPS for edge in polygon.edges)
+
+
+def _circle_box(circle, box):
+    c, r = circle.centre, circle.radius_deg
+    if box.contains_point(c):
+        return True
+    if box.full_ra:
+        return c.dec + r >= box.dec_min and c.dec - r <= box.dec_max
+    if any(circle.contains_point(corner) for corner in box.corners()):
+        return True
+    if box.ra_in_range(c.ra) and min(abs(c.dec - box.dec_min), abs(c.dec - box.dec_max)) <= r:
+        return True
+    return any(_meridian_distance(c.vec, ra, box) <= circle.radius + _EPS for ra in (box.ra_min, box.ra_max))
+
+
+def _meridian_distance(vec, ra, box):
+    """Distance from ``vec`` to the box edge along meridian ``ra`` (inf when the nearest
+    point of that meridian lies beyond the edge's ends: the corners cover that case)."""
+    a = ra * _RAD
+    normal, direction = (-math.sin(a), math.cos(a), 0.0), (math.cos(a), math.sin(a), 0.0)
+    s = _dot(vec, normal)
+    foot = _normalised((vec[0] - s * normal[0], vec[1] - s * normal[1], vec[2] - s * normal[2]))
+    if foot is None or _dot(foot, direction) < -_EPS or not box.dec_min <= _dec_of(foot) <= box.dec_max:
+        return math.inf
+    return math.asin(min(1.0, abs(s)))
+
+
+def _arc_crosses_parallel(edge, dec, box):
+    normal = edge[2]
+    sin_dec, cos_dec = math.sin(dec * _RAD), math.cos(dec * _RAD)
+    a, b, c = normal[0] * cos_dec, normal[1] * cos_dec, -normal[2] * sin_dec
+    r = math.hypot(a, b)
+    if r < 1e-15 or abs(c) > r:
+        return False
+    base, half = math.atan2(b, a), math.acos(max(-1.0, min(1.0, c / r)))
+    for alpha in (base + half, base - half):
+        x = (cos_dec * math.cos(alpha), cos_dec * math.sin(alpha), sin_dec)
+        if _on_arc(x, edge) and box.ra_in_range(math.degrees(alpha) % 360.0):
+            return True
+    return False
+
+
+def _arc_crosses_meridian(edge, ra, box):
+    a = ra * _RAD
+    line = _normalised(_cross(edge[2], (-math.sin(a), math.cos(a), 0.0)))
+    if line is None:
+        return False
+    direction = (math.cos(a), math.sin(a), 0.0)
+    for x in (line, (-line[0], -line[1], -line[2])):
+        if _dot(x, direction) >= -_EPS and box.dec_min <= _dec_of(x) <= box.dec_max and _on_arc(x, edge):
+            return True
+    return False
+
+
+def _edges_cross_box(polygon, box):
+    for edge in polygon.edges:
+        if any(abs(dec) < 90.0 and _arc_crosses_parallel(edge, dec, box) for dec in (box.dec_min, box.dec_max)):
+            return True
+        if not box.full_ra and any(_arc_crosses_meridian(edge, ra, box) for ra in (box.ra_min, box.ra_max)):
+            return True
+    return False
+
+
+def _box_polygon(box, polygon):
+    low, high = polygon.dec_range()
+    if high < box.dec_min - 1e-9 or low > box.dec_max + 1e-9:
+        return False
+    if any(box.contains_point(p) for p in polygon.points):
+        return True
+    if any(polygon.contains_point(corner) for corner in box.corners()):
+        return True
+    poles = [_Point(0.0, pole) for pole in (90.0, -90.0) if box.contains_radec(0.0, pole)]
+    if any(polygon.contains_point(pole) for pole in poles):
+        return True
+    return _edges_cross_box(polygon, box)
+
+
+def _box_box(a, b):
+    low, high = max(a.dec_min, b.dec_min), min(a.dec_max, b.dec_max)
+    if low > high + 1e-9:
+        return False
+    if high >= 90.0 - 1e-9 or low <= -90.0 + 1e-9:
+        return True     # both reach the same pole
+    return a.ra_in_range(b.ra_min) or b.ra_in_range(a.ra_min)
+
+
+def _polygon_polygon(a, b):
+    if _angle(a.centre, b.centre) > a.radius + b.radius + 1e-9:
+        return False
+    if any(b.contains_vec(v) for v in a.vecs) or any(a.contains_vec(v) for v in b.vecs):
+        return True
+    return any(_arcs_cross(ea, eb) for ea in a.edges for eb in b.edges)
+
+
+_INTERSECTS = {
+    ("CIRCLE", "CIRCLE"): _circle_circle, ("CIRCLE", "POLYGON"): _circle_polygon,
+    ("CIRCLE", "BOX"): _circle_box, ("BOX", "POLYGON"): _box_polygon, ("BOX", "BOX"): _box_box,
+    ("POLYGON", "POLYGON"): _polygon_polygon,
+}
+
+
+def _intersects(a, b):
+    if a.kind == "POINT":
+        return b.contains_point(a)
+    if b.kind == "POINT":
+        return a.contains_point(b)
+    if (a.kind, b.kind) in _INTERSECTS:
+        return _INTERSECTS[a.kind, b.kind](a, b)
+    return _INTERSECTS[b.kind, a.kind](b, a)
+
+
+# --- containment (a inside b) ---------------------------------------------------------------
+
+def _circle_in_box(circle, box):
+    c, r = circle.centre, circle.radius_deg
+    if c.dec - r < box.dec_min - 1e-9 or c.dec + r > box.dec_max + 1e-9:
+        return False
+    if box.full_ra:
+        return True
+    if abs(c.dec) + r >= 90.0:
+        return False        # the circle holds a pole, hence every RA
+    half_width = math.degrees(math.asin(min(1.0, math.sin(circle.radius) / math.cos(c.dec * _RAD))))
+    offset = (c.ra - box.ra_min) % 360.0
+    return half_width - 1e-9 <= offset <= box.span - half_width + 1e-9
+
+
+_CONTAINS = {
+    ("CIRCLE", "CIRCLE"): lambda a, b: _angle(a.centre.vec, b.centre.vec) + a.radius <= b.radius + _EPS,
+    ("CIRCLE", "POLYGON"): lambda a, b: b.contains_point(a.centre) and all(
+        _arc_distance(a.centre.vec, edge) >= a.radius - _EPS for edge in b.edges),
+    ("CIRCLE", "BOX"): _circle_in_box,
+    ("POLYGON", "CIRCLE"): lambda a, b: all(b.contains_vec(v) for v in a.vecs),
+    ("POLYGON", "POLYGON"): lambda a, b: all(b.contains_vec(v) for v in a.vecs) and not any(
+        _arcs_cross(ea, eb) for ea in a.edges for eb in b.edges),
+    ("POLYGON", "BOX"): lambda a, b: all(b.contains_point(p) for p in a.points) and not _edges_cross_box(a, b),
+    ("BOX", "BOX"): lambda a, b: (b.dec_min - 1e-9 <= a.dec_min and a.dec_max <= b.dec_max + 1e-9 and (
+        b.full_ra or (not a.full_ra and b.ra_in_range(a.ra_min) and
+                      (a.ra_min - b.ra_min) % 360.0 + a.span <= b.span + 1e-9))),
+}
+
+
+def _contains(a, b):
+    """Whether ``a`` lies inside ``b`` (ADQL ``CONTAINS(a, b)``)."""
+    if a.kind == "POINT":
+        return b.contains_point(a)
+    if b.kind == "POINT":
+        return a.kind == "CIRCLE" and a.radius == 0 and b.contains_point(a.centre)
+    if (a.kind, b.kind) in _CONTAINS:
+        return _CONTAINS[a.kind, b.kind](a, b)
+    # A box inside a circle or polygon: its boundary, sampled every half degree.
+    return all(b.contains_point(p) for p in a.boundary_points())
+
+
+def _vincenty(ra1, dec1, ra2, dec2):
+    """Great-circle distance in degrees (Vincenty's formula: exact at all separations)."""
+    d1, d2, dra = dec1 * _RAD, dec2 * _RAD, (ra2 - ra1) * _RAD
+    x = math.cos(d2) * math.sin(dra)
+    y = math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(dra)
+    z = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(dra)
+    return math.degrees(math.atan2(math.hypot(x, y), z))
+
+
+# --- the SQL functions ----------------------------------------------------------------------
+
+def _frame_and_numbers(args, counts, name):
+    """Split ADQL geometry arguments into numbers; a leading coordinate-system string is optional."""
+    if len(args) not in counts and len(args) - 1 in counts and isinstance(args[0], str):
+        args = args[1:]
+    if len(args) not in counts:
+        raise ValueError(f"wrong number of arguments for {name}")
+    numbers = [float(value) for value in args]
+    if not all(map(math.isfinite, numbers)):
+        raise ValueError(f"{name} needs finite numbers")
+    return numbers
+
+
+def _sql_point(*args):
+    return str(_Point(*_frame_and_numbers(args, (2,), "POINT")))
+
+
+def _sql_circle(*args):
+    return str(_Circle(*_frame_and_numbers(args, (3,), "CIRCLE")))
+
+
+def _sql_box(*args):
+    return str(_Box(*_frame_and_numbers(args, (4,), "BOX")))
+
+
+def _sql_polygon(*args):
+    counts = range(6, len(args) + 1, 2)
+    numbers = _frame_and_numbers(args, counts, "POLYGON")
+    return str(_Polygon(list(zip(numbers[0::2], numbers[1::2]))))
+
+
+def _point_arg(value, name):
+    shape = _region(value)
+    if shape.kind != "POINT":
+        raise ValueError(f"{name} needs a POINT, not a {shape.kind}")
+    return shape
+
+
+def _sql_distance(*args):
+    if len(args) == 2:
+        p1, p2 = (_point_arg(value, "DISTANCE") for value in args)
+        return _vincenty(p1.ra, p1.dec, p2.ra, p2.dec)
+    if len(args) == 4:
+        return _vincenty(*(float(value) for value in args))
+    raise ValueError("DISTANCE takes two POINTs or four numbers")
+
+
+def _truncate(value, places=0):
+    factor = 10.0 ** int(places)
+    return math.trunc(float(value) * factor) / factor
+
+
+def _mod(a, b):
+    result = math.fmod(a, b)
+    return int(result) if isinstance(a, int) and isinstance(b, int) else result
+
+
+def _rand(seed=None):
+    return random.Random(seed).random() if seed is not None else random.random()
+
+
+_SQL_FUNCTIONS = {
+    "adql_point": _sql_point, "adql_circle": _sql_circle, "adql_box": _sql_box, "adql_polygon": _sql_polygon,
+    "adql_contains": lambda a, b: int(_contains(_region(a), _region(b))),
+    "adql_intersects": lambda a, b: int(_intersects(_region(a), _region(b))),
+    "adql_distance": _sql_distance,
+    "adql_coord1": lambda p: _point_arg(p, "COORD1").ra,
+    "adql_coord2": lambda p: _point_arg(p, "COORD2").dec,
+    "adql_ceiling": lambda x: float(math.ceil(x)), "adql_floor": lambda x: float(math.floor(x)),
+    "adql_sqrt": math.sqrt, "adql_exp": math.exp, "adql_log": math.log, "adql_log10": math.log10,
+    "adql_power": lambda x, y: float(x) ** float(y), "adql_sin": math.sin, "adql_cos": math.cos,
+    "adql_tan": math.tan, "adql_asin": math.asin, "adql_acos": math.acos, "adql_atan": math.atan,
+    "adql_atan2": math.atan2, "adql_degrees": math.degrees, "adql_radians": math.radians,
+    "adql_pi": lambda: math.pi, "adql_mod": _mod, "adql_truncate": _truncate, "adql_rand": _rand,
+}
+
+#: The last error a user function raised in this thread: SQLite only says "user-defined
+#: function raised exception", so the message is kept here for the AdqlError.
+_function_errors = threading.local()
+
+
+def _sql_function(name, function):
+    """Wrap ``function`` for SQLite: NULL in gives NULL out; errors are remembered."""
+    def call(*args):
+        if any(arg is None for arg in args):
+            return None
+        try:
+            return function(*args)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            _function_errors.message = f"{name[5:].upper()}: {exc}"
+            raise
+    return call
+
+
+# =============================================================================================
+# ADQL -> SQLite
+# =============================================================================================
+
+#: ADQL function name -> (SQLite function, least and most arguments, result kind).
+_FUNCTIONS = {
+    "ABS": ("abs", 1, 1, "same"), "CEILING": ("adql_ceiling", 1, 1, "double"),
+    "FLOOR": ("adql_floor", 1, 1, "double"), "SQRT": ("adql_sqrt", 1, 1, "double"),
+    "EXP": ("adql_exp", 1, 1, "double"), "LOG": ("adql_log", 1, 1, "double"),
+    "LOG10": ("adql_log10", 1, 1, "double"), "POWER": ("adql_power", 2, 2, "double"),
+    "SIN": ("adql_sin", 1, 1, "double"), "COS": ("adql_cos", 1, 1, "double"),
+    "TAN": ("adql_tan", 1, 1, "double"), "ASIN": ("adql_asin", 1, 1, "double"),
+    "ACOS": ("adql_acos", 1, 1, "double"), "ATAN": ("adql_atan", 1, 1, "double"),
+    "ATAN2": ("adql_atan2", 2, 2, "double"), "DEGREES": ("adql_degrees", 1, 1, "double"),
+    "RADIANS": ("adql_radians", 1, 1, "double"), "PI": ("adql_pi", 0, 0, "double"),
+    "MOD": ("adql_mod", 2, 2, "same"), "ROUND": ("round", 1, 2, "double"),
+    "TRUNCATE": ("adql_truncate", 1, 2, "double"), "RAND": ("adql_rand", 0, 1, "double"),
+    "LOWER": ("lower", 1, 1, "char"), "UPPER": ("upper", 1, 1, "char"),
+    "COALESCE": ("coalesce", 2, 64, "same"),
+    "POINT": ("adql_point", 2, 3, "region"), "CIRCLE": ("adql_circle", 3, 4, "region"),
+    "BOX": ("adql_box", 4, 5, "region"), "POLYGON": ("adql_polygon", 6, 1000, "region"),
+    "CONTAINS": ("adql_contains", 2, 2, "int"), "INTERSECTS": ("adql_intersects", 2, 2, "int"),
+    "DISTANCE": ("adql_distance", 2, 4, "distance"),
+    "COORD1": ("adql_coord1", 1, 1, "coord1"), "COORD2": ("adql_coord2", 1, 1, "coord2"),
+}
+
+#: sqlglot's typed function nodes -> ADQL names (everything else arrives as exp.Anonymous).
+_FUNCTION_CLASSES = {
+    exp.Abs: "ABS", exp.Ceil: "CEILING", exp.Floor: "FLOOR", exp.Sqrt: "SQRT", exp.Exp: "EXP",
+    exp.Ln: "LOG", exp.Pow: "POWER", exp.Sin: "SIN", exp.Cos: "COS", exp.Tan: "TAN", exp.Asin: "ASIN",
+    exp.Acos: "ACOS", exp.Atan: "ATAN", exp.Atan2: "ATAN2", exp.Degrees: "DEGREES",
+    exp.Radians: "RADIANS", exp.Pi: "PI", exp.Mod: "MOD", exp.Round: "ROUND", exp.Trunc: "TRUNCATE",
+    exp.Rand: "RAND", exp.Lower: "LOWER", exp.Upper: "UPPER", exp.Coalesce: "COALESCE",
+    exp.Contains: "CONTAINS",
+}
+
+#: Aggregates, run by SQLite itself, and the datatype of their result.
+_AGGREGATES = {exp.Count: "long", exp.Min: "same", exp.Max: "same", exp.Avg: "double", exp.Sum: "same"}
+
+#: ADQL functions this service does not offer (CASDA's pgSphere has them; nobody here needs them).
+_REFUSED_FUNCTIONS = {"AREA", "CENTROID", "REGION", "COORDSYS"}
+
+_ALLOWED_NODES = {
+    exp.Select, exp.From, exp.Join, exp.Table, exp.TableAlias, exp.Identifier, exp.Column, exp.Star,
+    exp.Alias, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered, exp.Limit, exp.Distinct,
+    exp.And, exp.Or, exp.Not, exp.Paren, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
+    exp.Like, exp.ILike, exp.Escape, exp.In, exp.Between, exp.Is, exp.Null, exp.Literal, exp.Neg,
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.DPipe,
+}
+
+_COMPOUND_MESSAGES = {
+    exp.Subquery: "sub-queries are not supported by this service",
+    exp.Union: "UNION is not supported by this service",
+    exp.Intersect: "INTERSECT is not supported by this service",
+    exp.Except: "EXCEPT is not supported by this service",
+    exp.With: "WITH (common table expressions) is not supported by this service",
+    exp.CTE: "WITH (common table expressions) is not supported by this service",
+}
+
+_INTEGER_TYPES = {"short", "int", "long"}
+_SQLITE_AFFINITY = {"double": "REAL", "float": "REAL", "short": "INTEGER", "int": "INTEGER",
+                    "long": "INTEGER", "boolean": "INTEGER"}
+
+
+def _interpret_error(reason):
+    return AdqlError(f"Unable to interpret query '{reason}'")
+
+
+def _snippet(node):
+    text = node.sql(dialect="tsql")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _function_call(node):
+    """The ADQL name and argument nodes of a function-call node."""
+    if isinstance(node, exp.Anonymous):
+        return node.name.upper(), list(node.expressions)
+    if isinstance(node, exp.Log):
+        # sqlglot reads LOG10(x) as Log(this=10, expression=x); ADQL's LOG takes one argument.
+        base, value = node.this, node.expression
+        if value is not None and isinstance(base, exp.Literal) and base.name == "10":
+            return "LOG10", [value]
+        raise _interpret_error("LOG takes one argument; use LOG10 for decimal logarithms")
+    name = _FUNCTION_CLASSES.get(type(node))
+    if name is None:
+        raise _interpret_error(f'Unknown function "{node.sql_name()}"')
+    args = []
+    for key in node.arg_types:
+        value = node.args.get(key)
+        args.extend(item for item in (value if isinstance(value, list) else [value])
+                    if isinstance(item, exp.Expression))
+    return name, args
+
+
+def _check_function(node):
+    if type(node) in _AGGREGATES:
+        return
+    name, args = _function_call(node)
+    if name in _REFUSED_FUNCTIONS:
+        raise _interpret_error(f'Function "{name}" is not supported by this service')
+    if name not in _FUNCTIONS:
+        raise _interpret_error(f'Unknown function "{name}"')
+    _, least, most, _ = _FUNCTIONS[name]
+    if not least <= len(args) <= most or (name == "DISTANCE" and len(args) == 3):
+        raise _interpret_error(f'Wrong number of arguments for function "{name}": {len(args)}')
+
+
+def _is_function(node):
+    # sqlglot makes some operators (AND, OR...) Func subclasses too: those are not calls.
+    return isinstance(node, (exp.Func, exp.Mod)) and type(node) not in _ALLOWED_NODES
+
+
+def _check_node(node):
+    """Refuse any construct outside the supported ADQL subset."""
+    if _is_function(node):
+        return _check_function(node)
+    for kind, message in _COMPOUND_MESSAGES.items():
+        if isinstance(node, kind):
+            raise _interpret_error(message)
+    if type(node) not in _ALLOWED_NODES:
+        raise _interpret_error(f'Unsupported construct "{_snippet(node)}"')
+    if isinstance(node, exp.Select) and node.parent is not None:
+        raise _interpret_error("sub-queries are not supported by this service")
+    if isinstance(node, exp.Is) and not isinstance(node.expression, exp.Null):
+        raise _interpret_error("IS may only be followed by NULL or NOT NULL")
+    if isinstance(node, exp.Join):
+        _check_join(node)
+    if isinstance(node, exp.Limit) and any(value for key, value in node.args.items() if key != "expression"):
+        raise _interpret_error("TOP takes a plain row count")
+    if isinstance(node, exp.TableAlias) and node.args.get("columns"):
+        raise _interpret_error("column aliases on tables are not supported by this service")
+    if isinstance(node, exp.Distinct) and node.args.get("on"):
+        raise _interpret_error("DISTINCT ON is not supported by this service")
+
+
+def _check_join(join):
+    if join.args.get("using") or join.args.get("method"):
+        raise _interpret_error("JOIN ... USING and NATURAL JOIN are not supported; use JOIN ... ON")
+    side = (join.args.get("side") or "").upper()
+    if side not in ("", "LEFT"):
+        raise _interpret_error(f"{side} JOIN is not supported by this service")
+    if not isinstance(join.this, exp.Table):
+        raise _interpret_error("sub-queries are not supported by this service")
+
+
+def _parse(adql):
+    """Parse ``adql`` into one SELECT tree, or raise AdqlError."""
+    if not isinstance(adql, str) or not adql.strip():
+        raise AdqlError("Missing QUERY parameter")
+    try:
+        statements = [tree for tree in sqlglot.parse(adql, read="tsql") if tree is not None]
+    except SqlglotError as exc:
+        raise _interpret_error(_parse_message(exc)) from None
+    if len(statements) != 1:
+        raise _interpret_error("only one statement may be sent at a time")
+    tree = statements[0]
+    if not isinstance(tree, exp.Select):
+        kind = "UNION" if isinstance(tree, exp.Union) else tree.key.upper()
+        raise _interpret_error(f"only SELECT queries are allowed, not {kind}")
+    if _from(tree) is None:
+        raise _interpret_error("a FROM clause is required")
+    return tree
+
+
+def _from(select):
+    # sqlglot names the FROM clause "from_" since version 26, "from" before.
+    return select.args.get("from_") or select.args.get("from")
+
+
+def _parse_message(exc):
+    errors = getattr(exc, "errors", None) or []
+    if errors and errors[0].get("description"):
+        first = errors[0]
+        return f"{first['description']} at line {first.get('line')}, column {first.get('col')}"
+    return str(exc).splitlines()[0] if str(exc) else "syntax error"
+
+
+@dataclass
+class _Source:
+    """One table of the FROM clause."""
+
+    table: TableDef
+    node: exp.Table
+    alias: str                 # the SQLite alias: t0, t1...
+    qualifiers: frozenset      # lower-case names ADQL may qualify its columns with
+    columns: dict              # lower-case column name -> Column
+
+
+class _Compiler:
+    """Turns one ADQL SELECT into SQLite SQL plus the FIELD definitions of its columns."""
+
+    def __init__(self, database, adql):
+        self.database = database
+        self.tree = _parse(adql)
+        self.uses_nulls_keyword = "NULLS" in adql.upper()
+        for node in self.tree.walk():
+            _check_node(node)
+        self.sources = self._sources()
+        self.top = self._top()
+
+    # --- tables ---------------------------------------------------------------------------
+
+    def _sources(self):
+        nodes = [_from(self.tree).this] + [join.this for join in self.tree.args.get("joins") or []]
+        sources = []
+        for index, node in enumerate(nodes):
+            if not isinstance(node, exp.Table):
+                raise _interpret_error("sub-queries are not supported by this service")
+            table = self.database.lookup_table(node)
+            alias = node.alias
+            qualifiers = {alias.lower()} if alias else {table.name.lower(), table.full_name.lower()}
+            columns = {column.name.lower(): column for column in table.columns}
+            sources.append(_Source(table, node, f"t{index}", frozenset(qualifiers), columns))
+        return sources
+
+    def _top(self):
+        limit = self.tree.args.get("limit")
+        if limit is None:
+            return None
+        value = limit.expression
+        if not (isinstance(value, exp.Literal) and value.is_int and int(value.name) >= 0):
+            raise _interpret_error("TOP takes a whole number of rows")
+        self.tree.set("limit", None)
+        return int(value.name)
+
+    # --- columns --------------------------------------------------------------------------
+
+    def resolve(self, column):
+        """The source and definition of an ADQL column reference."""
+        name = column.name
+        qualifier = ".".join(part.name for part in (column.args.get("catalog"), column.args.get("db"),
+                                                     column.args.get("table")) if part)
+        written = f"{qualifier}.{name}" if qualifier else name
+        candidates = [s for s in self.sources if not qualifier or qualifier.lower() in s.qualifiers]
+        matches = [(s, s.columns[name.lower()]) for s in candidates if name.lower() in s.columns]
+        if not matches:
+            raise _interpret_error(f'Unknown column "{written}" !')
+        if len(matches) > 1:
+            raise _interpret_error(f'Column name "{written}" is ambiguous; qualify it with a table name')
+        return matches[0]
+
+    def output_columns(self):
+        """FIELD definitions of the select list, in order (``*`` expanded)."""
+        columns, names = [], set()
+        for item in self.tree.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                columns.extend(column for source in self._star_sources(item) for column in source.table.columns)
+                continue
+            alias = item.alias if isinstance(item, exp.Alias) else None
+            expression = item.this if isinstance(item, exp.Alias) else item
+            column = _Describer(self).describe(expression, alias or _default_name(expression))
+            if not alias and column.name in names and not isinstance(expression, exp.Column):
+                column = dataclasses.replace(column, name=f"{column.name}_{len(columns) + 1}")
+            names.add(column.name)
+            columns.append(column)
+        return columns
+
+    def _star_sources(self, item):
+        if isinstance(item, exp.Star):
+            return self.sources
+        qualifier = ".".join(part.name for part in (item.args.get("db"), item.args.get("table")) if part)
+        matches = [source for source in self.sources if qualifier.lower() in source.qualifiers]
+        if not matches:
+            raise _interpret_error(f'Unknown table "{qualifier}" !')
+        return matches
+
+    # --- rewriting ------------------------------------------------------------------------
+
+    def rewrite(self):
+        """Rewrite the tree in place into SQLite terms (tables are done at execution)."""
+        aliases = {item.alias.lower(): item.alias for item in self.tree.expressions if isinstance(item, exp.Alias)}
+        for item in self.tree.expressions:
+            if isinstance(item, exp.Alias):
+                item.set("alias", exp.to_identifier(item.alias, quoted=True))
+        for column in list(self.tree.find_all(exp.Column)):
+            if not isinstance(column.this, exp.Star):
+                column.replace(self._sql_column(column, aliases))
+        self._expand_stars()
+        for node in reversed(list(self.tree.find_all(exp.Func, exp.Mod))):
+            if _is_function(node) and type(node) not in _AGGREGATES:
+                name, args = _function_call(node)
+                node.replace(exp.Anonymous(this=_FUNCTIONS[name][0], expressions=args))
+        if not self.uses_nulls_keyword:
+            for ordered in self.tree.find_all(exp.Ordered):
+                # CASDA runs PostgreSQL: NULLs sort last ascending and first descending.
+                ordered.set("nulls_first", bool(ordered.args.get("desc")))
+
+    def _sql_column(self, column, aliases):
+        late = column.find_ancestor(exp.Order, exp.Group, exp.Having) is not None
+        qualified = any(column.args.get(key) for key in ("table", "db", "catalog"))
+        if late and not qualified and column.name.lower() in aliases:
+            return exp.Column(this=exp.to_identifier(aliases[column.name.lower()], quoted=True))
+        source, definition = self.resolve(column)
+        return _column_node(source, definition)
+
+    def _expand_stars(self):
+        expanded = []
+        for item in self.tree.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                expanded.extend(_column_node(source, column) for source in self._star_sources(item)
+                                for column in source.table.columns)
+            else:
+                expanded.append(item)
+        self.tree.set("expressions", expanded)
+
+    def sql(self, *, projects, admin, limit):
+        """SQLite SQL for this query as run for a user of ``projects``."""
+        for source in self.sources:
+            source.node.replace(self.database.table_reference(source, projects=projects, admin=admin))
+        if limit is not None:
+            self.tree.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
+        return self.tree.sql(dialect="sqlite")
+
+
+def _column_node(source, column):
+    return exp.Column(this=exp.to_identifier(column.name.lower(), quoted=True),
+                      table=exp.to_identifier(source.alias))
+
+
+def _default_name(expression):
+    if isinstance(expression, exp.Column):
+        return expression.name
+    if _is_function(expression):
+        if type(expression) in _AGGREGATES:
+            return expression.key.lower()
+        return _function_call(expression)[0].lower()
+    return "expr"
+
+
+class _Describer:
+    """Works out the VOTable FIELD of a select-list expression."""
+
+    def __init__(self, compiler):
+        self.compiler = compiler
+
+    def describe(self, node, name):
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Column):
+            return dataclasses.replace(self.compiler.resolve(node)[1], name=name)
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return Column(name, "char", arraysize="*")
+            return Column(name, "long" if node.is_int else "double")
+        if type(node) in _AGGREGATES:
+            return self._aggregate(node, name)
+        if _is_function(node):
+            return self._function(node, name)
+        if isinstance(node, exp.Neg):
+            return self._plain(self.describe(node.this, name))
+        if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
+            kinds = {self.describe(side, name).datatype for side in (node.this, node.expression)}
+            return Column(name, "long" if kinds <= _INTEGER_TYPES else "double")
+        if isinstance(node, exp.DPipe):
+            return Column(name, "char", arraysize="*")
+        return Column(name, "int")      # comparisons and logic: SQLite gives 1 or 0
+
+    @staticmethod
+    def _plain(column):
+        return Column(column.name, column.datatype, arraysize=column.arraysize, unit=column.unit)
+
+    def _aggregate(self, node, name):
+        kind = _AGGREGATES[type(node)]
+        if kind == "long":
+            return Column(name, "long", ucd="meta.number")
+        argument = self.describe(node.this, name)
+        if kind == "double":
+            return Column(name, "double", unit=argument.unit)
+        if isinstance(node, exp.Sum):
+            return Column(name, "long" if argument.datatype in _INTEGER_TYPES else "double", unit=argument.unit)
+        return self._plain(argument)
+
+    def _function(self, node, name):
+        function, args = _function_call(node)
+        kind = _FUNCTIONS[function][3]
+        if kind == "same":
+            return self._plain(self.describe(args[0], name))
+        if kind in ("char", "region"):
+            return Column(name, "char", arraysize="*")
+        if kind == "distance":
+            return Column(name, "double", unit="deg", ucd="pos.angDistance",
+                          description="Great-circle distance between two positions")
+        if kind in ("coord1", "coord2"):
+            return Column(name, "double", unit="deg", ucd="pos.eq.ra" if kind == "coord1" else "pos.eq.dec")
+        return Column(name, kind)
+
+
+# =============================================================================================
+# The database
+# =============================================================================================
+
+def _sqlite_name(table):
+    return re.sub(r"\W", "_", f"{table.schema}_{table.name}".lower())
+
+
+def _sql_literal(value):
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _now_iso():
+    """Now in CASDA's timestamp format, which sorts as text: ``2019-06-21T00:49:11.123Z``."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _plain_value(value):
+    """A value sqlite3 can bind (numpy scalars, booleans and dates arrive from generators)."""
+    if value is None or isinstance(value, (str, float, int, bytes)):
+        return int(value) if isinstance(value, bool) else value
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+class TapDatabase:
+    """The emulator's TAP tables in SQLite, queried with ADQL.
+
+    Parameters
+    ----------
+    tables : list of TableDef
+        The data tables (``ivoa.obscore``, ``casda.*``).  ``TAP_SCHEMA.schemas``,
+        ``.tables``, ``.columns``, ``.keys`` and ``.key_columns`` describing them are added.
+
+    Attributes
+    ----------
+    tables : list of TableDef
+        Every queryable table: the given ones, then the ``TAP_SCHEMA`` ones.
+
+    Notes
+    -----
+    One SQLite connection serves all threads; a lock lets one query run at a time, while
+    parsing and checking (the sqlglot part) runs outside the lock.
+    """
+
+    def __init__(self, tables):
+        data_tables = list(tables)
+        self.tables = data_tables + tap_schema_tables(data_tables)
+        self._by_name = self._name_index()
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        # ADQL's LIKE is case-sensitive (PostgreSQL at CASDA); SQLite's is not by default.
+        self._connection.execute("PRAGMA case_sensitive_like = ON")
+        for name, function in _SQL_FUNCTIONS.items():
+            self._connection.create_function(name, -1, _sql_function(name, function),
+                                             deterministic=name != "adql_rand")
+        for table in self.tables:
+            self._load(table)
+
+    def _name_index(self):
+        index, bare = {}, {}
+        for table in self.tables:
+            index[table.full_name.lower()] = table
+            bare.setdefault(table.name.lower(), []).append(table)
+        for name, candidates in bare.items():
+            if len(candidates) == 1 and name not in index:
+                index[name] = candidates[0]     # an unambiguous bare name also works
+        return index
+
+    def _load(self, table):
+        name = _sqlite_name(table)
+        columns = ", ".join(f'"{c.name.lower()}" {_SQLITE_AFFINITY.get(c.datatype, "TEXT")}' for c in table.columns)
+        keys = [column.name for column in table.columns]
+        insert = f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(keys))})'
+        self._connection.execute(f'CREATE TABLE "{name}" ({columns})')
+        try:
+            self._connection.executemany(insert, ([row.get(key) for key in keys] for row in table.rows))
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+            self._connection.execute(f'DELETE FROM "{name}"')
+            self._connection.executemany(
+                insert, ([_plain_value(row.get(key)) for key in keys] for row in table.rows))
+        for column in table.columns:
+            if column.datatype != "char":
+                # An empty VOTable cell arrives as "": in a numeric column it means NULL.
+                self._connection.execute(f'UPDATE "{name}" SET "{column.name.lower()}" = NULL '
+                                         f'WHERE "{column.name.lower()}" = \'\'')
+
+    def lookup_table(self, node):
+        """The TableDef an ADQL table reference names; AdqlError if none."""
+        parts = [part.name for part in (node.args.get("catalog"), node.args.get("db"), node.this) if part]
+        written = ".".join(parts)
+        table = self._by_name.get(written.lower())
+        if table is None:
+            raise _interpret_error(f'Unknown table "{written}" !')
+        return table
+
+    def table_reference(self, source, *, projects, admin):
+        """The SQLite FROM item for ``source``: its table, or its rows visible to this user."""
+        table, alias = source.table, exp.TableAlias(this=exp.to_identifier(source.alias))
+        name = _sqlite_name(table)
+        if admin or not table.release_column:
+            return exp.Table(this=exp.to_identifier(name, quoted=True), alias=alias)
+        release = f'"{table.release_column.lower()}"'
+        visible = f"({release} IS NOT NULL AND {release} <> '' AND {release} <= {_sql_literal(_now_iso())})"
+        if projects and table.project_column:
+            members = ", ".join(_sql_literal(code) for code in sorted(projects))
+            visible = f'(CAST("{table.project_column.lower()}" AS TEXT) IN ({members}) OR {visible})'
+        inner = sqlglot.parse_one(f'SELECT * FROM "{name}" WHERE {visible}', read="sqlite")
+        return exp.Subquery(this=inner, alias=alias)
+
+    def execute(self, adql, *, maxrec=None, projects=frozenset(), admin=False):
+        """Run an ADQL query.
+
+        Parameters
+        ----------
+        adql : str
+            The query.
+        maxrec : int or None
+            Most rows to return; more rows make ``overflow`` True.  None: no limit but TOP.
+        projects : frozenset of str
+            OPAL codes of the user's projects: their embargoed catalogue rows are visible.
+        admin : bool
+            An administrator sees every row.
+
+        Returns
+        -------
+        QueryResult
+
+        Raises
+        ------
+        AdqlError
+            The query is outside the supported subset, names an unknown table, column or
+            function, or failed while running (e.g. an invalid geometry).
+        """
+        if maxrec is not None:
+            maxrec = max(0, int(maxrec))
+        compiler = _Compiler(self, adql)
+        columns = compiler.output_columns()
+        compiler.rewrite()
+        limit = compiler.top
+        if maxrec is not None:
+            limit = maxrec + 1 if limit is None else min(limit, maxrec + 1)
+        sql = compiler.sql(projects=frozenset(projects or ()), admin=admin, limit=limit)
+        rows = self._run(sql)
+        overflow = maxrec is not None and len(rows) > maxrec
+        table_name = compiler.sources[0].table.full_name if len(compiler.sources) == 1 else None
+        return QueryResult(columns, rows[:maxrec] if overflow else rows, overflow, table_name)
+
+    def _run(self, sql):
+        _function_errors.message = None
+        with self._lock:
+            try:
+                return self._connection.execute(sql).fetchall()
+            except sqlite3.Error as exc:
+                reason = getattr(_function_errors, "message", None) or str(exc)
+                raise AdqlError(f"Unable to run query '{reason}'") from None

@@ -1,0 +1,423 @@
+"""All state of one emulated CASDA, and the verbs that change it: no HTTP, no XML.
+
+`EmulatorBackend` owns the synthetic holdings, the TAP database built from them, the
+OPAL users, DataLink tokens, SODA jobs (``soda.SodaJobStore``), TAP async jobs
+(`TapJobStore`), the injected faults (`FaultList`) and the log of served requests
+(`RequestLog`).  ``reset()`` puts it back the way it started, for the next test.
+"""
+import datetime as _dt
+import hashlib
+import hmac
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import schema
+from .adql import TapDatabase
+from .datalink import TokenStore
+from .holdings import build_holdings
+from .options import EmulatorOptions, FaultRule
+from .soda import SodaJobStore
+
+__all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "TapJob", "TapJobStore", "TapJobFailed",
+           "EmulatorBackend", "BUILTIN_USERNAME", "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
+
+#: The built-in OPAL account (a local test account; the password is not a secret).
+BUILTIN_USERNAME = "casda-user"
+BUILTIN_PASSWORD = "emulator-opal-password"
+#: CASDA's recorded no-access DataLink row shows user id 3242.
+BUILTIN_USER_ID = "3242"
+
+
+@dataclass(frozen=True)
+class User:
+    """An OPAL account as the services see it after the proxy authenticated it.
+
+    Attributes
+    ----------
+    user_id : str
+        OPAL user id (CASDA writes it into the ID column of a no-access DataLink row).
+    username : str
+    projects : frozenset of str
+        OPAL project codes the user belongs to (see embargoed data of those projects).
+    admin : bool
+        CASDA administrator: sees everything.
+    """
+
+    user_id: str
+    username: str
+    projects: frozenset = frozenset()
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One served request.  Credentials are never recorded; token-like values are redacted.
+
+    Attributes
+    ----------
+    method, path : str
+    query : dict
+        Query-string parameters: name -> value, or a list of values when repeated.
+    user : str or None
+        Username authenticated by the proxy, None for anonymous requests.
+    status : int
+        HTTP status sent (0 if the connection broke before any).
+    bytes_sent : int
+        Body bytes actually written to the socket.
+    """
+
+    method: str
+    path: str
+    query: dict
+    user: str | None
+    status: int
+    bytes_sent: int
+
+
+class RequestLog:
+    """Thread-safe list of `LoggedRequest`, plus a count of requests still being served."""
+
+    def __init__(self):
+        self._entries = []
+        self._in_flight = 0
+        self._changed = threading.Condition()
+
+    def begin(self):
+        with self._changed:
+            self._in_flight += 1
+
+    def finish(self, entry):
+        with self._changed:
+            self._entries.append(entry)
+            self._in_flight -= 1
+            self._changed.notify_all()
+
+    def abandon(self):
+        """A request that ends without a log entry (it failed before a response existed)."""
+        with self._changed:
+            self._in_flight -= 1
+            self._changed.notify_all()
+
+    def snapshot(self, settle=1.0):
+        """The entries so far, after waiting up to ``settle`` seconds for requests in flight.
+
+        A client has the last byte of a response slightly before the server thread records
+        it; waiting here keeps tests that read the log right after a request exact.
+        """
+        deadline = time.monotonic() + settle
+        with self._changed:
+            while self._in_flight > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self._changed.wait(remaining)
+            return list(self._entries)
+
+    def clear(self):
+        with self._changed:
+            self._entries.clear()
+
+
+class FaultList:
+    """The injected `FaultRule` objects, consumed thread-safely as requests arrive."""
+
+    def __init__(self):
+        self._rules = []
+        self._remaining = {}
+        self._lock = threading.Lock()
+
+    def add(self, rule):
+        with self._lock:
+            self._rules.append(rule)
+            self._remaining[id(rule)] = rule.times
+
+    def clear(self):
+        with self._lock:
+            self._rules.clear()
+            self._remaining.clear()
+
+    def take(self, method, path):
+        """The rules that apply to this request, in the order added; uses up their ``times``."""
+        taken = []
+        with self._lock:
+            for rule in list(self._rules):
+                if not rule.matches(method, path):
+                    continue
+                taken.append(rule)
+                left = self._remaining[id(rule)]
+                if left is not None:
+                    left -= 1
+                    self._remaining[id(rule)] = left
+                    if left <= 0:
+                        self._rules.remove(rule)
+                        del self._remaining[id(rule)]
+        return taken
+
+    @property
+    def rules(self):
+        with self._lock:
+            return list(self._rules)
+
+
+# --------------------------------------------------------------------------------------
+# TAP async jobs
+# --------------------------------------------------------------------------------------
+
+#: TAP job defaults of CASDA's configuration (seconds).
+TAP_EXECUTION_DURATION = 360_000
+TAP_DESTRUCTION_SECONDS = 43_200
+#: vo_tools runs at most this many async TAP queries at once (``tap.maxRunningJobs``).
+TAP_MAX_RUNNING = 4
+
+TAP_ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING"})
+
+
+class TapJobFailed(Exception):
+    """Raised by a TAP job's work function: the job ends in ERROR with this message."""
+
+
+@dataclass
+class TapJob:
+    """One TAP async job (UWS).  ``parameters`` keys are lower-case, values the first given."""
+
+    job_id: str
+    parameters: dict
+    user: User | None
+    via_proxy: bool
+    created: _dt.datetime
+    destruction: _dt.datetime
+    phase: str = "PENDING"
+    start_time: _dt.datetime | None = None
+    end_time: _dt.datetime | None = None
+    execution_duration: int = TAP_EXECUTION_DURATION
+    error: str | None = None
+    result_path: Path | None = None
+    result_type: str | None = None
+    changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
+
+    def set_phase(self, phase, **updates):
+        with self.changed:
+            for name, value in updates.items():
+                setattr(self, name, value)
+            self.phase = phase
+            self.changed.notify_all()
+
+    def wait_for_change(self, phase, timeout):
+        """Block up to ``timeout`` seconds while the job is still in ``phase`` (UWS 1.1 WAIT)."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.phase == phase and (remaining := deadline - time.monotonic()) > 0:
+                self.changed.wait(remaining)
+
+
+def _utcnow():
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class TapJobStore:
+    """TAP async jobs and the threads running them; results are files under ``root``."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self._jobs = {}
+        self._lock = threading.Lock()
+        self._running = threading.BoundedSemaphore(TAP_MAX_RUNNING)
+
+    def create(self, parameters, user, via_proxy):
+        now = _utcnow()
+        job = TapJob(str(uuid.uuid4()), dict(parameters), user, via_proxy, created=now,
+                     destruction=now + _dt.timedelta(seconds=TAP_DESTRUCTION_SECONDS))
+        with self._lock:
+            self._jobs[job.job_id] = job
+        return job
+
+    def get(self, job_id):
+        """The job, or None."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def delete(self, job_id):
+        """Forget a job and its result; False if unknown."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is None:
+            return False
+        if job.phase in TAP_ACTIVE_PHASES:
+            job.set_phase("ABORTED", end_time=_utcnow())
+        if job.result_path is not None:
+            job.result_path.unlink(missing_ok=True)
+        return True
+
+    def run(self, job, work):
+        """PHASE=RUN: QUEUED now, then EXECUTING and ``work(job)`` in a thread.
+
+        ``work`` returns ``(result_path, content_type)`` or raises `TapJobFailed`.
+        Returns False when the job was not PENDING (nothing happens then).
+        """
+        with job.changed:
+            if job.phase != "PENDING":
+                return False
+            job.phase = "QUEUED"
+            job.changed.notify_all()
+        threading.Thread(target=self._execute, args=(job, work), name=f"tap-{job.job_id[:8]}",
+                         daemon=True).start()
+        return True
+
+    def abort(self, job):
+        with job.changed:
+            if job.phase in TAP_ACTIVE_PHASES:
+                job.phase, job.end_time = "ABORTED", _utcnow()
+                job.changed.notify_all()
+
+    def _execute(self, job, work):
+        with self._running:
+            if job.phase != "QUEUED":
+                return  # aborted while queued
+            job.set_phase("EXECUTING", start_time=_utcnow())
+            try:
+                path, content_type = work(job)
+            except TapJobFailed as exc:
+                job.set_phase("ERROR", error=str(exc), end_time=_utcnow())
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure is the job's error, as at CASDA
+                job.set_phase("ERROR", error=f"Unexpected exception: {exc}", end_time=_utcnow())
+                return
+            if job.phase == "ABORTED":
+                Path(path).unlink(missing_ok=True)
+                return
+            job.set_phase("COMPLETED", result_path=Path(path), result_type=content_type, end_time=_utcnow())
+
+    def result_file(self, job_id, suffix):
+        """Where a job's result goes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f"{job_id}{suffix}"
+
+    def clear(self):
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            self.abort(job)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------
+
+
+def _password_digest(password):
+    return hashlib.sha256(password.encode("utf-8")).digest()
+
+
+class EmulatorBackend:
+    """The state of one emulated CASDA.
+
+    Parameters
+    ----------
+    options : EmulatorOptions
+        Options at construction; ``reset()`` returns to them.
+    data_dir : path-like
+        Where holdings, staged SODA files and TAP results live.
+
+    Attributes
+    ----------
+    options : EmulatorOptions
+        Current options (replaced whole by `set_options`, so readers see a consistent set).
+    holdings : Holdings
+    database : TapDatabase
+    tokens : datalink.TokenStore
+    soda_jobs : soda.SodaJobStore
+    tap_jobs : TapJobStore
+    faults : FaultList
+    request_log : RequestLog
+    up_since : datetime.datetime
+    """
+
+    def __init__(self, options=None, data_dir="."):
+        self.initial_options = options or EmulatorOptions()
+        self.options = self.initial_options
+        self.data_dir = Path(data_dir)
+        self.holdings = build_holdings(self.data_dir / "holdings", self.options.holdings)
+        self.database = TapDatabase(self._tables())
+        self.tokens = TokenStore()
+        self.jobs_dir = self.data_dir / "soda-jobs"
+        self.soda_jobs = SodaJobStore(self)
+        self.tap_jobs = TapJobStore(self.data_dir / "tap-results")
+        self.faults = FaultList()
+        self.request_log = RequestLog()
+        self.up_since = _utcnow()
+        self._users = {}
+        self._builtin = User(BUILTIN_USER_ID, BUILTIN_USERNAME, frozenset(self.holdings.member_projects))
+        self._add_account(self._builtin, BUILTIN_PASSWORD)
+        self._next_user_id = int(BUILTIN_USER_ID) + 1
+        self._users_lock = threading.Lock()
+
+    def _tables(self):
+        holdings = self.holdings
+        return [schema.obscore_table(product.obscore for product in holdings.products),
+                schema.continuum_component_table(holdings.components),
+                schema.observation_table(holdings.observations)]
+
+    # ----- users
+    def _add_account(self, user, password):
+        self._users[user.username] = (_password_digest(password), user)
+
+    @property
+    def builtin_user(self):
+        """The built-in account (member of every project of the holdings' member set)."""
+        return self._builtin
+
+    def add_user(self, username, password, projects=(), *, admin=False):
+        """Add (or replace) an OPAL account; returns its `User`.  Removed again by `reset`."""
+        if username == BUILTIN_USERNAME:
+            raise ValueError(f"{username!r} is the built-in account")
+        with self._users_lock:
+            user = User(str(self._next_user_id), username, frozenset(projects), admin)
+            self._next_user_id += 1
+            self._add_account(user, password)
+        return user
+
+    def authenticate(self, username, password):
+        """The `User` for these credentials, or None (constant-time password check)."""
+        entry = self._users.get(username)
+        if entry is None:
+            hmac.compare_digest(_password_digest(password), _password_digest(""))
+            return None
+        digest, user = entry
+        return user if hmac.compare_digest(digest, _password_digest(password)) else None
+
+    # ----- options, jobs, faults
+    def set_options(self, **changes):
+        """Replace some options (``holdings`` changes only take effect on a new emulator)."""
+        self.options = self.options.replace(**changes)
+        return self.options
+
+    def add_fault(self, rule):
+        if not isinstance(rule, FaultRule):
+            raise TypeError(f"expected a FaultRule, got {type(rule).__name__}")
+        self.faults.add(rule)
+
+    def release_job(self, job_id):
+        """Let a HELD SODA job continue (``EmulatorOptions.hold_jobs``)."""
+        return self.soda_jobs.release_job(job_id)
+
+    def reset(self):
+        """Back to the state after construction: options, users, faults, log, jobs, tokens."""
+        self.options = self.initial_options
+        with self._users_lock:
+            self._users = {BUILTIN_USERNAME: self._users[BUILTIN_USERNAME]}
+        self.faults.clear()
+        self.soda_jobs.clear()
+        self.tap_jobs.clear()
+        self.tokens.clear()
+        self.request_log.clear()
+
+    def table(self, full_name):
+        """The TableDef called ``full_name`` (``schema.table``, case-insensitive), or None."""
+        wanted = full_name.lower()
+        for table in self.database.tables:
+            if table.full_name.lower() == wanted:
+                return table
+        return None
+
