@@ -1,14 +1,539 @@
-"""The ``Casda`` façade (being assembled; see docs/internals.rst)."""
-from astroquery.query import QueryWithLogin
+"""The `Casda` façade: a drop-in superset of ``astroquery.casda.Casda``.
+
+Each public method validates its input, then delegates in a few lines to the module that
+does the work (see ``docs/internals.rst``): `discovery` (SIA2, TAP), `access` (DataLink
+tokens), `jobs` (SODA/UWS), `download`, `credentials`.
+"""
+import logging
+from datetime import datetime, timezone
+
+import astropy.units as u
+from astroquery import log
+from astroquery.query import BaseVOQuery, QueryWithLogin
+from astroquery.utils import async_to_sync
+
+from . import conf
+from .access import DataLinkClient, product_ids_from_table
+from .credentials import ProxyAuth, find_password, store_password
+from .discovery import Discovery
+from .download import Downloader, RetryPolicy
+from .endpoints import Endpoints
+from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, NotLoggedInError,
+                     ServiceError, redact_url)
+from .jobs import PollPolicy, SodaJob
+from .soda_params import SodaRequest, label_results, require_request
 
 __all__ = ["Casda", "CasdaClass"]
 
+#: DataLink service names, by what a job does with the products.
+STAGING_SERVICE = "async_service"
+CUTOUT_SERVICE = "cutout_service"
+SPECTRUM_SERVICE = "spectrum_generation_service"
 
-class CasdaClass(QueryWithLogin):
-    """Access to the CSIRO ASKAP Science Data Archive."""
 
-    def _login(self, *args, **kwargs):
-        raise NotImplementedError
+@async_to_sync
+class CasdaClass(QueryWithLogin, BaseVOQuery):
+    """Access to the CSIRO ASKAP Science Data Archive (CASDA).
+
+    Typical use::
+
+        from astroquery_casda_ext import Casda
+        images = Casda.query_region('22h15m38.2s -45d50m30.5s', radius=0.5 * u.deg)
+        Casda.login(username='me@example.org')
+        urls = Casda.cutout(images[:3], coordinates=..., radius=2 * u.arcmin)
+        Casda.download_files(urls, savedir='cutouts')
+
+    Parameters
+    ----------
+    server : str, optional
+        A base URL under which CASDA's whole path layout lives (``casda_vo_tools/``,
+        ``casda_vo_proxy/vo/``, ``casda_data_access/``), such as the local emulator's
+        ``emu.url``.  ``None`` (default) uses the hosts named by `~astroquery_casda_ext.conf`
+        (production unless ``conf.environment`` says otherwise).
+    """
+
+    # QueryWithLogin comes first: astroquery's LoginABCMeta builds ``login()`` from
+    # ``bases[0].login``, which BaseVOQuery does not have.
+
+    def __init__(self, *, server=None):
+        super().__init__()
+        BaseVOQuery.__init__(self)  # BaseQuery.__init__ does not chain to it
+        # astroquery's response hook logs request headers (Authorization included) at DEBUG.
+        self._session.hooks["response"] = [_log_response]
+        self._server = server
+        self._credentials = None
+        self.USERNAME = conf.username
+
+    def __repr__(self):
+        user = self._credentials.username if self._credentials else None
+        return f"<CasdaClass server={self.endpoints.vo_tools!r} user={user!r}>"
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def endpoints(self):
+        """The service URLs in force (read from ``conf`` at each call unless ``server`` was given)."""
+        return Endpoints.resolve(self._server)
+
+    def _proxy_auth(self):
+        """A callable giving per-URL credentials: only ever for the authenticated proxy."""
+        if self._credentials is None:
+            return lambda url: None
+        return ProxyAuth(self._credentials, self.endpoints.vo_proxy)
+
+    @property
+    def _discovery(self):
+        return Discovery(self._session, self.endpoints, auth=self._proxy_auth(), timeout=conf.timeout)
+
+    def _datalink(self):
+        return DataLinkClient(self._session, self.endpoints.datalink_url, auth=self._proxy_auth(),
+                              batch_size=int(conf.datalink_batch_size), timeout=conf.timeout)
+
+    def _poll_policy(self, poll_interval=None):
+        cap = float(poll_interval if poll_interval is not None else conf.poll_interval)
+        return PollPolicy(first=min(float(conf.poll_first), cap), cap=cap,
+                          timeout=float(conf.job_timeout) or None)
+
+    def _require_login(self):
+        if self._credentials is None:
+            raise NotLoggedInError("Credentials must be supplied to download CASDA image data: "
+                                   "call Casda.login() first.")
+
+    # --- login ----------------------------------------------------------------------------
+
+    def _login(self, username=None, *, password=None, store_password=False, reenter_password=False,
+               password_file=None):
+        """Log in to CASDA with an ATNF OPAL account, to access data and embargoed products.
+
+        The password comes from, in order: ``password``, the ``CASDA_PASSWORD`` environment
+        variable, ``password_file`` (refused if others can read it), the system keyring
+        (service ``astroquery:casda.csiro.au``, shared with ``astroquery.casda``), or a prompt.
+
+        Parameters
+        ----------
+        username : str, optional
+            OPAL user name (e-mail).  Defaults to ``conf.username`` or ``CASDA_USER``.
+        password : str, optional
+            Avoid in scripts that others can read; prefer the keyring.
+        store_password : bool, optional
+            Store the password in the keyring once the login has succeeded.
+        reenter_password : bool, optional
+            Ask again even if the keyring has a password (to replace it).
+        password_file : str or path-like, optional
+            A file holding the password on its first line.
+
+        Raises
+        ------
+        astroquery.exceptions.LoginError
+            No password could be found, or CASDA rejected the credentials (the message
+            carries the server's answer).
+        """
+        credentials = find_password(username or self.USERNAME or None, password=password,
+                                    password_file=password_file, reenter=reenter_password)
+        log.info(f"Authenticating {credentials.username} on CASDA ...")
+        auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
+        response = self._request("GET", self.endpoints.login_url, auth=auth(self.endpoints.login_url),
+                                 timeout=conf.timeout, cache=False)
+        if response.status_code in (401, 403):
+            raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
+                                  f"HTTP {response.status_code} {_server_text(response)}")
+        if response.status_code != 200:
+            raise ServiceError(f"CASDA login check failed: HTTP {response.status_code} "
+                               f"{_server_text(response)}", url=response.url, status=response.status_code)
+        self._credentials = credentials
+        self.USERNAME = credentials.username
+        if store_password and credentials.source != "keyring":
+            store_password_in_keyring(credentials)
+        log.info("Authentication successful!")
+        return True
+
+    def logout(self):
+        """Forget the credentials of this session (the keyring is left as it is)."""
+        self._credentials = None
+        self._authenticated = False
+
+    # --- discovery ------------------------------------------------------------------------
+
+    def query_region_async(self, coordinates, *, radius=1 * u.arcmin, height=None, width=None,
+                           polygon=None, band=None, rest_frequency=None, time=None, pol=None,
+                           collection=None, dataproduct_type=None, maxrec=None,
+                           get_query_payload=False, cache=True):
+        """Query CASDA's SIA2 service for images and cubes in a region.
+
+        Either a radius, or both a height and a width, or a polygon describe the region.
+
+        Parameters
+        ----------
+        coordinates : str, `~astropy.coordinates.SkyCoord`, or a list of them
+            Centre(s) of the region(s); several positions are OR-ed.
+        radius : str or `~astropy.units.Quantity`, optional
+            Cone radius (at most 10 degrees).  Default 1 arcmin, as ``astroquery.casda``.
+        height, width : str or `~astropy.units.Quantity`, optional
+            Size of a box region (on-sky; RA extent is widened by 1/cos(dec)).
+        polygon : list of coordinates, optional
+            Vertices of a polygon region (replaces ``coordinates``).
+        band : sequence of two `~astropy.units.Quantity`, optional
+            Spectral range as wavelengths, frequencies or (with ``rest_frequency``)
+            radio velocities; ``None`` for an open end.
+        rest_frequency : `~astropy.units.Quantity`, optional
+            Rest frequency for a velocity ``band``.
+        time : sequence of two `~astropy.time.Time` (or ISO strings or MJDs), optional
+            Products observed entirely within this interval.
+        pol : str or list of str, optional
+            Polarisation states, e.g. ``'I'`` or ``['Q', 'U']``.
+        collection : str or list of str, optional
+            Project short names, e.g. ``'The Rapid ASKAP Continuum Survey'``.
+        dataproduct_type : str, optional
+            ``'image'`` or ``'cube'`` (CASDA labels 2-D images ``cube`` too).
+        maxrec : int, optional
+            Most rows to return; an overflow is warned about.
+        get_query_payload : bool, optional
+            Return the request parameters instead of sending the request.
+        cache : bool, optional
+            Use astroquery's cache for the response.
+
+        Returns
+        -------
+        response : `requests.Response`
+        """
+        payload = self._discovery.sia2_payload(
+            coordinates, radius=radius, width=width, height=height, polygon=polygon, band=band,
+            rest_frequency=rest_frequency, time=time, pol=pol, collection=collection,
+            dataproduct_type=dataproduct_type, maxrec=maxrec)
+        if get_query_payload:
+            return payload
+        return self._request("GET", self.endpoints.sia2_url, params=payload, timeout=conf.timeout,
+                             cache=cache)
+
+    def query_region(self, coordinates, *, dataproduct_subtype=None, verbose=False, **kwargs):
+        """Query CASDA's SIA2 service and return a `~astropy.table.Table` of products.
+
+        Takes every argument of `query_region_async`, plus ``dataproduct_subtype`` (e.g.
+        ``'cont.restored.t0'``), applied to the results since CASDA's SIA2 has no such
+        parameter.
+        """
+        response = self.query_region_async(coordinates, **kwargs)
+        if kwargs.get("get_query_payload"):
+            return response
+        response.raise_for_status()
+        return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
+
+    def _parse_result(self, response, *, verbose=False):
+        return self._discovery.parse_sia2(response.content)
+
+    def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
+                  get_query_payload=False):
+        """Run an ADQL query on CASDA's TAP service.
+
+        Parameters
+        ----------
+        query : str
+            ADQL, e.g. ``"SELECT TOP 10 * FROM ivoa.obscore WHERE obs_id = '609'"``.
+        async_job : bool, optional
+            Run as a UWS async job (for long queries).
+        maxrec : int, optional
+            Most rows to return; an overflow is warned about.
+        authenticated : bool, optional
+            Query through the OPAL proxy so embargoed rows of your projects are included.
+            Default: when logged in.
+        get_query_payload : bool, optional
+            Return the request parameters instead of sending the request.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("query must be a non-empty ADQL string")
+        if authenticated is None:
+            authenticated = self._credentials is not None
+        elif authenticated:
+            self._require_login()
+        if get_query_payload:
+            payload = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
+            return payload | ({"MAXREC": str(maxrec)} if maxrec is not None else {})
+        return self._discovery.tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
+
+    def list_tables(self):
+        """The tables of CASDA's TAP service (from ``TAP_SCHEMA.tables``)."""
+        return self._discovery.list_tables()
+
+    def list_columns(self, table_name):
+        """The columns of one TAP table, with units, UCDs and descriptions."""
+        return self._discovery.columns(table_name)
+
+    def query_sbid_images(self, sbid, *, subtypes=("cont.restored.t0",), dataproduct_types=("cube",)):
+        """Images and cubes of one scheduling block (``obs_id``), optionally by subtype.
+
+        ``subtypes=None`` returns every subtype.
+        """
+        return self._discovery.images_of_sbid(sbid, subtypes=subtypes, dataproduct_types=dataproduct_types)
+
+    def query_components(self, *, sbid=None, image=None, flux_min=None, maxrec=None):
+        """Continuum catalogue components of a scheduling block, or inside an image's footprint.
+
+        Parameters
+        ----------
+        sbid : int, optional
+        image : `~astropy.table.Row` or str, optional
+            An ObsCore row (or product id) whose ``s_region`` bounds the search.
+        flux_min : float or `~astropy.units.Quantity`, optional
+            Keep components with ``flux_peak`` above this (mJy/beam when a float).
+        """
+        return self._discovery.components(sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec)
+
+    def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None):
+        """Products whose footprint contains a position (optionally of one collection)."""
+        return self._discovery.products_containing(coordinates, collection=collection,
+                                                   dataproduct_type=dataproduct_type)
+
+    def query_images_in_interval(self, coordinates, start, end, *, radius=None, collection=None,
+                                 subtypes=("cont.restored.t0",)):
+        """Images covering a position observed between ``start`` and ``end``, oldest first."""
+        return self._discovery.images_in_interval(coordinates, start, end, radius=radius,
+                                                  collection=collection, subtypes=subtypes)
+
+    def filter_out_unreleased(self, table):
+        """Return the rows of ``table`` that are released (public) now.
+
+        Parameters
+        ----------
+        table : `~astropy.table.Table`
+            Must include an ``obs_release_date`` column.
+
+        Returns
+        -------
+        table : `~astropy.table.Table`
+        """
+        if "obs_release_date" not in table.colnames:
+            raise InvalidTableError("filter_out_unreleased needs an 'obs_release_date' column")
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        dates = table["obs_release_date"]
+        if hasattr(dates, "filled"):
+            dates = dates.filled("")
+        dates = [d.decode() if isinstance(d, bytes) else str(d) for d in dates]
+        return table[[bool(d) and d < now for d in dates]]
+
+    # --- access, staging and cutouts ------------------------------------------------------
+
+    def get_access_tokens(self, table, service=STAGING_SERVICE):
+        """DataLink access tokens for the products of ``table`` (batched requests).
+
+        Returns
+        -------
+        `~astroquery_casda_ext.access.AccessReport`
+            ``tokens`` for the products you may access, and ``denied`` (product id → the
+            server's message) for the others.
+        """
+        self._require_login()
+        return self._datalink().tokens_for(product_ids_from_table(table), service)
+
+    def load_job(self, job_url):
+        """Reattach to a SODA job by its URL (e.g. in a new process), without creating a new one."""
+        return SodaJob.load(self._session, job_url, timeout=conf.timeout)
+
+    def stage_data(self, table, *, verbose=False, wait=True, poll_interval=None):
+        """Stage whole files of the products in ``table`` for download.
+
+        Parameters
+        ----------
+        table : `~astropy.table.Table`
+            Products, e.g. from `query_region`; needs ``obs_publisher_did`` or ``access_url``.
+        verbose : bool, optional
+            Log job progress.
+        wait : bool, optional
+            If False, return the started jobs at once instead of waiting for them.
+        poll_interval : float, optional
+            Longest wait between two looks at a job (default ``conf.poll_interval``).
+
+        Returns
+        -------
+        list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
+            With ``wait=True``, the URLs of every staged file and of its ``.checksum`` (as
+            ``astroquery.casda``); with ``wait=False``, the running jobs.
+        """
+        self._require_login()
+        if table is None or len(table) == 0:
+            return []
+        jobs = self._submit(table, STAGING_SERVICE, {}, verbose)
+        return self._finish(jobs, wait, verbose, poll_interval)
+
+    def cutout(self, table, *, coordinates=None, radius=1 * u.arcmin, height=None, width=None,
+               polygon=None, band=None, channel=None, pol=None, rest_frequency=None, verbose=False,
+               wait=True, poll_interval=None):
+        """Cut regions out of each product in ``table`` on the server, in as few jobs as possible.
+
+        Every region × every spectral window is cut from every product whose footprint
+        contains the region's centre; regions that miss a product are reported (a warning),
+        not returned as data.
+
+        Parameters
+        ----------
+        table : `~astropy.table.Table`
+            Image or cube products; needs ``obs_publisher_did`` or ``access_url``.
+        coordinates : coordinates, list, `~astropy.table.Table` or path, optional
+            One or many centres: a coordinate string or `~astropy.coordinates.SkyCoord`, a list
+            of them, a table with ra/dec columns, or a source-list file (``ra dec`` per line,
+            decimal or sexagesimal, ``#`` comments).
+        radius : str or `~astropy.units.Quantity`, optional
+            Circle radius (default 1 arcmin; at most 10 degrees).
+        height, width : str or `~astropy.units.Quantity`, optional
+            Box size instead of a circle.
+        polygon : list of coordinates, optional
+            A polygon region instead.
+        band : two `~astropy.units.Quantity`, or a list of such pairs, optional
+            Spectral window(s): wavelengths, frequencies, or velocities with ``rest_frequency``.
+        channel : two int, or a list of such pairs, optional
+            Channel window(s), 1-based, inclusive.
+        pol : str or list of str, optional
+            Stokes parameters to keep, e.g. ``['Q', 'U']``.
+        wait : bool, optional
+            If False, return the started jobs at once.
+
+        Returns
+        -------
+        list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
+            The URLs of every cutout and its ``.checksum``, or the running jobs.
+        """
+        request = SodaRequest.build(coordinates=coordinates, radius=radius if polygon is None else None,
+                                    height=height, width=width, polygon=polygon, band=band,
+                                    channel=channel, pol=pol, rest_frequency=rest_frequency)
+        require_request(request)
+        self._require_login()
+        if table is None or len(table) == 0:
+            return []
+        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), verbose, request=request)
+        return self._finish(jobs, wait, verbose, poll_interval)
+
+    def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
+                verbose=False, wait=True, poll_interval=None):
+        """Extract 1-D spectra at positions from cubes, with CASDA's spectrum generation service.
+
+        Parameters are as in `cutout`; ``radius`` is the aperture (default 1 arcmin).
+
+        Returns
+        -------
+        list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
+        """
+        request = SodaRequest.build(coordinates=coordinates, radius=1 * u.arcmin if radius is None else radius,
+                                    band=band, channel=channel, pol=pol)
+        self._require_login()
+        if table is None or len(table) == 0:
+            return []
+        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), verbose, request=request)
+        return self._finish(jobs, wait, verbose, poll_interval)
+
+    def _submit(self, table, service, params, verbose, request=None):
+        """Create and run as few jobs as possible (``conf.job_batch_size`` products each)."""
+        report = self._datalink().tokens_for(product_ids_from_table(table), service)
+        size = max(1, int(conf.job_batch_size))
+        jobs = []
+        for start in range(0, len(report.tokens), size):
+            batch = report.tokens[start:start + size]
+            job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
+                                 params or None, timeout=conf.timeout)
+            job.request = request
+            job.run()
+            if verbose:
+                log.info(f"Started {service} job {job.url} for {len(batch)} product(s)")
+            jobs.append(job)
+        return jobs
+
+    def _finish(self, jobs, wait, verbose, poll_interval):
+        if not wait:
+            return jobs
+        urls = []
+        for job in jobs:
+            on_phase = (lambda phase, elapsed, job=job: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
+                if verbose else None
+            job.wait(self._poll_policy(poll_interval), on_phase=on_phase)
+            job.raise_if_error()
+            urls.extend(job.result_urls())
+        return urls
+
+    def cutout_table(self, job):
+        """A table naming, for each file of a finished cutout job, its product and region."""
+        errors = [getattr(f, "message", None) or "" for f in job.error_files()]
+        return label_results(job.result_files(), getattr(job, "request", None) or SodaRequest(), errors)
+
+    # --- downloads ------------------------------------------------------------------------
+
+    def _downloader(self, workers=None, progress=None, executor=None):
+        return Downloader(self._session, workers=int(workers or conf.download_workers),
+                          retry=RetryPolicy(total=int(conf.download_retries)), executor=executor,
+                          progress=progress, timeout=conf.timeout)
+
+    def download_files(self, urls, *, savedir="", workers=None, progress=None, executor=None):
+        """Download files (e.g. the URLs `stage_data` or `cutout` returned), in parallel.
+
+        Files are written as ``<name>.part``, resumed after an interruption, verified against
+        their ``.checksum`` and only then renamed; files already present and verified are
+        skipped.
+
+        Parameters
+        ----------
+        urls : list of str
+        savedir : str, optional
+            Directory for the files (default: the current directory).
+        workers : int, optional
+            Parallel transfers (default ``conf.download_workers``).
+        progress : bool, optional
+            Show progress bars (default: when the terminal is interactive).
+        executor : `concurrent.futures.Executor`, optional
+            Run transfers on this executor (e.g. a dask.distributed client's).
+
+        Returns
+        -------
+        list of str
+            The local paths of the downloaded files, in the order of ``urls``.
+
+        Raises
+        ------
+        astroquery_casda_ext.errors.DownloadError
+            If any file could not be downloaded and verified (the others are kept).
+        """
+        return self._downloader(workers, progress, executor).download_files(list(urls), savedir=savedir or ".")
+
+    def download(self, source, savedir=".", *, workers=None, progress=None, executor=None,
+                 save_manifest=True):
+        """Download what a job produced, or a list of URLs, and return the manifest.
+
+        Parameters
+        ----------
+        source : `~astroquery_casda_ext.jobs.SodaJob`, list of jobs, or list of str
+            Finished jobs (files are paired with their checksums; error files reported),
+            or URLs.
+
+        Returns
+        -------
+        `~astroquery_casda_ext.download.Manifest`
+            One row per file: product, URL, local path, size, checksum status, error.
+        """
+        jobs = [source] if isinstance(source, SodaJob) else list(source)
+        items = []
+        for item in jobs:
+            if isinstance(item, SodaJob):
+                items.extend(item.result_files())
+                items.extend(item.error_files())
+            else:
+                items.append(item)
+        manifest = self._downloader(workers, progress, executor).download(items, savedir)
+        if save_manifest:
+            manifest.save()
+        return manifest
+
+
+def store_password_in_keyring(credentials):
+    """Save a password that worked, under astroquery's keyring service name."""
+    store_password(credentials)
+
+
+def _server_text(response):
+    """The first line of a server's answer, for error messages."""
+    text = (response.text or "").strip()
+    return text.splitlines()[0][:300] if text else response.reason or ""
+
+
+def _log_response(response, *args, **kwargs):
+    """Log each exchange at DEBUG: method, redacted URL, status. Never headers or bodies."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(f"{response.request.method} {redact_url(response.url)} -> {response.status_code}")
 
 
 Casda = CasdaClass()
