@@ -449,7 +449,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
 
     def cutout_table(self, job):
         """A table naming, for each file of a finished cutout job, its product and region."""
-        errors = [getattr(f, "message", None) or "" for f in job.error_files()]
+        errors = [f.message or "" for f in job.error_files(fetch_messages=True)]
         return label_results(job.result_files(), getattr(job, "request", None) or SodaRequest(), errors)
 
     # --- downloads ------------------------------------------------------------------------

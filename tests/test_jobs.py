@@ -296,8 +296,8 @@ def test_wait_times_out_with_resume_hint(mocked, fake_time):
 @pytest.mark.parametrize("timeout", [None, 0])
 def test_wait_without_limit(mocked, fake_time, timeout):
     job = loaded(mocked, "job_executing.xml")
-    serve_phases(mocked, *["job_queued.xml"] * 200, "job_completed_plain.xml")
-    policy = PollPolicy(cap=20, timeout=timeout)
+    serve_phases(mocked, *["job_queued.xml"] * 70, "job_completed_plain.xml")
+    policy = PollPolicy(first=10, factor=2, cap=60, timeout=timeout)
     assert job.wait(policy, sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
     assert fake_time.now > 3600
 
@@ -508,3 +508,42 @@ def test_emulator_deleted_job_is_gone(emulator):
     job.delete()
     with pytest.raises((JobExpiredError, JobNotFoundError)):
         job.refresh()
+
+
+def _started_job(emulator, circles=None):
+    products, tokens = _cutout_tokens(emulator, 1)
+    ra, dec = products[0].obscore["s_ra"], products[0].obscore["s_dec"]
+    job = SodaJob.create(requests.Session(), tokens[0].service_url, tokens,
+                         {"CIRCLE": circles or f"{ra:.6f} {dec:.6f} 0.01"})
+    return job.run()
+
+
+FAST = PollPolicy(first=0.02, factor=1.5, cap=0.2, timeout=60)
+
+
+def test_emulator_every_phase_is_seen_one_per_poll(emulator):
+    emulator.set_options(job_progression="polls")
+    job = _started_job(emulator)
+    seen = []
+    assert job.wait(FAST, on_phase=lambda phase, elapsed: seen.append(phase)) == "COMPLETED"
+    assert seen == ["PENDING", "QUEUED", "SUSPENDED", "EXECUTING", "COMPLETED"]
+
+
+def test_emulator_held_job_is_waited_for(emulator):
+    emulator.set_options(hold_jobs=True)
+    job = _started_job(emulator)
+
+    def release_when_held(phase, elapsed):
+        if phase == "HELD":
+            emulator.release_job(job.job_id)
+    assert job.wait(FAST, on_phase=release_when_held) == "COMPLETED"
+
+
+def test_emulator_uws_11_wait_blocks(emulator):
+    emulator.set_options(uws_wait=True)
+    job = _started_job(emulator)
+    assert job.document.version == "1.1"
+    assert job.wait(PollPolicy(first=0.02, cap=5, timeout=60)) == "COMPLETED"
+    waits = [entry.query for entry in emulator.request_log if "WAIT" in entry.query]
+    assert waits and {query["PHASE"] for query in waits} <= ACTIVE_PHASES
+    assert all(query["WAIT"] == "5" for query in waits)   # policy.cap
