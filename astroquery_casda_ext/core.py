@@ -78,7 +78,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     def _proxy_auth(self):
         """A callable giving per-URL credentials: only ever for the authenticated proxy."""
         if self._credentials is None:
-            return lambda url: None
+            return None
         return ProxyAuth(self._credentials, self.endpoints.vo_proxy)
 
     @property
@@ -242,7 +242,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query must be a non-empty ADQL string")
         if authenticated is None:
-            authenticated = self._credentials is not None
+            authenticated = self._logged_in()
         elif authenticated:
             self._require_login()
         if get_query_payload:
@@ -250,20 +250,26 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             return payload | ({"MAXREC": str(maxrec)} if maxrec is not None else {})
         return self._discovery.tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
 
+    def _logged_in(self):
+        """Helpers query through the OPAL proxy once logged in, to see the user's embargoed rows."""
+        return self._credentials is not None
+
     def list_tables(self):
         """The tables of CASDA's TAP service (from ``TAP_SCHEMA.tables``)."""
-        return self._discovery.list_tables()
+        return self._discovery.list_tables(authenticated=self._logged_in())
 
     def list_columns(self, table_name):
         """The columns of one TAP table, with units, UCDs and descriptions."""
-        return self._discovery.columns(table_name)
+        return self._discovery.columns(table_name, authenticated=self._logged_in())
 
     def query_sbid_images(self, sbid, *, subtypes=("cont.restored.t0",), dataproduct_types=("cube",)):
         """Images and cubes of one scheduling block (``obs_id``), optionally by subtype.
 
-        ``subtypes=None`` returns every subtype.
+        ``subtypes=None`` returns every subtype.  Queries go through the OPAL proxy when
+        logged in (this holds for every ``query_*`` helper).
         """
-        return self._discovery.images_of_sbid(sbid, subtypes=subtypes, dataproduct_types=dataproduct_types)
+        return self._discovery.images_of_sbid(sbid, subtypes=subtypes, dataproduct_types=dataproduct_types,
+                                              authenticated=self._logged_in())
 
     def query_components(self, *, sbid=None, image=None, flux_min=None, maxrec=None):
         """Continuum catalogue components of a scheduling block, or inside an image's footprint.
@@ -276,18 +282,21 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         flux_min : float or `~astropy.units.Quantity`, optional
             Keep components with ``flux_peak`` above this (mJy/beam when a float).
         """
-        return self._discovery.components(sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec)
+        return self._discovery.components(sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec,
+                                          authenticated=self._logged_in())
 
     def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None):
         """Products whose footprint contains a position (optionally of one collection)."""
         return self._discovery.products_containing(coordinates, collection=collection,
-                                                   dataproduct_type=dataproduct_type)
+                                                   dataproduct_type=dataproduct_type,
+                                                   authenticated=self._logged_in())
 
     def query_images_in_interval(self, coordinates, start, end, *, radius=None, collection=None,
                                  subtypes=("cont.restored.t0",)):
         """Images covering a position observed between ``start`` and ``end``, oldest first."""
         return self._discovery.images_in_interval(coordinates, start, end, radius=radius,
-                                                  collection=collection, subtypes=subtypes)
+                                                  collection=collection, subtypes=subtypes,
+                                                  authenticated=self._logged_in())
 
     def filter_out_unreleased(self, table):
         """Return the rows of ``table`` that are released (public) now.

@@ -164,6 +164,12 @@ def _adql_region(s_region):
     return f"{shape}('ICRS', {', '.join(format_number(float(t)) for t in numbers_)})"
 
 
+def _point(coordinates):
+    """``'ra, dec'`` in ICRS degrees for an ADQL POINT or CIRCLE."""
+    coord = parse_coordinates(coordinates)
+    return f"{format_number(coord.ra.deg)}, {format_number(coord.dec.deg)}"
+
+
 def _is_number(text):
     try:
         return np.isfinite(float(text))
@@ -194,7 +200,16 @@ def _query_status(votable):
     return status
 
 
-def _add_degree_units(table):
+def _repair_units(table):
+    """Units astropy's VOTable reader could not read (CDS syntax has no ``beam``, so
+    ``flux_peak`` in ``mJy/beam`` arrives unrecognised) are read again in astropy's own
+    syntax; degree columns without a unit get one, so SkyCoord can use them."""
+    for column in table.itercols():
+        if isinstance(column.unit, u.UnrecognizedUnit):
+            try:
+                column.unit = u.Unit(column.unit.name, parse_strict="raise")
+            except ValueError:
+                pass               # e.g. CASDA's 'h:m:s' on text columns: keep it as written
     for name in _DEGREE_COLUMNS:
         if name in table.colnames and table[name].unit is None:
             table[name].unit = u.deg
@@ -263,7 +278,7 @@ def _votable_table(content, service):
         table = resources[0].tables[0].to_table(use_names_over_ids=True)
     if status == "OVERFLOW":
         _warn_overflow(table, service)
-    return _add_degree_units(table)
+    return _repair_units(table)
 
 
 def _local(tag):
@@ -345,18 +360,27 @@ def _service_errors(url, service="TAP"):
         reason = reason[len(_UWS_ERROR_PREFIX):] if reason.startswith(_UWS_ERROR_PREFIX) else reason
         raise QueryError(f"CASDA {service} query failed: {reason}", url=url, server_message=reason) from None
     except DALAccessError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, requests.RequestException) and not isinstance(cause, requests.HTTPError):
+            _raise_unreachable(cause, url, service)
         _raise_http(getattr(exc, "code", None), str(exc.reason or exc), url, service)
     except requests.HTTPError as exc:
         _raise_http(exc.response.status_code, str(exc), url, service)
     except requests.RequestException as exc:
-        raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {type(exc).__name__}",
-                           url=url) from None
+        _raise_unreachable(exc, url, service)
+
+
+def _raise_unreachable(exc, url, service):
+    raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {type(exc).__name__}: {exc}",
+                       url=url) from None
 
 
 def _raise_http(status, message, url, service):
     if status == 401:
-        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})") from None
-    raise ServiceError(f"CASDA {service} error at {redact_url(url)}: {message}", url=url,
+        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})") \
+            from None
+    shown = f" (HTTP {status})" if status else ""
+    raise ServiceError(f"CASDA {service} error{shown} at {redact_url(url)}: {message}", url=url,
                        status=status or None) from None
 
 
@@ -386,7 +410,8 @@ class Discovery:
     #: Seconds to wait for an async TAP job (CASDA's own async limit is 10 hours).
     tap_async_timeout = 36000.0
 
-    def __init__(self, session, endpoints, *, auth=None, timeout=30, sleep=_time.sleep, clock=_time.monotonic):
+    def __init__(self, session, endpoints, *, auth=None, timeout=30, sleep=_time.sleep,
+                 clock=_time.monotonic):
         self._session = session
         self.endpoints = endpoints
         self._auth = auth
@@ -486,10 +511,11 @@ class Discovery:
         return self._auth
 
     def _tap_service(self, authenticated):
+        """(pyvo TAPService, the session it uses) for the anonymous or the proxy TAP."""
         if authenticated not in self._tap_services:
             url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
             session = _PerRequestAuthSession(self._session, self._auth_for(authenticated), self.timeout)
-            self._tap_services[authenticated] = TAPService(url, session=session)
+            self._tap_services[authenticated] = (TAPService(url, session=session), session)
         return self._tap_services[authenticated]
 
     def tap(self, query, *, async_job=False, maxrec=None, authenticated=False):
@@ -530,28 +556,30 @@ class Discovery:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError(f"query {query!r} must be a non-empty ADQL string")
         maxrec = None if maxrec is None else _positive_int(maxrec, "maxrec")
-        service = self._tap_service(bool(authenticated))
+        service, session = self._tap_service(bool(authenticated))
         with _service_errors(service.baseurl), _quiet_votable():
             if async_job:
-                results = self._run_async(service, query, maxrec)
+                results = self._run_async(service.baseurl, session, query, maxrec)
             else:
                 results = service.run_sync(query, maxrec=maxrec)
             table = results.to_table()
         if results.status[0].upper() == "OVERFLOW":
             _warn_overflow(table, "TAP")
-        return _add_degree_units(table)
+        return _repair_units(table)
 
-    def _run_async(self, service, query, maxrec):
+    def _run_async(self, tap_url, session, query, maxrec):
         # pyvo's AsyncTAPJob cannot read CASDA's job documents (timestamps like
         # 2023-03-14T10:21:09.118+0800) and does not wait through SUSPENDED/HELD, so the
         # submission and result use pyvo and the job is followed with read_uws_job.
-        session = service._session
-        submitted = TAPQuery(service.baseurl, query, mode="async", maxrec=maxrec, session=session).submit()
+        submitted = TAPQuery(tap_url, query, mode="async", maxrec=maxrec, session=session).submit()
         submitted.close()
         submitted.raise_for_status()
+        if not submitted.history:       # CASDA answers a new job with 303 to the job's URL
+            raise ServiceError(f"CASDA's TAP did not create a job (HTTP {submitted.status_code})",
+                               url=tap_url, status=submitted.status_code)
         job_url = submitted.url.rstrip("/")
         try:
-            session.post(job_url + "/phase", data={"PHASE": "RUN"}).raise_for_status()
+            session.post(job_url + "/phase", data={"PHASE": "RUN"}, allow_redirects=False).raise_for_status()
             phase, href, message = self._wait_for_job(session, job_url)
             if phase != "COMPLETED":
                 raise DALQueryError(message or f"the job ended {phase}", phase, job_url)
@@ -630,7 +658,8 @@ class Discovery:
             conditions.append(_adql_in("dataproduct_type", dataproduct_types, "dataproduct_types"))
         if subtypes is not None:
             conditions.append(_adql_in("dataproduct_subtype", subtypes, "subtypes"))
-        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did", authenticated=authenticated)
+        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did",
+                            authenticated=authenticated)
 
     def components(self, *, sbid=None, image=None, flux_min=None, maxrec=None, authenticated=False):
         """Continuum components (``casda.continuum_component``), brightest first.
@@ -669,7 +698,8 @@ class Discovery:
         if isinstance(image, Row) or (hasattr(image, "keys") and "s_region" in image.keys()):
             return image["s_region"]
         if not isinstance(image, str) or not image.strip():
-            raise InvalidInputError(f"image {image!r} must be an ObsCore row or a product id like 'cube-1001'")
+            raise InvalidInputError(f"image {image!r} must be an ObsCore row or a product id "
+                                    "like 'cube-1001'")
         rows = self.tap("SELECT s_region FROM ivoa.obscore WHERE obs_publisher_did = "
                         f"{_adql_string(image.strip())}", authenticated=authenticated)
         if not len(rows):
@@ -683,14 +713,13 @@ class Discovery:
         ``dataproduct_type`` may be any ObsCore value here (``'cube'``, ``'visibility'``,
         ``'spectrum'``...), unlike SIA2.
         """
-        coord = parse_coordinates(coordinates)
-        conditions = [f"CONTAINS(POINT('ICRS', {format_number(coord.ra.deg)}, {format_number(coord.dec.deg)}), "
-                      "s_region) = 1"]
+        conditions = [f"CONTAINS(POINT('ICRS', {_point(coordinates)}), s_region) = 1"]
         if collection is not None:
             conditions.append(_adql_in("obs_collection", collection, "collection"))
         if dataproduct_type is not None:
             conditions.append(_adql_in("dataproduct_type", dataproduct_type, "dataproduct_type"))
-        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did", authenticated=authenticated)
+        return self._select("ivoa.obscore", conditions, order_by="obs_publisher_did",
+                            authenticated=authenticated)
 
     def images_in_interval(self, coordinates, start, end, *, radius=None, collection=None, subtypes=None,
                            authenticated=False):
@@ -712,15 +741,15 @@ class Discovery:
         `~astropy.table.Table`
             Sorted by ``t_min`` (a light curve's order).
         """
-        coord = parse_coordinates(coordinates)
+        point = _point(coordinates)
         t_start, t_end = _mjd(start, "start"), _mjd(end, "end")
         if t_start > t_end:
             raise InvalidInputError(f"start {start!r} is after end {end!r}")
-        point = f"{format_number(coord.ra.deg)}, {format_number(coord.dec.deg)}"
         if radius is None:
             where = f"CONTAINS(POINT('ICRS', {point}), s_region) = 1"
         else:
-            where = f"INTERSECTS(CIRCLE('ICRS', {point}, {format_number(parse_radius(radius).value)}), s_region) = 1"
+            radius_deg = format_number(parse_radius(radius).value)
+            where = f"INTERSECTS(CIRCLE('ICRS', {point}, {radius_deg}), s_region) = 1"
         conditions = [where, "dataproduct_type IN ('cube', 'image')",
                       f"t_min >= {format_number(t_start)}", f"t_max <= {format_number(t_end)}"]
         if collection is not None:

@@ -187,8 +187,9 @@ def _validated_arrays(ra, dec, what):
     bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra <= 360) & (dec >= -90) & (dec <= 90))
     if bad.any():
         index = int(np.argmax(bad))
-        raise InvalidRegionError(f"{what}: position {index} (ra={ra[index]!r}, dec={dec[index]!r}) "
-                                 "is not in RA [0, 360], Dec [-90, 90] degrees")
+        shown = f"ra={float(ra[index])!r}, dec={float(dec[index])!r}"
+        raise InvalidRegionError(f"{what}: position {index} ({shown}) is not in RA [0, 360], "
+                                 "Dec [-90, 90] degrees")
     return SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
 
 
@@ -381,7 +382,8 @@ def parse_radius(value, *, name="radius", max_deg=MAX_RADIUS_DEG):
         raise InvalidRegionError(f"{name} {value!r} is not an angle; give e.g. '1 arcmin', "
                                  "0.5 * u.deg or a number of degrees") from None
     if not (math.isfinite(degrees) and 0 < degrees <= max_deg):
-        raise InvalidRegionError(f"{name} {value!r} must be greater than 0 and at most "
+        shown = str(value) if isinstance(value, u.Quantity) else repr(value)
+        raise InvalidRegionError(f"{name} {shown} must be greater than 0 and at most "
                                  f"{max_deg:g} degrees")
     return degrees * u.deg
 
@@ -623,7 +625,8 @@ def _spectral_kind(bound, band):
 
 def _band_bounds(band):
     if isinstance(band, (str, bytes)) or not isinstance(band, (list, tuple, np.ndarray)) or len(band) != 2:
-        raise InvalidSpectralRangeError(f"band {band!r} must be 2 values (low, high); use None for an open end")
+        raise InvalidSpectralRangeError(f"band {band!r} must be 2 values (low, high); "
+                                        "use None for an open end")
     bounds = []
     for bound in band:
         if bound is not None:

@@ -274,3 +274,17 @@ def test_unknown_collection_type(emulator):
     with pytest.raises(InvalidQueryError):
         client.query_region("187.5 -45", dataproduct_type="spectrum")
     assert emulator.request_log[start:] == []
+
+
+def test_logged_in_queries_see_embargoed_catalogue_rows_of_my_projects(casda, emulator):
+    anonymous = CasdaClass(server=emulator.url)
+    query = "SELECT COUNT(*) AS n FROM casda.continuum_component"
+    assert casda.query_tap(query)["n"][0] > anonymous.query_tap(query)["n"][0]
+
+
+def test_authenticated_query_without_login_is_refused_before_sending(emulator):
+    client = CasdaClass(server=emulator.url)
+    start = len(emulator.request_log)
+    with pytest.raises(NotLoggedInError):
+        client.query_tap("SELECT TOP 1 * FROM ivoa.obscore", authenticated=True)
+    assert emulator.request_log[start:] == []

@@ -153,7 +153,8 @@ def test_current_flavour_document(emulator):
         assert param_value(meta, "standardID") == "ivo://ivoa.net/std/SODA#async-1.0"
         assert param_value(meta, "accessURL") == emulator.url + "casda_data_access/data/async"
     cutout = input_params(metas[2])
-    assert [param["name"] for param in cutout] == ["ID", "CIRCLE", "POLYGON", "BAND", "CHANNEL", "POL", "COORD"]
+    assert [param["name"] for param in cutout] == [
+        "ID", "CIRCLE", "POLYGON", "BAND", "CHANNEL", "POL", "COORD"]
     channel = cutout[4]
     assert (channel["datatype"], channel["arraysize"], channel["unit"]) == ("int", "2", "pixel")
     assert (cutout[1]["xtype"], cutout[1]["arraysize"]) == ("circle", "3")
@@ -336,7 +337,8 @@ def test_anonymous_caller_is_sent_to_the_proxy(emulator, is_released):
     assert rows(response) == [{
         "ID": product.product_id,
         "access_url": f"{emulator.url}casda_vo_proxy/vo/datalink/links?ID={product.product_id}",
-        "service_def": "", "error_message": "", "description": "Authenticated Data Link", "semantics": "#this",
+        "service_def": "", "error_message": "", "description": "Authenticated Data Link",
+        "semantics": "#this",
         "content_type": "application/x-votable+xml;content=datalink", "content_length": None,
         "authenticated_id_token": ""}]
     assert meta_resources(response) == []

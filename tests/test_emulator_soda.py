@@ -44,7 +44,8 @@ def released(product):
 
 def cubes(emulator, count):
     """``count`` spectral-line cubes, each from a different field, released ones first."""
-    found = sorted((p for p in emulator.holdings.products if p.kind == "spectral"), key=lambda p: not released(p))
+    found = [p for p in emulator.holdings.products if p.kind == "spectral"]
+    found.sort(key=lambda p: not released(p))
     assert len(found) >= count
     return found[:count]
 
@@ -66,7 +67,8 @@ def tokens(emulator, products, service="async_service", auth=None):
 
 def create(emulator, id_tokens, extra=(), headers=None):
     params = [("ID", token) for token in id_tokens] + list(extra)
-    return requests.post(async_url(emulator), params=params, headers=headers, allow_redirects=False, timeout=30)
+    return requests.post(async_url(emulator), params=params, headers=headers, allow_redirects=False,
+                         timeout=30)
 
 
 def new_job(emulator, id_tokens, extra=()):
@@ -157,7 +159,8 @@ def test_pending_job_has_the_recorded_shape(emulator):
     response = requests.get(job_url, timeout=30)
     assert response.headers["Content-Type"].startswith("application/xml")
     text = response.text
-    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<uws:job xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0"')
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n'
+                           '<uws:job xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0"')
     job_id = job_url.rsplit("/", 1)[1]
     assert f"<uws:jobId><![CDATA[{job_id}]]></uws:jobId>" in text
     assert f'<uws:parameter id="id"><![CDATA[{token}]]></uws:parameter>' in text
@@ -175,7 +178,8 @@ def test_pending_job_has_the_recorded_shape(emulator):
 def test_ids_may_come_in_the_form_body_with_any_key_case(emulator):
     first, second = cubes(emulator, 2)
     response = requests.post(async_url(emulator), data=[("iD", tokens(emulator, [first])[0])],
-                             params=[("Id", tokens(emulator, [second])[0])], allow_redirects=False, timeout=30)
+                             params=[("Id", tokens(emulator, [second])[0])], allow_redirects=False,
+                             timeout=30)
     assert response.status_code == 303
     job_url = response.headers["Location"]
     value = job_doc(job_url).find(f"{UWS}parameters/{UWS}parameter").text
@@ -188,7 +192,8 @@ def test_ids_may_come_in_the_form_body_with_any_key_case(emulator):
     ([("ID", "junk"), ("foo", "1")], "id 'junk' is not valid;UsageFault: foo is an invalid parameter"),
 ])
 def test_create_rejects_bad_requests(emulator, params, message):
-    response = requests.post(async_url(emulator), params=params, headers=TEXT, allow_redirects=False, timeout=30)
+    response = requests.post(async_url(emulator), params=params, headers=TEXT, allow_redirects=False,
+                             timeout=30)
     assert response.status_code == 400
     assert error_text(response) == f"FAILURE: {message}"
 
@@ -298,7 +303,8 @@ def test_parameters_are_refused_once_running(emulator):
                requests.delete(job_url + "/parameters", headers=TEXT, timeout=30),
                requests.get(job_url + "/parameters/id", headers=TEXT, timeout=30),
                requests.delete(job_url + "/parameters/id", headers=TEXT, timeout=30)]
-    assert {(r.status_code, r.text) for r in refused} == {(400, f"FAILURE: Job with id '{job_id}' is not pending.")}
+    expected = (400, f"FAILURE: Job with id '{job_id}' is not pending.")
+    assert {(r.status_code, r.text) for r in refused} == {expected}
 
 
 # --- phases -----------------------------------------------------------------------------------
@@ -371,7 +377,8 @@ def test_abort_pending_and_queued_jobs(emulator):
     run(queued)
     assert phase(job_doc(queued)) == "QUEUED"
     for job_url in (pending, queued):
-        response = requests.post(job_url + "/phase", data={"PHASE": "ABORT"}, allow_redirects=False, timeout=30)
+        response = requests.post(job_url + "/phase", data={"PHASE": "ABORT"}, allow_redirects=False,
+                                 timeout=30)
         assert (response.status_code, response.headers["Location"]) == (303, job_url)
         root = job_doc(job_url)
         assert phase(root) == "ABORTED"
@@ -402,8 +409,20 @@ def test_deleted_job_is_gone_at_once(emulator, how):
     else:
         response = requests.post(job_url, data={"ACTION": "DELETE"}, allow_redirects=False, timeout=30)
     assert (response.status_code, response.headers["Location"]) == (303, async_url(emulator))
+    job_id = job_url.rsplit("/", 1)[1]
     gone = requests.get(job_url, headers=TEXT, timeout=30)
-    assert (gone.status_code, gone.text) == (410, f"FAILURE: Job with id '{job_url.rsplit('/', 1)[1]}' has expired")
+    assert (gone.status_code, gone.text) == (410, f"FAILURE: Job with id '{job_id}' has expired")
+    assert not emulator.backend.soda_jobs.job_dir(job_id).exists()
+
+
+def test_reset_forgets_jobs_and_their_files(emulator):
+    (cube,) = cubes(emulator, 1)
+    job_url, _root = staged(emulator, [cube])
+    job_dir = emulator.backend.soda_jobs.job_dir(job_url.rsplit("/", 1)[1])
+    assert job_dir.is_dir()
+    emulator.reset()
+    assert requests.get(job_url, timeout=30).status_code == 404
+    assert not job_dir.exists()
 
 
 def test_post_to_job_needs_action_delete(emulator):
@@ -513,6 +532,22 @@ def test_results_endpoint(emulator):
     assert [(r.get("id"), r.get(f"{XLINK}href")) for r in listed] == results(root)
 
 
+@pytest.mark.parametrize("style", ["plain", "encoded", "presigned"])
+def test_every_file_is_paired_with_its_checksum_in_every_href_style(emulator, style):
+    emulator.set_options(href_style=style)
+    products = cubes(emulator, 2)
+    _job_url, root = staged(emulator, products)
+    found = dict(results(root))
+    assert len(found) == 4
+    for product in products:
+        data_url, sidecar_url = found[product.product_id], found[product.product_id + ".checksum"]
+        if style == "encoded":
+            data_url, sidecar_url = unquote(data_url), unquote(sidecar_url)
+        assert urlsplit(sidecar_url).path == urlsplit(data_url).path + ".checksum"
+        sidecar = requests.get(sidecar_url, timeout=30)
+        assert sidecar.status_code == 200 and sidecar.text == str(product.checksum)
+
+
 def test_encoded_hrefs_are_whole_urls_percent_encoded(emulator):
     emulator.set_options(href_style="encoded")
     (cube,) = cubes(emulator, 1)
@@ -530,9 +565,10 @@ def test_presigned_hrefs_download_and_keep_their_escapes(emulator):
     href = dict(results(root))[cube.product_id]
     parts = urlsplit(href)
     assert parts.path == f"/download/s3/casda-cache/{job_url.rsplit('/', 1)[1]}/{cube.staged_name}"
-    assert parts.query.startswith(f"response-content-disposition=attachment%3B%20filename%3D%22{cube.staged_name}"
-                                  "%22&X-Amz-Algorithm=AWS4-HMAC-SHA256&")
-    assert re.search(r"&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature=[0-9a-f]{64}$", parts.query)
+    assert parts.query.startswith("response-content-disposition=attachment%3B%20filename%3D%22"
+                                  f"{cube.staged_name}%22&X-Amz-Algorithm=AWS4-HMAC-SHA256&")
+    assert re.search(r"&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature=[0-9a-f]{64}$",
+                     parts.query)
     data = requests.get(href, timeout=30)
     assert data.status_code == 200 and data.content == cube.path.read_bytes()
     assert data.headers["Content-Disposition"] == f'attachment; filename="{cube.staged_name}"'
@@ -576,7 +612,8 @@ def test_unknown_download_is_404(emulator):
     job_url, _root = staged(emulator, [cube])
     job_id = job_url.rsplit("/", 1)[1]
     assert requests.get(f"{emulator.url}download/web/{job_id}/nothing.fits", timeout=30).status_code == 404
-    assert requests.get(f"{emulator.url}download/web/no-job/{cube.staged_name}", timeout=30).status_code == 404
+    no_job = f"{emulator.url}download/web/no-job/{cube.staged_name}"
+    assert requests.get(no_job, timeout=30).status_code == 404
 
 
 def test_pyvo_parses_our_job_documents(emulator):
@@ -611,7 +648,7 @@ def test_cutouts_are_the_cross_product_with_error_files(emulator):
     cutouts = [result_id for result_id, _ in files if result_id.startswith("cutout-")]
     errors = [result_id for result_id, _ in files if result_id.startswith("error-")]
     assert len(cutouts) == 2 and errors == [f"error-{n:02d}" for n in range(1, 8)]
-    numbers = [int(re.fullmatch(r"cutout-(\d+)-imagecube-(\d+)", result_id).group(1)) for result_id in cutouts]
+    numbers = [int(re.fullmatch(r"cutout-(\d+)-imagecube-\d+", result_id).group(1)) for result_id in cutouts]
     assert numbers[1] == numbers[0] + 1
     assert [result_id.rsplit("-", 1)[1] for result_id in cutouts] == [
         str(products[0].numeric_id), str(products[1].numeric_id)]
@@ -621,7 +658,8 @@ def test_cutouts_are_the_cross_product_with_error_files(emulator):
     message = requests.get(hrefs["error-01"], timeout=30)
     assert message.text.startswith("UsageError: No data is available for the parameter combination: ")
     assert message.text.endswith(f",ID={products[0].product_id}")
-    assert parse_checksum(requests.get(hrefs["error-01.checksum"], timeout=30).text).size == len(message.content)
+    sidecar = requests.get(hrefs["error-01.checksum"], timeout=30).text
+    assert parse_checksum(sidecar).size == len(message.content)
 
 
 def test_cutout_numbers_are_not_reused(emulator):
@@ -678,7 +716,8 @@ def test_other_failures_get_casdas_generic_message(emulator, monkeypatch):
     monkeypatch.setattr(soda, "stage_whole_files", broken)
     (cube,) = cubes(emulator, 1)
     _job_url, root = staged(emulator, [cube])
-    assert (phase(root), root.find(f"{UWS}errorSummary").findtext(f"{UWS}message")) == ("ERROR", GENERIC_FAILURE)
+    message = root.find(f"{UWS}errorSummary").findtext(f"{UWS}message")
+    assert (phase(root), message) == ("ERROR", GENERIC_FAILURE)
 
 
 def test_run_without_ids_fails(emulator):

@@ -109,7 +109,8 @@ def test_parse_positions_many_forms(value):
     assert radec(coords) == [(10, -45), (20, -46)]
 
 
-@pytest.mark.parametrize("value", [(10, -45), "10 -45", SkyCoord(10, -45, unit="deg"), [10 * u.deg, -45 * u.deg]])
+@pytest.mark.parametrize("value", [(10, -45), "10 -45", SkyCoord(10, -45, unit="deg"),
+                                   [10 * u.deg, -45 * u.deg]])
 def test_parse_positions_single_position_is_an_array_of_one(value):
     coords = parse_positions(value)
     assert coords.shape == (1,) and radec(coords) == [(10, -45)]
@@ -123,7 +124,8 @@ def test_parse_positions_table_row_and_units():
 @pytest.mark.parametrize("value, fragment", [
     ([], "no positions"), (Table({"x": [1], "y": [2]}), "no position columns"),
     (Table({"ra": [1.0], "dec": [2.0]}, masked=True), None), (np.array([[1, 2, 3]]), "shape"),
-    ([(10, -45), (20, 95)], re.escape("Dec 95.0 in (20, 95)")), (Table({"ra": ["12:00:00"], "dec": ["-45:00:00"]}), "text"),
+    ([(10, -45), (20, 95)], re.escape("Dec 95.0 in (20, 95)")),
+    (Table({"ra": ["12:00:00"], "dec": ["-45:00:00"]}), "text"),
     (Table({"ra": [1.0] * u.m, "dec": [2.0] * u.deg}), "not an angle"), (object(), "cannot read"),
 ])
 def test_parse_positions_rejects(value, fragment):
@@ -132,6 +134,11 @@ def test_parse_positions_rejects(value, fragment):
         fragment = "masked"
     with pytest.raises(InvalidRegionError, match=fragment):
         parse_positions(value)
+
+
+def test_parse_positions_names_the_bad_entry_of_an_array():
+    with pytest.raises(InvalidRegionError, match=re.escape("position 1 (ra=20.0, dec=95.0)")):
+        parse_positions(np.array([[10, -45], [20, 95]]))
 
 
 def test_parse_positions_reads_a_source_list_file(tmp_path):

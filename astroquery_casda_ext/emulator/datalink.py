@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape, quoteattr
 
@@ -255,7 +256,7 @@ class LinkBuilder:
         mime = content_type_of(kind)
         kb = size_kb(product)
         length = str(kb * 1024)
-        mint = lambda mode: self.tokens.mint(product.product_id, user_id, mode)  # noqa: E731
+        mint = partial(self.tokens.mint, product.product_id, user_id)
         too_big = self.size_limit_message(kb)
         web, internal = mint("WEB"), mint("INTERNAL")
         sync_url = self.ctx.url("casda_data_access/data/sync")

@@ -12,6 +12,7 @@ both the phase plan and the work are done.
 Module layout: job state (`SodaJob`, `SodaJobStore`, no HTTP), documents (UWS, VOSI,
 error bodies), hrefs and S3-style signatures, then the handlers and `ROUTES`.
 """
+import functools
 import hashlib
 import hmac
 import json
@@ -119,7 +120,7 @@ class SodaJob:
         self.expires_at = None
         self.pawsey = False
 
-    # The caller holds no lock; every method below takes the job's own.
+    # Every method takes the job's own re-entrant lock, so they may call one another.
     def observe(self, now, *, poll=False):
         """The phase now; a poll moves a ``"polls"`` job one phase on."""
         with self.lock:
@@ -174,8 +175,10 @@ class SodaJob:
         self.lock.notify_all()
 
     def start(self, now, *, plan, progression, hold, shuffle, expiry_seconds):
-        """PENDING -> the first phase of ``plan`` (or HELD)."""
+        """PENDING -> the first phase of ``plan`` (or HELD); False when the job was not PENDING."""
         with self.lock:
+            if self.phase != "PENDING":
+                return False
             self.plan = tuple((str(phase), float(seconds)) for phase, seconds in plan)
             self.progression = progression
             self.held = bool(hold)
@@ -184,6 +187,7 @@ class SodaJob:
             self.clock_start = now
             self.phase = "QUEUED"   # placeholder until the first observation
             self.lock.notify_all()
+            return True
 
     def complete_work(self, results, error, now):
         """Called by the worker thread when the files are ready (or failed)."""
@@ -205,14 +209,18 @@ class SodaJob:
             self.lock.notify_all()
             return True
 
-    def abort(self, now, expiry_seconds):
+    def abort(self, now, expiry_seconds, *, only_from=None):
+        """Cancel the job; with ``only_from``, only when it is in one of those phases (else False)."""
         with self.lock:
+            if only_from is not None and self.observe(now) not in only_from:
+                return False
             self.cancelled = True
             self.phase = "ABORTED"
             self.results = []
             self.end_time = now
             self.expires_at = now + expiry_seconds
             self.lock.notify_all()
+            return True
 
     def expire(self, now):
         """DELETE: unfinished jobs are aborted; every job is gone at once."""
@@ -264,7 +272,6 @@ class SodaJobStore:
         if self._root is None:
             base = getattr(self.backend, "jobs_dir", None)
             self._root = Path(base) if base else Path(self.backend.holdings.data_dir) / "soda-jobs"
-            self._root = Path(base)
         return self._root
 
     def job_dir(self, job_id):
@@ -274,10 +281,9 @@ class SodaJobStore:
         """Forget every job and remove its files (emulator reset)."""
         with self._lock:
             jobs, self._jobs = list(self._jobs.values()), {}
+        now = time.time()
         for job in jobs:
-            with job.lock:
-                job.cancelled = True
-                job.lock.notify_all()
+            job.expire(now)     # a worker still running then cleans up after itself
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
 
@@ -358,18 +364,26 @@ class SodaJobStore:
 
     # ----- running
     def run(self, job, options, now):
-        """PHASE=RUN: fix the phase plan and start the worker thread."""
-        job.start(now, plan=getattr(options, "job_phases", ()),
-                  progression=getattr(options, "job_progression", "time"),
-                  hold=getattr(options, "hold_jobs", False),
-                  shuffle=getattr(options, "shuffle_results", False),
-                  expiry_seconds=getattr(options, "job_expiry_seconds", 72 * 3600.0))
+        """PHASE=RUN: fix the phase plan and start the worker thread; False unless PENDING."""
+        started = job.start(now, plan=getattr(options, "job_phases", ()),
+                            progression=getattr(options, "job_progression", "time"),
+                            hold=getattr(options, "hold_jobs", False),
+                            shuffle=getattr(options, "shuffle_results", False),
+                            expiry_seconds=getattr(options, "job_expiry_seconds", 72 * 3600.0))
+        if not started:
+            return False
         grants = [self.backend.tokens.resolve(token) for token in job.params.get("id", [])]
         grants = [grant for grant in grants if grant is not None]
         job.pawsey = any(grant.mode == "INTERNAL" for grant in grants)
         worker = threading.Thread(target=self._work, args=(job, grants), name=f"soda-{job.job_id[:8]}",
                                   daemon=True)
         worker.start()
+        return True
+
+    def delete(self, job, now):
+        """DELETE: the job expires at once and its staged files go."""
+        job.expire(now)
+        shutil.rmtree(self.job_dir(job.job_id), ignore_errors=True)
 
     def _work(self, job, grants):
         try:
@@ -382,6 +396,9 @@ class SodaJobStore:
         except Exception:  # noqa: BLE001 - CASDA reports any failure with one generic message
             results, error = [], GENERIC_FAILURE
         job.complete_work(results, error, time.time())
+        if job.cancelled and job.is_expired(time.time()):
+            # Deleted (or reset) while working: nothing may be left behind.
+            shutil.rmtree(self.job_dir(job.job_id), ignore_errors=True)
 
     def _produce(self, job, grants):
         products = []
@@ -409,9 +426,13 @@ class _NoProducts(Exception):
 
 
 def _upper_bound(products, filters):
-    """At most how many numbered files a generated-file job can produce."""
-    count = len(products) * max(1, sum(len(filters.get(key, ())) for key in SPATIAL_KEYS))
-    for key in ("band", "channel", "coord", "pol"):
+    """At most how many numbered files a generated-file job can produce.
+
+    Regions x spectral selections x Stokes ranges per product; a spectrum job makes one
+    spectrum per Stokes plane, so the Stokes factor is the four planes at most.
+    """
+    count = len(products) * max(1, sum(len(filters.get(key, ())) for key in SPATIAL_KEYS)) * 4
+    for key in ("band", "channel", "coord"):
         count *= max(1, len(filters.get(key, ())))
     return count
 
@@ -588,7 +609,11 @@ def presigned_url(ctx, store, job_id, file_name, now):
 
 
 def href_maker(ctx, store, job):
-    """A function result -> href in the configured style (plain, encoded, presigned)."""
+    """A function giving each `JobResult` its href in the configured style.
+
+    ``plain`` ``<host>/download/web/<job>/<file>`` (``/pawsey/`` for Pawsey jobs); ``encoded``
+    the same URL percent-encoded whole; ``presigned`` an S3-style signed URL.
+    """
     style = getattr(ctx.options, "href_style", "plain")
     area = "pawsey" if job.pawsey else "web"
     now = time.time()
@@ -626,13 +651,12 @@ def _single(params, name):
 
 def handles_errors(handler):
     """Turn `SodaError` into CASDA's negotiated error body."""
+    @functools.wraps(handler)
     def wrapped(ctx, **groups):
         try:
             return handler(ctx, **groups)
         except SodaError as exc:
             return error_response(ctx, exc.status, exc.message)
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
@@ -685,7 +709,8 @@ def _wait_seconds(args):
 def delete_job(ctx, job_id):
     """``DELETE data/async/<id>``: 303 to the job list; the job is gone at once."""
     now = time.time()
-    _store(ctx).lookup(job_id, now).expire(now)
+    store = _store(ctx)
+    store.delete(store.lookup(job_id, now), now)
     return redirect(ctx.url(ASYNC_PATH))
 
 
@@ -715,15 +740,11 @@ def post_phase(ctx, job_id):
     action = _single(_param_map(request_params(ctx.request)), "phase")
     if action not in ("RUN", "ABORT"):
         raise SodaError(400, "phase parameter must have value RUN or ABORT")
-    phase = job.observe(now)
-    if action == "RUN":
-        if phase != "PENDING":
-            raise SodaError(400, "Only Jobs which are PENDING can be run")
-        store.run(job, ctx.options, now)
-    else:
-        if phase not in ABORTABLE_PHASES:
-            raise SodaError(400, "Only Jobs which are PENDING, QUEUED or EXECUTING can be aborted")
-        job.abort(now, getattr(ctx.options, "job_expiry_seconds", 72 * 3600.0))
+    if action == "RUN" and not store.run(job, ctx.options, now):
+        raise SodaError(400, "Only Jobs which are PENDING can be run")
+    expiry = getattr(ctx.options, "job_expiry_seconds", 72 * 3600.0)
+    if action == "ABORT" and not job.abort(now, expiry, only_from=ABORTABLE_PHASES):
+        raise SodaError(400, "Only Jobs which are PENDING, QUEUED or EXECUTING can be aborted")
     return redirect(job_url(ctx, job_id))
 
 
