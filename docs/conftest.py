@@ -5,7 +5,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _docs_namespace(doctest_namespace, emulator, tmp_path, monkeypatch):
+    from astroquery import log
     from astroquery_casda_ext import CasdaClass
+    # The pages show results, not astroquery's INFO chatter (which goes to stdout).
+    monkeypatch.setattr(log, "level", 30)
     casda = CasdaClass(server=emulator.url)
     doctest_namespace.update(emu=emulator, casda=casda, CasdaClass=CasdaClass,
                              username=emulator.username, password=emulator.password)
