@@ -28,8 +28,8 @@ COMPONENT_KEYS = {
     "flux_peak_err", "flux_int", "flux_int_err", "maj_axis", "min_axis", "pos_ang", "spectral_index",
     "rms_image", "has_siblings", "released_date", "sbid",
 }
-OBSERVATION_KEYS = {"sbid", "obs_start", "obs_end", "obs_start_mjd", "obs_end_mjd", "telescope", "obs_program",
-                    "project_code", "released_date"}
+OBSERVATION_KEYS = {"sbid", "obs_start", "obs_end", "obs_start_mjd", "obs_end_mjd", "telescope",
+                    "obs_program", "project_code", "released_date"}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def holdings(tmp_path_factory):
 
 
 def products_of(holdings, *, sbid=None, subtype=None):
-    return [p for p in holdings.products
-            if (sbid is None or p.sbid == sbid) and (subtype is None or p.obscore["dataproduct_subtype"] == subtype)]
+    return [p for p in holdings.products if (sbid is None or p.sbid == sbid)
+            and (subtype is None or p.obscore["dataproduct_subtype"] == subtype)]
 
 
 def restored_image(holdings, sbid):
@@ -311,26 +311,29 @@ def test_bulk_products_have_exactly_the_requested_size(tmp_path, size):
     for product in bulk:
         assert product.path.stat().st_size == product.size == size
         assert str(checksum_of_file(product.path)[1]) == product.checksum
-        assert parse_checksum(product.path.with_name(product.path.name + ".checksum").read_text()).size == size
+        sidecar = product.path.with_name(product.path.name + ".checksum").read_text()
+        assert parse_checksum(sidecar).size == size
         assert product.obscore["obs_collection"] == "bulk" and product.release_date < "2030"
         assert fits.getheader(product.path)["SIMPLE"] is True
     assert {p["project_code"] for p in result.projects} >= {bulk[0].project_code}
 
 
 def test_bulk_file_is_valid_fits_when_its_size_is_whole_blocks(tmp_path):
-    product = next(p for p in build_holdings(tmp_path, HoldingsConfig(bulk_count=1, bulk_size=2880 * 50)).products
-                   if p.kind == "bulk")
+    result = build_holdings(tmp_path, HoldingsConfig(bulk_count=1, bulk_size=2880 * 50))
+    product = next(p for p in result.products if p.kind == "bulk")
     with fits.open(product.path) as hdul:
         hdul.verify("exception")
         assert hdul[0].data.nbytes == 2880 * 49
 
 
 def test_bulk_files_are_streamed_not_held_in_memory(tmp_path):
-    size = 96 * 1024 * 1024
+    size = 40 * 1024 * 1024
+    build_holdings(tmp_path)            # the small files exist: the next build only adds the bulk file
     tracemalloc.start()
     try:
-        build_holdings(tmp_path, HoldingsConfig(bulk_count=1, bulk_size=size))
+        result = build_holdings(tmp_path, HoldingsConfig(bulk_count=1, bulk_size=size))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    assert result.products[-1].path.stat().st_size == size
     assert peak < size / 4

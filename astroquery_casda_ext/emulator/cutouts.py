@@ -23,6 +23,7 @@ at a time, so a small cutout of a large cube reads only the pixels it needs.
 import io
 import itertools
 import math
+import mmap
 import pathlib
 import re
 import struct
@@ -47,6 +48,8 @@ POLARISATIONS = ("I", "Q", "U", "V", "RR", "LL", "RL", "LR", "XX", "YY", "XY", "
 STOKES_NUMBERS = {"I": 1, "Q": 2, "U": 3, "V": 4}
 STOKES_NAMES = {number: name for name, number in STOKES_NUMBERS.items()}
 FORMATS = {"fits": "fits", "application/fits": "fits", "image/fits": "fits", "png": "png", "image/png": "png"}
+#: numpy dtype of each FITS BITPIX.
+_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 #: Pixels whose sky positions are computed at once when building a region mask.
 MASK_BLOCK_PIXELS = 1 << 18
 NOTHING_MATCHED_MESSAGE = ("UsageError: None of the selected image cubes had data matching the supplied "
@@ -136,7 +139,8 @@ def _parse_polygon(parts, pattern):
     values = _numbers(parts, pattern)
     if values is None or len(values) < 6 or len(values) % 2:
         return None
-    return values if all(_valid_position(values[i], values[i + 1]) for i in range(0, len(values), 2)) else None
+    points = zip(values[0::2], values[1::2])
+    return values if all(_valid_position(ra, dec) for ra, dec in points) else None
 
 
 def _parse_range(parts):
@@ -327,14 +331,25 @@ class _Cube:
 
     def __init__(self, path):
         self._hdulist = fits.open(path, memmap=True)
-        self.header = self._hdulist[0].header
-        self.section = self._hdulist[0].section
+        hdu = self._hdulist[0]
+        self.header = hdu.header
+        self._mapped = None
+        if "BSCALE" in self.header or "BZERO" in self.header or self.header["BITPIX"] not in _DTYPES:
+            self.section = hdu.section      # reads only what is sliced, and scales it
+        else:
+            self._mapped, self.section = _map_data(path, self.header, hdu.fileinfo()["datLoc"])
         self.wcs = WCS(self.header).celestial
         self.nx, self.ny = self.header["NAXIS1"], self.header["NAXIS2"]
         self.freq_axis = self._axis("FREQ")
         self.stokes_axis = self._axis("STOKES")
 
     def close(self):
+        self.section = None
+        if self._mapped is not None:
+            try:
+                self._mapped.close()
+            except BufferError:     # a caller still holds a view; the map closes with it
+                pass
         self._hdulist.close()
 
     def _axis(self, ctype):
@@ -488,6 +503,20 @@ class _Cube:
             yield self.section[index + (slice(box.y0, box.y1 + 1), slice(box.x0, box.x1 + 1))]
 
 
+def _map_data(path, header, offset):
+    """(mmap, array): the data as a read-only view of a memory map, set up for random access.
+
+    A cutout reads a few rows of each plane; the kernel's default read-ahead would fetch
+    far more around every row (measured: 40x slower on a 4 GB cube).
+    """
+    shape = tuple(header[f"NAXIS{n}"] for n in range(header["NAXIS"], 0, -1))
+    with open(path, "rb") as stream:
+        mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return mapped, np.ndarray(shape, _DTYPES[header["BITPIX"]], buffer=mapped, offset=offset)
+
+
 def _runs(indices):
     """Sorted plane indices as (first, last) ranges of consecutive planes: [0, 1, 3] -> [(0, 1), (3, 3)]."""
     runs = []
@@ -512,9 +541,6 @@ def _open_cube(product):
 
 # --- writing results ----------------------------------------------------------------------------------
 
-_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-
-
 def _cutout_header(cube, box, freq_range, stokes_range, product, region):
     """The source header with the new axis lengths and reference pixels shifted to match."""
     header = cube.header.copy()
@@ -528,7 +554,8 @@ def _cutout_header(cube, box, freq_range, stokes_range, product, region):
     for axis, (first, last) in shifts.items():
         header[f"NAXIS{axis}"] = last - first + 1
         header[f"CRPIX{axis}"] = header.get(f"CRPIX{axis}", 1.0) - first
-    header.add_history(f"CASDA emulator cutout of {product.product_id}: {region.label if region else 'all pixels'}")
+    selection = region.label if region else "all pixels"
+    header.add_history(f"CASDA emulator cutout of {product.product_id}: {selection}")
     return header
 
 
@@ -572,7 +599,8 @@ def _grey_png(scaled):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", rows.shape[1], rows.shape[0], 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def _beam_area_pixels(header):
@@ -581,6 +609,11 @@ def _beam_area_pixels(header):
         return None
     return math.pi / (4.0 * math.log(2.0)) * header["BMAJ"] * header["BMIN"] / abs(
         header["CDELT1"] * header["CDELT2"])
+
+
+#: Keywords a spectrum inherits from its cube (MJD-OBS with DATE-OBS, or WCS readers "fix" it).
+SPECTRUM_COPIED_KEYWORDS = ("SPECSYS", "RESTFREQ", "OBJECT", "TELESCOP", "PROJECT", "SBID", "DATE-OBS",
+                            "MJD-OBS", "TIMESYS")
 
 
 def _spectrum_values(cube, box, freq_range, stokes_plane):
@@ -605,7 +638,7 @@ def _spectrum_header(cube, box, freq_range, stokes_plane, region, count):
     header["NPIXAPER"] = (int(box.mask.sum()), "pixels in the aperture")
     stokes_number = 1 if cube.stokes_axis is None else round(cube.axis_values(cube.stokes_axis)[stokes_plane])
     header["STOKES"] = STOKES_NAMES.get(stokes_number, str(stokes_number))
-    for key in ("SPECSYS", "RESTFREQ", "OBJECT", "TELESCOP", "PROJECT", "SBID", "DATE-OBS"):
+    for key in SPECTRUM_COPIED_KEYWORDS:
         if key in source:
             header[key] = source[key]
     header.add_history(f"Aperture: {region.label if region else 'all pixels'}")
@@ -708,7 +741,9 @@ def process_job(products, params, out_dir, *, mode, first_number):
     out_dir : path-like
         Where the files and their ``.checksum`` sidecars are written (created if needed).
     mode : {"cutout", "spectrum"}
-        Which service the job's tokens were minted for.
+        Which service the job's tokens were minted for.  Spectra are always FITS (a 1-D
+        image with a FREQ axis, flux summed over the aperture and divided by the beam
+        area); ``FORMAT=png`` only changes cutouts.
     first_number : int
         Number of the first data file (``cutout-<n>-imagecube-<id>``); the following files
         count up from it in loop order.

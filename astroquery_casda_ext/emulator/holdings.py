@@ -31,20 +31,31 @@ wavelength squared (see `polarised_source`).
 
 Files are reused when ``<data_dir>/holdings-manifest.json`` records the same generation
 inputs for them, so a multi-GB bulk file is written once.
+
+Row conventions worth knowing:
+
+* ``obs_release_date`` / ``released_date`` are ``None`` (SQL NULL) for the unreleased
+  product, so ``released_date IS NOT NULL AND released_date <= now`` keeps it hidden;
+  `Product.release_date` is ``""`` for it.
+* ``project_id`` of a component row is the project code (``"AS101"``), the same values as
+  `Holdings.member_projects`.
+* ``s_resolution``, ``s_resolution_min``/``max`` are in arcsec as the column unit says (the
+  recorded CASDA rows put degrees there); ``em_ucd`` is ``em.freq`` as in the recordings.
 """
 import hashlib
 import json
 import math
 import os
 import pathlib
-from dataclasses import asdict, dataclass, field
+import threading
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from ..checksum import Checksum, ChecksumAccumulator, parse_checksum
+from ..checksum import ChecksumAccumulator, parse_checksum
 
 __all__ = [
     "HoldingsConfig", "Product", "Holdings", "build_holdings",
@@ -62,7 +73,7 @@ SPEED_OF_LIGHT = 299792458.0
 FITS_BLOCK = 2880
 HI_REST_FREQUENCY = 1.420405751786e9
 #: Bytes per write when streaming a bulk file (also the period of its byte pattern).
-BULK_CHUNK = 1 << 22
+BULK_CHUNK = 1 << 20
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -109,7 +120,6 @@ class Holdings:
     observations: list
     projects: list
     member_projects: frozenset
-    _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def product(self, product_id):
         """The product whose ``obs_publisher_did`` is ``product_id`` (case-insensitive).
@@ -119,9 +129,11 @@ class Holdings:
         KeyError
             If no product has that id.
         """
-        if not self._index:
-            self._index = {p.product_id.lower(): p for p in self.products}
-        return self._index[str(product_id).strip().lower()]
+        wanted = str(product_id).strip().lower()
+        for product in self.products:
+            if product.product_id.lower() == wanted:
+                return product
+        raise KeyError(product_id)
 
 
 # --- the static description of the archive -----------------------------------------------------
@@ -177,7 +189,8 @@ _DEEP = _Field("DEEP_0400-30", 60.0, -30.0, 1367.5, 144.0, (17.0, 15.0, 80.0), 0
 _VAST = _Field("VAST_2120-51", 320.0, -51.0, 887.5, 288.0, (20.0, 17.0, 10.0), 0.2, 20, "variable")
 _BULK_FIELD = _Field("BULK_1000-30", 150.0, -30.0, 1367.5, 144.0, (15.0, 15.0, 0.0), 0.1, 0, "")
 
-_ALL_TYPES = ("cont.restored.t0", "cont.noise.t0", "cont.weight.t0", "spectral.restored.3d", "cont.restored.4d")
+_ALL_TYPES = ("cont.restored.t0", "cont.noise.t0", "cont.weight.t0", "spectral.restored.3d",
+              "cont.restored.4d")
 OBSERVATIONS = (
     _Observation(609, "AS101", _EMU, "2019-04-20T10:00:00", 36000.0, "2019-10-01T03:51:19.728Z",
                  _ALL_TYPES),
@@ -435,7 +448,7 @@ def write_file(path, chunks):
     astroquery_casda_ext.checksum.Checksum
     """
     path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     accumulator = ChecksumAccumulator()
     try:
         with open(temporary, "wb") as stream:
@@ -635,7 +648,7 @@ def _write_image(config, plan, sky, path):
     return write_file(path, fits_chunks(header, planes))
 
 
-def _bulk_header(config, plan, data_bytes):
+def _bulk_header(data_bytes):
     cards = [("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 2), ("NAXIS1", FITS_BLOCK),
              ("NAXIS2", data_bytes // FITS_BLOCK), ("EXTEND", True), ("OBJECT", _BULK_FIELD.name),
              ("TELESCOP", "ASKAP"), ("PROJECT", BULK_PROJECT.code), ("SBID", str(BULK_SBID)),
@@ -651,12 +664,9 @@ def _bulk_chunks(config, plan):
     last few bytes follow the (complete) HDU as zero padding, which readers ignore
     (astropy warns about it).
     """
-    if config.bulk_size < 2 * FITS_BLOCK:
-        raise ValueError(f"bulk_size must be at least {2 * FITS_BLOCK} bytes, got {config.bulk_size}")
     data_bytes = (config.bulk_size - FITS_BLOCK) // FITS_BLOCK * FITS_BLOCK
-    yield fits_header_bytes(_bulk_header(config, plan, data_bytes))
-    pattern = np.random.default_rng(_seed(config, "bulk", plan.bulk_index)).integers(
-        0, 256, BULK_CHUNK, dtype=np.uint8).tobytes()
+    yield fits_header_bytes(_bulk_header(data_bytes))
+    pattern = np.random.default_rng(_seed(config, "bulk", plan.bulk_index)).bytes(BULK_CHUNK)
     view = memoryview(pattern)
     counter, remaining = 0, data_bytes
     while remaining > 0:
@@ -724,10 +734,9 @@ def _obscore_row(plan, header, size):
     }
 
 
-def _bulk_obscore_header(config):
+def _bulk_obscore_header():
     """A nominal 1-degree, single-plane footprint for the bulk products' ObsCore rows."""
     grid = _Grid(_BULK_FIELD, 360, 10.0 / 3600.0)
-    obs = _Observation(BULK_SBID, BULK_PROJECT.code, _BULK_FIELD, "2023-06-01T00:00:00", 600.0, "", ())
     return _header(grid, (1, 1, grid.n, grid.n), (1.3675e9, 144e6), 1,
                    _common_cards("Jy/beam", _BULK_FIELD.beam), [])
 
@@ -807,7 +816,7 @@ def _materialise(config, plan, sky, data_dir, manifest, new_manifest):
     key = _generation_key(config, plan)
     entry = manifest.get(plan.relpath)
     if plan.kind == "bulk":
-        header = _bulk_obscore_header(config)
+        header = _bulk_obscore_header()
         checksum = parse_checksum(entry["checksum"]) if _reusable(entry, key, path) \
             else write_file(path, _bulk_chunks(config, plan))
     else:
@@ -860,9 +869,10 @@ def build_holdings(data_dir, config=HoldingsConfig()):
     products = [_materialise(config, plan, sky, data_dir, old_manifest, new_manifest)
                 for plan in _plan_products(config)]
     _remove_stale(data_dir, old_manifest, new_manifest)
-    (data_dir / MANIFEST_NAME).write_text(
-        json.dumps({"version": GENERATOR_VERSION, "config": asdict(config), "files": new_manifest},
-                   indent=1, sort_keys=True), encoding="utf-8")
+    manifest = {"version": GENERATOR_VERSION, "config": asdict(config), "files": new_manifest}
+    temporary = data_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, data_dir / MANIFEST_NAME)
     return _assemble(config, data_dir, products, sky)
 
 
@@ -893,3 +903,5 @@ def _check_config(config):
         raise ValueError("cube_channels must be >= 4 and pol_channels >= 2")
     if config.bulk_count < 0:
         raise ValueError(f"bulk_count must be >= 0, got {config.bulk_count}")
+    if config.bulk_count and config.bulk_size < 2 * FITS_BLOCK:
+        raise ValueError(f"bulk_size must be at least {2 * FITS_BLOCK} bytes, got {config.bulk_size}")
