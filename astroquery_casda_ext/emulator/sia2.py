@@ -62,9 +62,10 @@ _NUMERIC_SINGLE = re.compile(_UNSIGNED)
 _NUMERIC_RANGE = re.compile(rf"((-Inf)|({_UNSIGNED})) +((\+Inf)|({_UNSIGNED}))")
 _MJD = re.compile(r"[0-9]+(\.[0-9]+)?")
 
-_DATE_INVALID = "Your query contained an invalid date format. This query accepts the MJD format, e.g.\t55678.123456"
-_DATE_EMPTY = ("Your query contained no dates. This query must contain either a single date or a minimum and a "
-               "maximum date in the MJD format, e.g.\t55678.123456")
+_DATE_INVALID = ("Your query contained an invalid date format. This query accepts the MJD format, "
+                 "e.g.\t55678.123456")
+_DATE_EMPTY = ("Your query contained no dates. This query must contain either a single date or a minimum "
+               "and a maximum date in the MJD format, e.g.\t55678.123456")
 _DATE_TOO_MANY = ("You have entered too many dates please no more than two dates (a starting date and an "
                   "ending date for the range in question)")
 _DATE_ORDER = "The first date in your query must be earlier (chronoligically) than the second"
@@ -81,7 +82,10 @@ class UsageFault(Exception):
     def __init__(self, messages, *, terminated=True):
         self.messages = list(messages)
         super().__init__("\r\n".join(self.messages))
-        self.casda_text = "".join(m + "\r\n" for m in self.messages) if terminated else "\r\n".join(self.messages)
+        if terminated:
+            self.casda_text = "".join(message + "\r\n" for message in self.messages)
+        else:
+            self.casda_text = "\r\n".join(self.messages)
 
 
 @dataclass
@@ -180,7 +184,8 @@ def _pos_clause(value):
 def _range_clause(bounds):
     """RANGE ra1 ra2 dec1 dec2 as CASDA's BOX: centre = midpoints (6 decimals), size = differences."""
     defaults = ("0", "360", "90", "-90")
-    ra1, ra2, dec1, dec2 = (Decimal(defaults[i] if b in ("-Inf", "+Inf") else b) for i, b in enumerate(bounds))
+    ra1, ra2, dec1, dec2 = (Decimal(default if bound in ("-Inf", "+Inf") else bound)
+                            for default, bound in zip(defaults, bounds))
     six = Decimal("0.000001")
     centre_ra = ((ra1 + ra2) / 2).quantize(six, rounding=ROUND_HALF_UP)
     centre_dec = ((dec1 + dec2) / 2).quantize(six, rounding=ROUND_HALF_UP)
@@ -342,8 +347,9 @@ def _adql(grouped):
     if len(positions) == 1 and _CIRCLE.fullmatch(positions[0]):
         # CASDA tests the raw value here (no trim): only then is there a distance column.
         parts = re.split(" +", _java_trim(positions[0]))
-        columns = (f"DISTANCE(POINT('ICRS GEOCENTER',s_ra,s_dec),POINT('ICRS GEOCENTER',{parts[1]}, {parts[2]}))"
-                   f" as \"distance\", *")
+        target = f"POINT('ICRS GEOCENTER',{parts[1]}, {parts[2]})"
+        distance = f"DISTANCE(POINT('ICRS GEOCENTER',s_ra,s_dec),{target})"
+        columns = f'{distance} as "distance", *'
         order = " ORDER BY 1 ASC"
     where = " AND ".join(f"({clause})" for clause in clauses)
     return f"SELECT {columns} FROM ivoa.obscore WHERE {where}{order}"
