@@ -72,8 +72,8 @@ def bulk_download_url(base, username, password):
 
 def curl_speed(url):
     """curl's average download speed in bytes per second."""
-    output = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}", url],
-                            check=True, capture_output=True, text=True).stdout.split()
+    command = ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}", url]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
     return float(output[0]), int(float(output[1]))
 
 

@@ -42,7 +42,8 @@ def main(argv=None):
         print(f"  anonymous VO tools: {emulator.url}casda_vo_tools/", flush=True)
         print(f"  OPAL proxy:         {emulator.url}casda_vo_proxy/vo/", flush=True)
         # A local test account of the emulator, not a real OPAL password.
-        print(f"  built-in test login: username {emulator.username!r}, password {emulator.password!r}", flush=True)
+        print(f"  built-in test login: username {emulator.username!r}, "
+              f"password {emulator.password!r}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         try:
             while not stop.wait(0.5):

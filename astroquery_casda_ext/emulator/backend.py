@@ -114,8 +114,12 @@ class RequestLog:
                 self._changed.wait(remaining)
             return list(self._entries)
 
-    def clear(self):
+    def clear(self, settle=1.0):
+        """Forget every entry, after letting requests in flight (up to ``settle`` s) finish."""
+        deadline = time.monotonic() + settle
         with self._changed:
+            while self._in_flight > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self._changed.wait(remaining)
             self._entries.clear()
 
 
@@ -420,4 +424,3 @@ class EmulatorBackend:
             if table.full_name.lower() == wanted:
                 return table
         return None
-

@@ -23,6 +23,9 @@ __all__ = [
 ]
 
 VOTABLE_TYPE = "application/x-votable+xml"
+_VOTABLE_OPEN = ('<VOTABLE version="1.3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                 'xmlns="http://www.ivoa.net/xml/VOTable/v1.3" '
+                 'xmlns:stc="http://www.ivoa.net/xml/STC/v1.30" >')
 _CRLF = "\r\n"
 _CHUNK_CHARS = 1 << 16
 _BASE_URL_PLACEHOLDER = "#{baseUrl}"
@@ -251,8 +254,8 @@ def service_infos(*, vo_tools_base, query_name, query_text, started, table=None)
     infos.append((query_name, query_text, description))
     elapsed_ms = int((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() * 1000)
     infos.append(("Execution Time", f"{elapsed_ms}ms", "Time taken to execute query"))
-    infos.append(("Datetime Requested", started.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                  "Date and time that the request was received"))
+    requested = started.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    infos.append(("Datetime Requested", requested, "Date and time that the request was received"))
     if table is not None:
         full_name = f"{table.schema}.{table.name}" if "." not in table.name else table.name
         infos.append(("Table Name", full_name, "Name of the table queried"))
@@ -276,7 +279,8 @@ def _field(column):
             parts.append(f' {attribute}="{xml_escape(value)}"')
     description = getattr(column, "description", "")
     if description:
-        parts.append(f" >{_CRLF} <DESCRIPTION>{_text_escape(description)}</DESCRIPTION>{_CRLF}</FIELD>{_CRLF}")
+        parts.append(f" >{_CRLF} <DESCRIPTION>{_text_escape(description)}</DESCRIPTION>{_CRLF}"
+                     f"</FIELD>{_CRLF}")
     else:
         parts.append(f" />{_CRLF}")
     return "".join(parts)
@@ -286,14 +290,13 @@ def _votable_head(resource_name, stylesheet_base, infos, columns):
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>' + _CRLF,
         f"<?xml-stylesheet href='{stylesheet_base}votable.xsl' type='text/xsl'?>" + _CRLF,
-        '<VOTABLE version="1.3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xmlns="http://www.ivoa.net/xml/VOTable/v1.3" xmlns:stc="http://www.ivoa.net/xml/STC/v1.30" >' + _CRLF,
+        _VOTABLE_OPEN + _CRLF,
         f"<RESOURCE name=\"{resource_name}\" type='results'>" + _CRLF,
         '<INFO name="QUERY_STATUS" value="OK">Successful query</INFO>' + _CRLF,
     ]
     for name, value, description in infos:
-        lines.append(f'<INFO name="{name}" value="{xml_escape(str(value))}">{_text_escape(description)}</INFO>'
-                     + _CRLF)
+        value_text = xml_escape(str(value))
+        lines.append(f'<INFO name="{name}" value="{value_text}">{_text_escape(description)}</INFO>{_CRLF}')
     lines.append('<TABLE name="results">' + _CRLF)
     lines.extend(_field(column) for column in columns)
     lines.append("<DATA>" + _CRLF + "<TABLEDATA>" + _CRLF)
@@ -341,9 +344,7 @@ def votable_chunks(result, *, resource_name, stylesheet_base, proxy_base, infos)
 def votable_error(resource_name, message):
     """CASDA's minimal error VOTable (``VotableError.reportError``), as bytes."""
     return (
-        '<?xml version="1.0"?>' + _CRLF
-        + '<VOTABLE version="1.3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xmlns="http://www.ivoa.net/xml/VOTable/v1.3" xmlns:stc="http://www.ivoa.net/xml/STC/v1.30" >' + _CRLF
+        '<?xml version="1.0"?>' + _CRLF + _VOTABLE_OPEN + _CRLF
         + f"<RESOURCE name=\"{resource_name}\" type='results'>" + _CRLF
         + f'<INFO name="QUERY_STATUS" value="ERROR">{xml_escape(message)}</INFO>' + _CRLF
         + "</RESOURCE>" + _CRLF + "</VOTABLE>" + _CRLF
@@ -437,7 +438,8 @@ def tap_capabilities(service_base):
         "            <alias>tsv</alias>\n        </outputFormat>\n"
         "        <retentionPeriod>\n            <default>43200</default>\n            <hard>432000</hard>\n"
         "        </retentionPeriod>\n"
-        "        <executionDuration>\n            <default>360000</default>\n            <hard>360000</hard>\n"
+        "        <executionDuration>\n            <default>360000</default>\n"
+        "            <hard>360000</hard>\n"
         "        </executionDuration>\n"
         '        <outputLimit>\n            <hard unit="row">20000000</hard>\n        </outputLimit>\n'
         "    </capability>\n</vosi:capabilities>\n"
@@ -524,13 +526,18 @@ def vosi_tables(tables):
 # TAP async jobs (UWS 1.0, default namespace, as CASDA's UWS 4.1 library writes them)
 # --------------------------------------------------------------------------------------
 
-_UWS_NAMESPACES = ('xmlns="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink" '
-                   'xmlns:xs="http://www.w3.org/2001/XMLSchema" '
-                   'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"')
+_UWS_NAMESPACES = ('xmlns="http://www.ivoa.net/xml/UWS/v1.0" '
+                   'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                   'xmlns:xlink="http://www.w3.org/1999/xlink" '
+                   'xsi:schemaLocation="http://www.ivoa.net/xml/UWS/v1.0 http://www.ivoa.net/xml/UWS/v1.0"')
 
 
 def uws_time(moment):
-    """A UWS timestamp, UTC with milliseconds and ``Z`` (a form astropy and pyvo parse)."""
+    """A UWS timestamp, UTC with milliseconds and ``Z``.
+
+    CASDA's SODA jobs show ``+0800`` offsets, which astropy (and so pyvo's UWS parser)
+    cannot read; TAP jobs, which clients drive with pyvo, use this form.
+    """
     moment = moment.astimezone(_dt.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -543,7 +550,9 @@ def _uws_element(name, value):
 
 def _result_href(result_url, style):
     # CASDA's UWS library passes every href through java.net.URLEncoder.
-    return quote(result_url, safe="*-._").replace("%20", "+") if style == "encoded" else xml_escape(result_url)
+    if style == "encoded":
+        return quote(result_url, safe="*-._").replace("%20", "+")
+    return xml_escape(result_url)
 
 
 def _parameters_xml(parameters, indent="\t"):
@@ -552,31 +561,37 @@ def _parameters_xml(parameters, indent="\t"):
     return "".join(lines)
 
 
-def _error_summary_xml(message):
-    if message is None:
-        return '\t<errorSummary xsi:nil="true" />\n'
-    return (f'\t<errorSummary type="fatal" hasDetail="false">\n'
-            f"\t\t<message>{_cdata(message)}</message>\n\t</errorSummary>\n")
+def _result_xml(job, job_url, href_style, indent):
+    if job.phase != "COMPLETED" or job.result_path is None:
+        return ""
+    href = _result_href(job_url + "/results/result", href_style)
+    return f'{indent}<result id="result" xlink:type="simple" xlink:href="{href}" />\n'
 
 
 def tap_job(job, *, job_url, href_style):
-    """The UWS document of a TAP async job (``job`` is a ``backend.TapJob``)."""
-    results = ""
-    if job.phase == "COMPLETED" and job.result_path is not None:
-        href = _result_href(job_url + "/results/result", href_style)
-        results = f'\t\t<result id="result" xlink:type="simple" xlink:href="{href}" />\n'
+    """The UWS document of a TAP async job (``job`` is a ``backend.TapJob``).
+
+    Written as CASDA's UWS 4.1 library does: UWS 1.0 as the default namespace, no runId
+    or quote, ``<results>`` only when there is a result, ``<errorSummary>`` only on error,
+    and (``href_style="encoded"``) the result href percent-encoded whole.
+    """
     body = [
         '<?xml version="1.0" encoding="UTF-8"?>\n', f"<job {_UWS_NAMESPACES}>\n",
-        f"\t<jobId>{_cdata(job.job_id)}</jobId>\n", _uws_element("runId", None), _uws_element("ownerId", None),
-        _uws_element("phase", job.phase), _uws_element("quote", None),
+        f"\t<jobId>{_cdata(job.job_id)}</jobId>\n",
+        _uws_element("ownerId", None), _uws_element("phase", job.phase),
         _uws_element("startTime", uws_time(job.start_time) if job.start_time else None),
         _uws_element("endTime", uws_time(job.end_time) if job.end_time else None),
         _uws_element("executionDuration", job.execution_duration),
         _uws_element("destruction", uws_time(job.destruction)),
         "\t<parameters>\n", _parameters_xml(job.parameters), "\t</parameters>\n",
-        "\t<results>\n", results, "\t</results>\n",
-        _error_summary_xml(job.error), "</job>",
     ]
+    result = _result_xml(job, job_url, href_style, "\t\t")
+    if result:
+        body += ["\t<results>\n", result, "\t</results>\n"]
+    if job.error is not None:
+        body.append(f'\t<errorSummary type="fatal" hasDetail="false">\n'
+                    f"\t\t<message>{_cdata(job.error)}</message>\n\t</errorSummary>\n")
+    body.append("</job>")
     return "".join(body).encode("utf-8")
 
 
@@ -597,10 +612,7 @@ def tap_parameters(job):
 
 def tap_results(job, *, job_url, href_style):
     """``<results>`` of a TAP job on its own."""
-    inner = ""
-    if job.phase == "COMPLETED" and job.result_path is not None:
-        href = _result_href(job_url + "/results/result", href_style)
-        inner = f'\t<result id="result" xlink:type="simple" xlink:href="{href}" />\n'
+    inner = _result_xml(job, job_url, href_style, "\t")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<results {_UWS_NAMESPACES}>\n{inner}</results>").encode("utf-8")
 

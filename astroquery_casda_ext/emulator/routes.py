@@ -222,8 +222,8 @@ def run_tap_query(backend, params, *, user, place, started):
         result = backend.database.execute(params["query"], maxrec=maxrec, projects=projects, admin=admin)
     except AdqlError as exc:
         raise TapJobFailed(exc.message) from exc
-    return fmt, _result_chunks(backend, result, fmt, place=place, query_name="Query", query_text=params["query"],
-                               started=started, resource=TAP_RESOURCE)
+    return fmt, _result_chunks(backend, result, fmt, place=place, query_name="Query",
+                               query_text=params["query"], started=started, resource=TAP_RESOURCE)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,7 +238,9 @@ def tap_sync(ctx):
     if request_param == "getCapabilities":
         return Response(b"", status=302, headers={"Location": ctx.vo_base + "tap/capabilities"})
     if request_param != "doQuery":
-        message = "Missing REQUEST paramater." if request_param is None else f"Unsupported request: {request_param}"
+        # "paramater" is CASDA's spelling.
+        message = ("Missing REQUEST paramater." if request_param is None
+                   else f"Unsupported request: {request_param}")
         return _xml(render.votable_error(TAP_RESOURCE, message), content_type=render.VOTABLE_TYPE)
     headers, content_type = {}, render.VOTABLE_TYPE
     fmt = output_format(params.get("format"))
@@ -389,7 +391,8 @@ def tap_job_results(ctx, job_id):
     job, missing = _tap_job_or_404(ctx, job_id)
     if missing:
         return missing
-    return _xml(render.tap_results(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href))
+    document = render.tap_results(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href)
+    return _xml(document)
 
 
 def tap_job_result(ctx, job_id):
@@ -477,11 +480,14 @@ def sia2_query(ctx):
         maxrec = TAP_MAX_RECORDS if query.maxrec is None else query.maxrec
         result = ctx.backend.database.execute(query.adql, maxrec=maxrec, projects=projects, admin=admin)
     except UsageFault as exc:
-        return _sia2_response(render.votable_error(SIA2_RESOURCE, str(exc)), response_format)
+        # casda_text: the messages exactly as CASDA terminates them (with "\r\n").
+        message = getattr(exc, "casda_text", str(exc))
+        return _sia2_response(render.votable_error(SIA2_RESOURCE, message), response_format)
     except AdqlError as exc:
         return _sia2_response(render.votable_error(SIA2_RESOURCE, exc.message), response_format)
-    chunks = _result_chunks(ctx.backend, result, OUTPUT_FORMATS[0], place=_place(ctx), query_name="SIAP  query",
-                            query_text=query.query_string, started=started, resource=SIA2_RESOURCE)
+    chunks = _result_chunks(ctx.backend, result, OUTPUT_FORMATS[0], place=_place(ctx),
+                            query_name="SIAP  query", query_text=query.query_string, started=started,
+                            resource=SIA2_RESOURCE)
     return _sia2_response(chunks, response_format)
 
 
@@ -549,7 +555,8 @@ _compiled = None
 def _compiled_routes():
     global _compiled
     if _compiled is None:
-        _compiled = [(frozenset(methods), re.compile(pattern), handler) for methods, pattern, handler in ROUTES]
+        _compiled = [(frozenset(methods), re.compile(pattern), handler)
+                     for methods, pattern, handler in ROUTES]
     return _compiled
 
 

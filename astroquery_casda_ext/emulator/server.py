@@ -111,7 +111,7 @@ class _Body:
         self._inner, self._shaping, self._environ = inner, shaping, environ
         self._exchange, self._app = exchange, app
         self._generator = None
-        self._closed = False
+        self._closed = self._logged = False
         self.sent = 0
 
     def __iter__(self):
@@ -128,6 +128,11 @@ class _Body:
             if hasattr(self._inner, "close"):
                 self._inner.close()
         finally:
+            self._record()
+
+    def _record(self):
+        if not self._logged:
+            self._logged = True
             self._app.backend.request_log.finish(self._exchange.entry(self.sent))
 
     def _rate(self):
@@ -142,6 +147,8 @@ class _Body:
             yield from self._send_file(self._inner, sock)
         else:
             yield from self._shaped(self._inner, rate)
+        # Logged as soon as the last byte is written, before werkzeug's clean-up pause.
+        self._record()
 
     def _send_file(self, body, sock):
         yield b""  # werkzeug sends the status line and headers on the first chunk, even empty
