@@ -10,11 +10,11 @@ import warnings
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
 
-__all__ = ["require_matplotlib", "read_image_plane", "contact_sheet", "plot_light_curve",
+__all__ = ["require_matplotlib", "read_image_plane", "image_centre", "contact_sheet", "plot_light_curve",
            "plot_spectra", "MATPLOTLIB_HINT"]
 
 #: What to tell a user who asked for a picture without matplotlib installed.
@@ -76,14 +76,14 @@ def read_image_plane(path):
     ValueError
         If the file has no image with at least two axes.
     """
-    with fits.open(path) as hdul:
-        hdu = next((h for h in hdul if h.data is not None and h.data.ndim >= 2), None)
+    with fits.open(path, memmap=True) as hdul:
+        hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2), None)
         if hdu is None:
             raise ValueError(f"{path}: no image data")
-        data = np.asarray(hdu.data, dtype=float)
+        # A section reads only the first plane's bytes, not the whole (possibly huge) cube.
+        leading = (0,) * (hdu.header["NAXIS"] - 2)
+        data = np.asarray(hdu.section[leading + (slice(None), slice(None))], dtype=float)
         header = hdu.header.copy()
-    while data.ndim > 2:
-        data = data[0]
     return data, celestial_wcs(header), header
 
 
@@ -94,12 +94,30 @@ def celestial_wcs(header):
         return WCS(header).celestial
 
 
-def _display_limits(data):
+def image_centre(path):
+    """The sky position of an image's central pixel and the image's width, from its header alone.
+
+    Returns
+    -------
+    centre : `~astropy.coordinates.SkyCoord`
+    width : `~astropy.units.Quantity`
+        The larger side, in degrees.
+    """
+    header = fits.getheader(path)
+    wcs = celestial_wcs(header)
+    nx, ny = header.get("NAXIS1", 1), header.get("NAXIS2", 1)
+    centre = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+    scale = float(np.max(proj_plane_pixel_scales(wcs)))       # degrees per pixel (CUNIT deg)
+    return centre, max(nx, ny) * scale * u.deg
+
+
+def _normalisation(data):
+    """An asinh stretch between robust limits: faint sources stay visible next to bright ones."""
+    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
     finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(finite, [1.0, 99.7])
-    return float(low), float(high if high > low else low + 1.0)
+    if finite.size == 0 or np.ptp(finite) == 0:
+        return None
+    return ImageNormalize(finite, interval=PercentileInterval(99.5), stretch=AsinhStretch(0.01))
 
 
 def _positions_inside(positions, wcs, shape):
@@ -121,8 +139,7 @@ def _draw_panel(figure, grid, index, path, title, positions):
                 transform=ax.transAxes)
         return
     ax = figure.add_subplot(*grid, index, projection=wcs)
-    vmin, vmax = _display_limits(data)
-    ax.imshow(data, origin="lower", cmap="inferno", vmin=vmin, vmax=vmax)
+    ax.imshow(data, origin="lower", cmap="inferno", norm=_normalisation(data))
     inside = _positions_inside(positions, wcs, data.shape)
     if inside is not None and len(inside):
         ax.scatter(inside.ra.deg, inside.dec.deg, transform=ax.get_transform("world"), marker="+",
@@ -249,10 +266,3 @@ def _flux_unit(spectrum):
         if name in spectrum.colnames and spectrum[name].unit is not None:
             return spectrum[name].unit.to_string()
     return ""
-
-
-def markers_from(positions):
-    """``SkyCoord`` of ``positions`` (a SkyCoord, or ``None``), for `contact_sheet`."""
-    if positions is None:
-        return None
-    return positions if isinstance(positions, SkyCoord) else SkyCoord(positions)

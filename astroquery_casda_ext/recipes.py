@@ -14,7 +14,6 @@ the files, and measures something in them:
 uses them too).  Pictures: `plot_light_curve`, `plot_spectra` (matplotlib, optional).
 """
 import math
-import re
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
-from astropy.table import Table, vstack
+from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import FITSFixedWarning, WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
@@ -73,15 +72,31 @@ def wait_for_jobs(jobs, *, policy=None, on_phase=None, sleep=None):
         A job was still running at the policy's timeout.
     """
     policy = policy or PollPolicy.from_conf()
+    extra = {} if sleep is None else {"sleep": sleep}
     for job in jobs:
-        callback = None if on_phase is None else (lambda phase, elapsed, job=job: on_phase(job, phase, elapsed))
-        extra = {} if sleep is None else {"sleep": sleep}
-        job.wait(policy, on_phase=callback, **extra)
+        job.wait(policy, on_phase=_phase_callback(on_phase, job), **extra)
         job.raise_if_error()
+
+
+def _phase_callback(on_phase, job):
+    """SodaJob.wait's ``on_phase(phase, elapsed)``, told which job it is about."""
+    if on_phase is None:
+        return None
+    return lambda phase, elapsed: on_phase(job, phase, elapsed)
 
 
 def download_jobs(casda, jobs, savedir, *, progress=None):
     """Download and verify what finished jobs produced; write the manifest into ``savedir``.
+
+    Parameters
+    ----------
+    casda : `~astroquery_casda_ext.CasdaClass`
+    jobs : list of `~astroquery_casda_ext.jobs.SodaJob` or of URLs
+        Finished jobs (their files and error files), or file URLs.
+    savedir : str or path-like
+        Created if needed.
+    progress : bool, optional
+        Progress bars (default: when standard error is a terminal).
 
     Returns
     -------
@@ -184,7 +199,8 @@ def _light_curve_table(rows, position):
     table["peak_flux"].unit = table["rms"].unit = u.Jy / u.beam
     table["snr"] = np.divide(table["peak_flux"], table["rms"], out=np.zeros(len(table)),
                              where=np.asarray(table["rms"]) > 0)
-    table.add_column(Time(np.asarray(table["mjd"], dtype=float), format="mjd", scale="utc"), name="time", index=0)
+    times = Time(np.asarray(table["mjd"], dtype=float), format="mjd", scale="utc")
+    table.add_column(times, name="time", index=0)
     table.meta.update(ra=float(position.ra.deg), dec=float(position.dec.deg),
                       title=f"light curve at {position.to_string('decimal', precision=5)}")
     return table
@@ -247,7 +263,9 @@ def measure_peak(path, coordinates, *, search_radius=None):
         outer = finite & ~inner
     unit = _image_unit(header)
     peak = float(np.max(data[inner])) if inner.any() else math.nan
-    _, _, rms = sigma_clipped_stats(data[outer], sigma=3.0, stdfunc="mad_std") if outer.any() else (0, 0, math.nan)
+    rms = math.nan
+    if outer.any():
+        _, _, rms = sigma_clipped_stats(data[outer], sigma=3.0, stdfunc="mad_std")
     return peak * unit, float(rms) * unit
 
 
@@ -383,7 +401,8 @@ def spectrum_at(casda, coordinates, *, cube=None, radius=SPECTRUM_RADIUS, pol=No
     manifest = _run(casda, jobs, savedir, policy, on_phase, progress)
     spectra = [read_spectrum(path, position) for pid, path in _data_rows(manifest) if path.endswith(".fits")]
     if not spectra:
-        raise InvalidInputError(f"the job produced no spectrum of {product_id} at {position.to_string('decimal')}")
+        raise InvalidInputError(f"the job produced no spectrum of {product_id} at "
+                                f"{position.to_string('decimal')}")
     spectrum = combine_spectra(spectra)
     spectrum.meta.update(product_id=product_id, method=method, ra=float(position.ra.deg),
                          dec=float(position.dec.deg),
@@ -483,7 +502,8 @@ def _stokes_spectra(data, header, wcs, spec, coordinates):
     index = [0] * ndim                         # numpy order: axis i of the WCS is numpy axis ndim-1-i
     index[ndim - 1 - spec] = slice(None)
     if wcs.wcs.lng >= 0 and wcs.wcs.lat >= 0:
-        x, y = _pixel_of(wcs, coordinates, data.shape[ndim - 1 - wcs.wcs.lng], data.shape[ndim - 1 - wcs.wcs.lat])
+        nx, ny = data.shape[ndim - 1 - wcs.wcs.lng], data.shape[ndim - 1 - wcs.wcs.lat]
+        x, y = _pixel_of(wcs, coordinates, nx, ny)
         index[ndim - 1 - wcs.wcs.lng], index[ndim - 1 - wcs.wcs.lat] = x, y
     stokes_axis = next((i for i, t in enumerate(wcs.wcs.ctype) if t.upper().startswith("STOKES")), None)
     if stokes_axis is None:
@@ -594,7 +614,7 @@ def _match(components, other, match_radius):
     if count and len(other):
         ours = SkyCoord(table["ra"], table["dec"], unit="deg")
         theirs = SkyCoord(other["_RAJ2000"], other["_DEJ2000"], unit="deg")
-        index, separation, _ = ours.match_to_catalog_sky(theirs)
+        index, separation = _nearest(ours, theirs)
         matched = separation <= match_radius
         table["matched"] = matched
         table["separation"] = np.where(matched, separation.to_value(u.arcsec), np.nan) * u.arcsec
@@ -605,3 +625,19 @@ def _match(components, other, match_radius):
     flux_int = np.asarray(table["flux_int"], dtype=float)
     table["flux_ratio"] = flux_int / np.asarray(table["other_flux"], dtype=float)
     return table
+
+
+def _nearest(ours, theirs, chunk=2000):
+    """Index of and separation to the nearest of ``theirs`` for each of ``ours``.
+
+    A brute-force search in chunks (a cone holds at most thousands of sources), because
+    astropy's ``match_to_catalog_sky`` needs scipy, which is not a dependency.
+    """
+    indices, separations = [], []
+    for start in range(0, len(ours), chunk):
+        block = ours[start:start + chunk]
+        distance = block[:, np.newaxis].separation(theirs[np.newaxis, :])
+        nearest = np.argmin(distance, axis=1)
+        indices.append(nearest)
+        separations.append(distance[np.arange(len(block)), nearest])
+    return np.concatenate(indices), u.Quantity(np.concatenate(separations))

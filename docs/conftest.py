@@ -8,8 +8,11 @@ def _docs_namespace(doctest_namespace, emulator, tmp_path, monkeypatch):
     from astroquery import log
     from astroquery_casda_ext import CasdaClass
     # The pages show results, not astroquery's INFO chatter (which goes to stdout).
-    monkeypatch.setattr(log, "level", 30)
+    previous_level = log.level
+    log.setLevel("WARNING")
     casda = CasdaClass(server=emulator.url)
     doctest_namespace.update(emu=emulator, casda=casda, CasdaClass=CasdaClass,
                              username=emulator.username, password=emulator.password)
     monkeypatch.chdir(tmp_path)
+    yield
+    log.setLevel(previous_level)

@@ -1,0 +1,1410 @@
+"""The ``casda`` command line: CASDA's survey workflows from a shell.
+
+Every command is a thin layer over the `~astroquery_casda_ext.CasdaClass` façade and the
+`~astroquery_casda_ext.recipes`: it parses and checks its arguments, calls the library,
+and prints.  `main` takes ``argv`` and *returns* the exit code, so tests call it directly;
+``python -m astroquery_casda_ext.cli`` and the ``casda`` console script both run it.
+
+Where things are printed: results (tables, job URLs, summaries) go to standard output;
+narration, progress and warnings go to standard error, so ``casda ... --json | jq`` and
+``casda query ... > table.txt`` stay clean.  Errors are one line on standard error, never
+a traceback (``--debug`` shows it).
+"""
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+from astropy import units as u
+from astropy.table import Table
+from astropy.time import Time
+
+from . import __version__, conf
+from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, NoAccessError,
+                     NotLoggedInError, ServiceError, UnsafeFilenameError, redact_url)
+
+__all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
+           "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES"]
+
+EXIT_OK = 0
+#: The request was valid but matched nothing (no images, no sources above the flux limit).
+EXIT_NOTHING_FOUND = 1
+EXIT_USAGE = 2
+EXIT_LOGIN = 3
+EXIT_JOB = 4
+EXIT_DOWNLOAD = 5
+EXIT_SERVICE = 6
+#: A bug: the message says so and ``--debug`` shows the traceback.
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  nothing matched (no images, no sources above the flux limit)
+  2  usage error: bad arguments, coordinates, source file, local file
+  3  login failed or no credentials (wrong password, unsafe password file)
+  4  a CASDA job failed, expired, was aborted or timed out
+  5  a download failed or did not match its checksum
+  6  another CASDA service error (query, DataLink, no connection)
+  70 internal error (rerun with --debug for the traceback)
+\b
+Credentials (never on the command line): the keyring (store one with
+'casda login'), CASDA_PASSWORD, --password-file FILE (mode 600), or a prompt.
+User name: --user or CASDA_USER."""
+
+#: Short collection names, mapped to CASDA's project short names (``obs_collection``).  An
+#: alias stands for every name listed (SIA2 and TAP OR them); any other value is sent as is.
+COLLECTION_ALIASES = {
+    "RACS": ("The Rapid ASKAP Continuum Survey",),
+    "EMU": ("Evolutionary Map of the Universe", "EMU Pilot Survey"),
+    "VAST": ("Variables and Slow Transients", "VAST Pilot Survey"),
+    "POSSUM": ("Polarisation Sky Survey of the Universe's Magnetism", "POSSUM"),
+    "WALLABY": ("Widefield ASKAP L-band Legacy All-sky Blind surveY", "WALLABY"),
+    "DINGO": ("Deep Investigation of Neutral Gas Origins", "DINGO"),
+    "FLASH": ("The First Large Absorption Survey in HI", "FLASH"),
+    "GASKAP": ("Galactic ASKAP Spectral Line Survey", "GASKAP"),
+    "DEEP": ("ASKAP Deep Embargoed Field",),
+}
+
+#: Constants of CASDA's sample scripts (casda-samples), kept as option defaults.
+SCRIPT_CUTOUT_RADIUS = "0.1 deg"      # cutouts.py, sources.py
+SCRIPT_SEARCH_RADIUS = "0.1 deg"      # siap.py
+SCRIPT_FLUX_MIN = "500 mJy/beam"      # cutouts.py: flux_peak > 500
+DEMO_SBID = 609
+DEMO_DEST = "casda-demo"
+PREVIEW_NAME = "preview.png"
+
+_PRODUCT_ID = re.compile(r"^[a-z][a-z_]*-\d+$", re.IGNORECASE)
+_JOB_URL = re.compile(r"/data/async/[^/?#]+/?$")
+_OBSCORE_SCREEN_COLUMNS = ("obs_publisher_did", "obs_id", "obs_collection", "dataproduct_subtype",
+                           "filename", "s_ra", "s_dec", "t_min", "em_min", "em_max", "obs_release_date")
+
+log = logging.getLogger("astroquery_casda_ext.cli")
+
+
+class NothingFound(Exception):
+    """A valid request that matched nothing (exit code 1)."""
+
+
+# --- output -------------------------------------------------------------------------------------
+
+@dataclass
+class Console:
+    """Where a command's words go: narration to stderr, results to stdout, or one JSON document."""
+
+    quiet: bool = False
+    json_mode: bool = False
+
+    @property
+    def interactive(self):
+        return not self.quiet and _isatty(sys.stderr)
+
+    def say(self, message=""):
+        """Narration and progress (stderr), silenced by ``--quiet``."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def warn(self, message):
+        if not self.quiet:
+            click.echo(f"casda: warning: {_one_line(message)}", err=True)
+
+    def out(self, text=""):
+        """A result for humans (stdout); replaced by the JSON summary under ``--json``."""
+        if not self.json_mode:
+            click.echo(text)
+
+    def summary(self, data, text):
+        """The command's final summary: JSON on stdout with ``--json``, else ``text``."""
+        if self.json_mode:
+            click.echo(json.dumps(data, indent=2, default=_json_default))
+        elif text:
+            click.echo(text)
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, u.Quantity):
+        return value.value.tolist()
+    if isinstance(value, Time):
+        return value.isot
+    return str(value)
+
+
+def _one_line(text, limit=600):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    joined = "; ".join(lines) if lines else str(text)
+    return joined if len(joined) <= limit else joined[:limit - 3] + "..."
+
+
+class JobProgress:
+    """Shows each job's phase as it changes; on a terminal, the elapsed time ticks while it runs."""
+
+    def __init__(self, console, tick=1.0):
+        self.console = console
+        self.tick = tick
+        self._status = None
+
+    def on_phase(self, job, phase, elapsed):
+        self._clear()
+        self.console.say(f"  job {job.job_id[:8]}: {phase:<10} after {elapsed:5.1f} s")
+        self._status = (job.job_id[:8], phase, time.monotonic() - elapsed)
+
+    def sleep(self, seconds):
+        """``time.sleep`` that refreshes a one-line status while waiting (terminal only)."""
+        if not self.console.interactive or self._status is None:
+            time.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            name, phase, since = self._status
+            line = f"\r  job {name}: {phase}, {time.monotonic() - since:5.0f} s elapsed"
+            click.echo(line, err=True, nl=False)
+            time.sleep(min(self.tick, left))
+        self._clear()
+
+    def _clear(self):
+        if self.console.interactive and self._status is not None:
+            click.echo("\r" + " " * 60 + "\r", err=True, nl=False)
+
+
+# --- shared options -----------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    """The options every command takes."""
+
+    server: str | None
+    user: str | None
+    password_file: str | None
+    quiet: bool
+    json_mode: bool
+    verbose: bool
+    debug: bool
+    #: A named CASDA environment (prod, at, test, dev) given as ``--server``.
+    environment: str | None = None
+    #: ``--poll-interval``: the longest wait between two looks at a running job.
+    poll_interval: float | None = None
+
+    @property
+    def policy(self):
+        """The job polling policy: ``--poll-interval`` if given, else the configuration's."""
+        from .jobs import PollPolicy
+        if self.poll_interval is None:
+            return PollPolicy.from_conf()
+        return PollPolicy(first=min(float(conf.poll_first), self.poll_interval), cap=self.poll_interval,
+                          timeout=float(conf.job_timeout) or None)
+
+    @property
+    def console(self):
+        return Console(quiet=self.quiet, json_mode=self.json_mode)
+
+
+def _check_server(ctx, param, value):
+    from .endpoints import ENVIRONMENTS
+    if value is None or value.lower() in ENVIRONMENTS:
+        return value
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise click.BadParameter(f"{value!r} is not an http(s) URL (e.g. http://127.0.0.1:8080/) "
+                                 f"or a CASDA environment ({', '.join(ENVIRONMENTS)})")
+    return value
+
+
+_COMMON = [
+    click.option("--server", metavar="URL", envvar="CASDA_SERVER", callback=_check_server,
+                 help="Another CASDA: a base URL (e.g. the emulator's http://127.0.0.1:PORT/) or an "
+                      "environment name (prod, at, test, dev); default: production. Env: CASDA_SERVER."),
+    click.option("--user", metavar="NAME", envvar="CASDA_USER",
+                 help="ATNF OPAL user name (e-mail). Env: CASDA_USER."),
+    click.option("--password-file", metavar="FILE",
+                 help="Read the OPAL password from the first line of FILE (must be mode 600)."),
+    click.option("-q", "--quiet", is_flag=True, help="No narration or progress, only results and errors."),
+    click.option("--json", "json_mode", is_flag=True,
+                 help="Print a machine-readable JSON summary on stdout."),
+    click.option("-v", "--verbose", is_flag=True, help="Log what the client does (HTTP requests, polls)."),
+    click.option("--debug", is_flag=True, help="Show tracebacks and debug logging."),
+]
+
+
+def common_options(func):
+    """Give a command the shared options, passed on as one `Options` argument."""
+    @functools.wraps(func)
+    def wrapper(*args, server, user, password_file, quiet, json_mode, verbose, debug, **kwargs):
+        environment = server.lower() if server and not server.lower().startswith("http") else None
+        options = Options(None if environment else server, user, password_file, quiet, json_mode, verbose,
+                          debug, environment, kwargs.pop("poll_interval", None))
+        with _logging_for(options), contextlib.ExitStack() as stack:
+            if environment is not None:
+                # a named environment (prod, at, test, dev) picks CASDA's own hosts for this command only
+                stack.enter_context(conf.set_temp("environment", environment))
+            return func(options, *args, **kwargs)
+    for option in reversed(_COMMON):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def job_options(func):
+    """The option of commands that follow SODA jobs."""
+    return click.option("--poll-interval", type=click.FloatRange(min=0.05), metavar="SECONDS",
+                        help="Longest wait between two looks at a running job "
+                             "(default: the configuration's poll_interval, 20 s).")(func)
+
+
+@contextlib.contextmanager
+def _logging_for(options):
+    """Log levels for one command: quiet by default (the command narrates), more with -v/--debug.
+
+    The levels are restored afterwards, so calling `main` from Python changes nothing.
+    """
+    from astroquery import log as astroquery_log
+    level = logging.DEBUG if options.debug else logging.INFO if options.verbose else logging.WARNING
+    loggers = [astroquery_log, logging.getLogger("astroquery_casda_ext")]
+    previous = [logger.level for logger in loggers]
+    handler = None
+    for logger in loggers:
+        logger.setLevel(level)
+    if options.verbose or options.debug:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        loggers[1].addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger, old_level in zip(loggers, previous):
+            logger.setLevel(old_level)
+        if handler is not None:
+            loggers[1].removeHandler(handler)
+
+
+class CoordinateCommand(click.Command):
+    """A command whose positional arguments may be negative numbers (a declination of -45).
+
+    click would read ``-45`` as an unknown option; here unknown options are kept as
+    arguments, except words that look like options (``--radus``, ``-x``): those are still
+    reported as unknown options.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx, args):
+        known = {name for param in self.get_params(ctx) for name in param.opts + param.secondary_opts}
+        for token in args:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if re.match(r"^--?[A-Za-z]", name) and name not in known:
+                raise click.NoSuchOption(name, ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+# --- parsing values -----------------------------------------------------------------------------
+
+def _radius(value, name="radius", max_deg=10.0):
+    from .regions import parse_radius
+    return parse_radius(value, name=name, max_deg=max_deg)
+
+
+def _flux(value):
+    """A flux limit in mJy/beam: a number (mJy/beam) or a quantity such as '0.5 Jy/beam'."""
+    try:
+        quantity = u.Quantity(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a flux; give e.g. 500 or '0.5 Jy/beam'") from None
+    if quantity.unit == u.dimensionless_unscaled:
+        return float(quantity.value)
+    try:
+        return float(quantity.to_value(u.mJy / u.beam))
+    except u.UnitsError:
+        raise click.BadParameter(f"{value!r} is not a flux per beam (mJy/beam)") from None
+
+
+def _quantity_or_open(text, name):
+    """One end of a ``--band``: a quantity with units, or '-'/'none' for an open end."""
+    if text.strip().lower() in ("-", "none", "inf", "+inf", "-inf"):
+        return None
+    try:
+        quantity = u.Quantity(text)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{text!r} is not a quantity, e.g. 1.2GHz, 21cm, 1500km/s",
+                                 param_hint=name) from None
+    if quantity.unit == u.dimensionless_unscaled:
+        raise click.BadParameter(f"{text!r} needs a unit (GHz, MHz, m, cm, km/s)", param_hint=name)
+    return quantity
+
+
+def _time(text, name):
+    """A time: an ISO date/time or an MJD number."""
+    try:
+        return Time(float(text), format="mjd") if re.fullmatch(r"[0-9.]+", text) else Time(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a time: give an ISO date (2020-01-31T12:00) or an MJD",
+                                 param_hint=name) from None
+
+
+def expand_collections(values):
+    """Collection names to send: aliases (RACS, EMU, ...) expanded, other names kept as given.
+
+    Returns
+    -------
+    list of str or None
+        None when no collection was asked for.
+    """
+    names = []
+    for value in values or ():
+        for name in COLLECTION_ALIASES.get(value.strip().upper(), (value.strip(),)):
+            if name not in names:
+                names.append(name)
+    return names or None
+
+
+def _position(tokens, ra=None, dec=None):
+    """One position from positional tokens ('187.5 -45', '12:30:00 -45:00:00') or --ra/--dec."""
+    from .regions import parse_coordinates
+    if tokens and (ra is not None or dec is not None):
+        raise click.UsageError("give the position either as POSITION or with --ra/--dec, not both")
+    if ra is not None or dec is not None:
+        if ra is None or dec is None:
+            raise click.UsageError("--ra and --dec go together")
+        degrees = _numbers(ra, dec)
+        return parse_coordinates(tuple(degrees) if degrees else f"{ra} {dec}")
+    return parse_coordinates(" ".join(tokens)) if tokens else None
+
+
+def _numbers(*texts):
+    try:
+        return [float(text) for text in texts]
+    except ValueError:
+        return None
+
+
+def _table_writer_format(path):
+    suffix = Path(path).suffix.lower()
+    formats = {".xml": "votable", ".vot": "votable", ".votable": "votable", ".csv": "ascii.csv",
+               ".ecsv": "ascii.ecsv"}
+    if suffix not in formats:
+        raise click.BadParameter(f"{path}: use a .xml/.vot (VOTable), .csv or .ecsv file name",
+                                 param_hint="--output")
+    return formats[suffix]
+
+
+def _check_output(path, overwrite):
+    if path is None:
+        return None
+    fmt = _table_writer_format(path)
+    if os.path.exists(path) and not overwrite:
+        raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
+    return fmt
+
+
+def _check_preview(path, option="--preview"):
+    if path is None:
+        return None
+    if Path(path).suffix.lower() != ".png":
+        raise click.BadParameter(f"{path}: the picture is a PNG file; name it *.png", param_hint=option)
+    from .plots import require_matplotlib
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        raise click.UsageError(f"{option}: {exc}") from None
+    return path
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+def make_client(options):
+    """A `CasdaClass` for ``--server`` (or the configured CASDA)."""
+    from .core import CasdaClass
+    return CasdaClass(server=options.server)
+
+
+def log_in(casda, options, console):
+    """Log in with the usual credential sources (never a command-line password)."""
+    console.say(f"Logging in to CASDA{_server_note(options)} ...")
+    casda.login(username=options.user, password_file=options.password_file)
+
+
+def _server_note(options):
+    if options.environment:
+        return f" ({options.environment})"
+    return f" at {redact_url(options.server)}" if options.server else ""
+
+
+def _progress(options):
+    return False if options.quiet or options.json_mode else None
+
+
+def download_into(casda, sources, dest, options, console):
+    """Download, verify, save the manifest; raise `DownloadError` if any file failed."""
+    from .recipes import download_jobs
+    console.say(f"Downloading into {dest} and verifying checksums ...")
+    return download_jobs(casda, sources, str(dest), progress=_progress(options))
+
+
+def manifest_summary(manifest):
+    """Counts and bytes of a manifest, for the summary line and ``--json``."""
+    table = manifest.table
+    data = table[table["kind"] == "data"] if len(table) else table
+    verified = int(np.sum(data["checksum_status"] == "verified")) if len(data) else 0
+    errors = manifest.error_files
+    return {"files": len(data), "bytes": int(np.sum(data["size"])) if len(data) else 0,
+            "verified": verified, "failed": len(manifest.failed), "error_files": len(errors),
+            "error_messages": [str(m) for m in errors["message"]] if len(errors) else [],
+            "paths": manifest.paths, "manifest": os.path.join(manifest.savedir, _manifest_name())}
+
+
+def _manifest_name():
+    from .download import MANIFEST_NAME
+    return MANIFEST_NAME
+
+
+def _size(nbytes):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000.0
+
+
+def _summary_text(summary, elapsed, what="file(s)"):
+    text = (f"{summary['files']} {what} ({_size(summary['bytes'])}), {summary['verified']} verified "
+            f"against CASDA checksums, in {elapsed:.1f} s; manifest: {summary['manifest']}")
+    if summary["error_files"]:
+        text += f"\n{summary['error_files']} region(s) had no data in some image (CASDA error files):"
+        text += "".join(f"\n  {_one_line(message, 200)}" for message in summary["error_messages"][:5])
+    return text
+
+
+def _product_titles(paths, labels=None):
+    """Titles for 1-D results (spectra): product id and, when known, the region."""
+    from .jobs import product_id_of
+    titles = []
+    for path in paths:
+        stem = Path(path).stem
+        product = product_id_of(stem) or stem
+        label = (labels or {}).get(stem)
+        titles.append(f"{product}\n{label}" if label else product)
+    return titles
+
+
+def _cutout_titles(paths, positions, names=None):
+    """Panel titles: the product, and the source a cutout is centred on (its name when known)."""
+    from .jobs import product_id_of
+    from .plots import image_centre
+    titles = []
+    for path in paths:
+        title = product_id_of(Path(path).stem) or Path(path).stem
+        if positions is not None and len(positions):
+            try:
+                centre, width = image_centre(path)
+            except (OSError, ValueError):
+                titles.append(title)
+                continue
+            separation = positions.separation(centre)
+            nearest = int(np.argmin(separation))
+            if separation[nearest] < width / 2:
+                title += "\n" + (str(names[nearest]) if names is not None else
+                                 positions[nearest].to_string("decimal", precision=4))
+        titles.append(title)
+    return titles
+
+
+def _region_labels(casda, jobs):
+    """result id -> the region it answers (``CIRCLE ra dec r``), as the façade labels results."""
+    labels = {}
+    for job in jobs:
+        try:
+            table = casda.cutout_table(job)
+        except (CasdaError, KeyError, ValueError) as exc:    # titles only: never fail the command
+            log.debug("no region labels for %s: %s", job.url, exc)
+            continue
+        for row in table:
+            if row["region"]:
+                labels[str(row["result_id"])] = _short_region(str(row["region"]))
+    return labels
+
+
+def _short_region(region):
+    parts = region.split()
+    if len(parts) >= 3 and parts[0].upper() == "CIRCLE":
+        return f"{float(parts[1]):.4f} {float(parts[2]):+.4f}"
+    return region[:40]
+
+
+def draw_preview(path, manifest, positions, console, names=None):
+    """Contact sheet of the downloaded cutouts, with the requested positions marked."""
+    from .plots import contact_sheet
+    fits_paths = [p for p in manifest.paths if p.lower().endswith(".fits")]
+    if not fits_paths:
+        console.warn("no FITS cutouts to preview")
+        return None
+    titles = _cutout_titles(fits_paths, positions, names)
+    count = contact_sheet(fits_paths, path, positions=positions, titles=titles)
+    console.say(f"Preview of {count} cutout(s) written to {path}")
+    return str(path)
+
+
+# --- error handling -----------------------------------------------------------------------------
+
+def exit_code_for(exc):
+    """The documented exit code of an exception (see ``casda --help``)."""
+    import requests
+    from astroquery.exceptions import LoginError
+    table = [
+        (click.exceptions.UsageError, EXIT_USAGE),
+        (NothingFound, EXIT_NOTHING_FOUND),
+        (UnsafeFilenameError, EXIT_DOWNLOAD),
+        (DownloadError, EXIT_DOWNLOAD),
+        (NotLoggedInError, EXIT_LOGIN),
+        (LoginError, EXIT_LOGIN),
+        (InvalidInputError, EXIT_USAGE),
+        (JobError, EXIT_JOB),
+        (NoAccessError, EXIT_SERVICE),
+        (ServiceError, EXIT_SERVICE),
+        (requests.RequestException, EXIT_SERVICE),
+        (CasdaError, EXIT_SERVICE),
+        (OSError, EXIT_USAGE),
+    ]
+    return next((code for kind, code in table if isinstance(exc, kind)), EXIT_INTERNAL)
+
+
+def _error_message(exc):
+    if isinstance(exc, click.exceptions.UsageError):
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return f"{exc.format_message()}{hint}"
+    if isinstance(exc, OSError) and not isinstance(exc, CasdaError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    text = str(exc) or type(exc).__name__
+    if exit_code_for(exc) == EXIT_INTERNAL:
+        return f"internal error {type(exc).__name__}: {text} (rerun with --debug for the traceback)"
+    return text
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """One line per warning (astropy's and ours), instead of Python's file:line form."""
+    click.echo(f"casda: warning: {_one_line(message)}", err=True)
+
+
+def main(argv=None):
+    """Run the ``casda`` command line and return its exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success; see ``casda --help`` for the others.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        if "-q" in argv or "--quiet" in argv:
+            warnings.simplefilter("ignore")
+        try:
+            result = cli.main(args=argv, prog_name="casda", standalone_mode=False)
+        except click.exceptions.Abort:
+            click.echo("casda: interrupted", err=True)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            click.echo("casda: interrupted", err=True)
+            return EXIT_INTERRUPTED
+        except click.exceptions.Exit as exc:
+            return exc.exit_code
+        except click.exceptions.NoArgsIsHelpError as exc:   # plain 'casda': the help, not an error line
+            click.echo(exc.format_message(), err=True)
+            return EXIT_USAGE
+        except Exception as exc:  # every error ends as one line and an exit code
+            if debug:
+                import traceback
+                traceback.print_exc()
+            click.echo(f"casda: error: {_one_line(_error_message(exc))}", err=True)
+            return exit_code_for(exc)
+    return result if isinstance(result, int) else EXIT_OK
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"],
+                                                       "max_content_width": 100})
+@click.version_option(__version__, prog_name="casda", message="%(prog)s %(version)s")
+def cli():
+    """Query, cut out, stage and download ASKAP data from CASDA.
+
+    \b
+    New here? Run the demo: it starts a local CASDA emulator and shows each step:
+      casda demo
+    """
+
+
+def _epilog(*examples):
+    lines = "\n".join(f"  {example}" for example in examples)
+    return f"\b\nExamples:\n{lines}\n\n{EXIT_CODES_HELP}"
+
+
+def _ids(table, limit=6):
+    ids = [str(value) for value in table["obs_publisher_did"]]
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _finish(console, options, started, summary, text):
+    summary["seconds"] = round(time.monotonic() - started, 2)
+    console.summary(summary, text)
+    return EXIT_OK
+
+
+# --- query / tap --------------------------------------------------------------------------------
+
+def _screen_columns(table, columns, command):
+    if columns:
+        if columns.strip().lower() == "all":
+            return table.colnames
+        wanted = [name.strip() for name in columns.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in table.colnames]
+        if unknown:
+            raise click.BadParameter(f"no column {', '.join(unknown)}; the table has: "
+                                     f"{', '.join(table.colnames)}", param_hint="--columns")
+        return wanted
+    if command == "query" and "obs_publisher_did" in table.colnames:
+        return [name for name in _OBSCORE_SCREEN_COLUMNS if name in table.colnames]
+    return table.colnames
+
+
+def _rows_as_dicts(table):
+    """The rows as JSON-ready dictionaries (masked cells become null)."""
+    return [{name: _json_value(row[name]) for name in table.colnames} for row in table]
+
+
+def _json_value(value):
+    if np.ma.is_masked(value):
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else _json_default(value)
+
+
+def show_table(table, options, console, *, output, output_format, columns, command):
+    """Write the table to ``output`` or the screen; the JSON summary carries it too."""
+    summary = {"command": command, "rows": len(table), "columns": table.colnames, "output": output}
+    if output:
+        table.write(output, format=output_format, overwrite=True)
+        console.say(f"{len(table)} row(s) written to {output}")
+        return _finish(console, options, time.monotonic(), summary, "")
+    shown = _screen_columns(table, columns, command)
+    if len(shown) < len(table.colnames):
+        console.say(f"showing {len(shown)} of {len(table.colnames)} columns "
+                    "(--columns all, or --output FILE for every column)")
+    summary["data"] = _rows_as_dicts(table)
+    text = "\n".join(table[shown].pformat(max_lines=-1, max_width=-1)) if len(table) else "(no rows)"
+    console.summary(summary, text)
+    return EXIT_OK
+
+
+@cli.command(cls=CoordinateCommand, epilog=_epilog(
+    "casda query 187.5 -45.0 --radius 30arcmin --collection EMU",
+    "casda query '22h15m38s -45d50m30s' --band 1.2GHz 1.4GHz --type cube -o found.ecsv",
+    "casda query --ra 333.9 --dec -45.84 --time 2019-01-01 2020-01-01 --subtype cont.restored.t0"))
+@click.argument("position", nargs=-1)
+@click.option("--ra", help="Right ascension (degrees or sexagesimal hours), with --dec.")
+@click.option("--dec", help="Declination (degrees or sexagesimal), with --ra.")
+@click.option("--radius", help="Cone radius: '2arcmin', '0.5deg' or degrees (default 1 arcmin).")
+@click.option("--width", help="Box width (with --height) instead of a cone.")
+@click.option("--height", help="Box height (with --width).")
+@click.option("--band", nargs=2, metavar="LOW HIGH",
+              help="Spectral range with units (1.2GHz 1.4GHz, 20cm 22cm); '-' for an open end.")
+@click.option("--rest-frequency", metavar="FREQ", help="Rest frequency for a velocity --band.")
+@click.option("--time", "time_range", nargs=2, metavar="START END",
+              help="Products observed entirely within START..END (ISO dates or MJD).")
+@click.option("--pol", multiple=True, help="Polarisation (I, Q, U, V...); repeat for several.")
+@click.option("--collection", multiple=True,
+              help="Project: an alias (RACS, EMU, VAST, POSSUM, WALLABY...) or CASDA's full name; "
+                   "repeatable.")
+@click.option("--type", "dataproduct_type", type=click.Choice(["image", "cube"]), help="Data product type.")
+@click.option("--subtype", multiple=True, help="dataproduct_subtype, e.g. cont.restored.t0; repeatable.")
+@click.option("--maxrec", type=click.IntRange(min=1), help="Most rows to return.")
+@click.option("-o", "--output", metavar="FILE", help="Write the table: .xml/.vot (VOTable), .csv or .ecsv.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@click.option("--columns", help="Columns to show on screen (comma-separated, or 'all').")
+@common_options
+def query(options, position, ra, dec, radius, width, height, band, rest_frequency, time_range, pol,
+          collection, dataproduct_type, subtype, maxrec, output, overwrite, columns):
+    """Find images and cubes with CASDA's SIA2 service.
+
+    POSITION is a centre such as '187.5 -45.0' or '12:30:00 -45:00:00' (or use --ra/--dec).
+    """
+    console = options.console
+    output_format = _check_output(output, overwrite)
+    coordinates = _position(position, ra, dec)
+    kwargs = _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, time_range)
+    optional = dict(pol=list(pol) or None, collection=expand_collections(collection),
+                    dataproduct_type=dataproduct_type, maxrec=maxrec)
+    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    casda = make_client(options)
+    console.say(f"Querying CASDA SIA2{_server_note(options)} ...")
+    table = casda.query_region(coordinates, dataproduct_subtype=list(subtype) or None, **kwargs)
+    return show_table(table, options, console, output=output, output_format=output_format, columns=columns,
+                      command="query")
+
+
+def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, time_range):
+    """query_region's keyword arguments; without a position there is no cone (radius=None)."""
+    kwargs = {}
+    if (width is None) != (height is None):
+        raise click.UsageError("--width and --height go together")
+    if coordinates is None and (radius or width):
+        raise click.UsageError("--radius, --width and --height need a position (POSITION or --ra/--dec)")
+    if width is not None:
+        if radius is not None:
+            raise click.UsageError("give --radius or --width/--height, not both")
+        kwargs.update(width=_radius(width, "width"), height=_radius(height, "height"), radius=None)
+    elif radius is not None:
+        kwargs["radius"] = _radius(radius)
+    elif coordinates is None:
+        kwargs["radius"] = None
+    if band:
+        kwargs["band"] = (_quantity_or_open(band[0], "--band"), _quantity_or_open(band[1], "--band"))
+    if rest_frequency:
+        kwargs["rest_frequency"] = _quantity_or_open(rest_frequency, "--rest-frequency")
+    if time_range:
+        kwargs["time"] = (_time(time_range[0], "--time"), _time(time_range[1], "--time"))
+    return kwargs
+
+
+@cli.command(epilog=_epilog(
+    "casda tap \"SELECT TOP 5 * FROM ivoa.obscore WHERE obs_id = '609'\"",
+    "casda tap \"SELECT * FROM casda.continuum_component WHERE first_sbid = 609\" -o components.csv",
+    "echo 'SELECT * FROM TAP_SCHEMA.tables' | casda tap - --async"))
+@click.argument("adql")
+@click.option("--async", "async_job", is_flag=True, help="Run as an asynchronous TAP job (long queries).")
+@click.option("--maxrec", type=click.IntRange(min=1), help="Most rows to return.")
+@click.option("--auth", is_flag=True, help="Query through the OPAL proxy (needs a login): includes "
+                                           "embargoed rows of your projects.")
+@click.option("-o", "--output", metavar="FILE", help="Write the table: .xml/.vot (VOTable), .csv or .ecsv.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@click.option("--columns", help="Columns to show on screen (comma-separated).")
+@common_options
+def tap(options, adql, async_job, maxrec, auth, output, overwrite, columns):
+    """Run an ADQL query on CASDA's TAP service ('-' reads it from standard input)."""
+    console = options.console
+    output_format = _check_output(output, overwrite)
+    if adql == "-":
+        adql = sys.stdin.read()
+    if not adql.strip():
+        raise click.UsageError("the ADQL query is empty")
+    casda = make_client(options)
+    if auth:
+        log_in(casda, options, console)
+    console.say(f"Querying CASDA TAP{_server_note(options)}{' (async job)' if async_job else ''} ...")
+    table = casda.query_tap(adql, async_job=async_job, maxrec=maxrec, authenticated=auth)
+    return show_table(table, options, console, output=output, output_format=output_format, columns=columns,
+                      command="tap")
+
+
+# --- cutout workflows -----------------------------------------------------------------------------
+
+def start_jobs(casda, images, positions, radius, full_files, console):
+    """One job for all images: cutouts around every position, or whole files."""
+    if full_files:
+        console.say(f"Staging {len(images)} whole file(s) in one SODA job ...")
+        return casda.stage_data(images, wait=False)
+    console.say(f"Cutting {len(positions)} region(s) of radius {radius.to(u.arcmin):.3g} out of "
+                f"{len(images)} image(s) in one SODA job ...")
+    return casda.cutout(images, coordinates=positions, radius=radius, wait=False)
+
+
+def jobs_to_files(casda, jobs, dest, options, console, *, preview=None, positions=None, names=None,
+                  policy=None):
+    """Follow the jobs, download and verify, draw the preview: the summary dictionary."""
+    manifest = run_jobs(casda, jobs, dest, options, console, policy=policy or options.policy)
+    summary = manifest_summary(manifest)
+    summary["jobs"] = [job.url for job in jobs]
+    summary["dest"] = str(dest)
+    if preview:
+        summary["preview"] = draw_preview(preview, manifest, positions, console, names)
+    return summary
+
+
+def run_jobs(casda, jobs, dest, options, console, policy=None):
+    """Wait for the jobs (showing phases), then download and verify into ``dest``."""
+    from .recipes import wait_for_jobs
+    progress = JobProgress(console)
+    for job in jobs:
+        console.say(f"  job {job.job_id[:8]} started: {job.url}")
+    wait_for_jobs(jobs, policy=policy, on_phase=progress.on_phase, sleep=progress.sleep)
+    return download_into(casda, jobs, dest, options, console)
+
+
+@cli.command(epilog=_epilog(
+    "casda cutouts 609 out/ --flux-min 500 --radius 2arcmin --preview out/sheet.png",
+    "casda cutouts 609 out/ --full-files"))
+@click.argument("sbid", type=click.IntRange(min=1))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+              help="Cut out catalogue components brighter than this (mJy/beam if no unit).")
+@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@click.option("--subtype", multiple=True, default=("cont.restored.t0",), show_default=True,
+              help="Image subtypes to cut (repeatable), e.g. spectral.restored.3d.")
+@click.option("--max-sources", type=click.IntRange(min=1), help="Only the N brightest components.")
+@click.option("--full-files", is_flag=True, help="Stage and download the whole images instead of cutouts.")
+@click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
+@job_options
+@common_options
+def cutouts(options, sbid, dest, flux_min, radius, subtype, max_sources, full_files, preview):
+    """Cutouts around the bright catalogue sources of a scheduling block (CASDA's cutouts.py).
+
+    Finds the images of scheduling block SBID, the catalogue components above --flux-min,
+    cuts a circle around each out of every image in one job, and downloads and verifies
+    the files (and a manifest) into DEST.
+    """
+    from .regions import parse_positions
+    console, started = options.console, time.monotonic()
+    flux, radius, preview = _flux(flux_min), _radius(radius), _check_preview(preview)
+    casda = make_client(options)
+    log_in(casda, options, console)
+    images = _sbid_images(casda, sbid, list(subtype), console)
+    positions = names = None
+    if not full_files:
+        console.say(f"Finding catalogue components of SB{sbid} brighter than {flux:g} mJy/beam ...")
+        components = casda.query_components(sbid=sbid, flux_min=flux)[:max_sources]
+        if not len(components):
+            raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux:g} mJy/beam")
+        console.say(f"  {len(components)} component(s)")
+        positions, names = parse_positions(components), list(components["component_name"])
+    jobs = start_jobs(casda, images, positions, radius, full_files, console)
+    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview, positions=positions,
+                            names=names)
+    summary.update(command="cutouts", sbid=sbid, images=len(images),
+                   sources=0 if positions is None else len(positions))
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+def _sbid_images(casda, sbid, subtypes, console):
+    console.say(f"Finding the images of scheduling block {sbid} ({', '.join(subtypes)}) ...")
+    images = casda.query_sbid_images(sbid, subtypes=subtypes)
+    if not len(images):
+        raise NothingFound(f"scheduling block {sbid} has no images of subtype {', '.join(subtypes)}")
+    console.say(f"  {len(images)} image(s): {_ids(images)}")
+    return images
+
+
+@cli.command(epilog=_epilog("casda sources cube-1001 my_sources.txt out/ --radius 1arcmin --preview s.png",
+                            "(source file: one 'ra dec' per line, degrees or sexagesimal; '#' comments)"))
+@click.argument("image_id")
+@click.argument("source_file")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
+@job_options
+@common_options
+def sources(options, image_id, source_file, dest, radius, preview):
+    """Cutouts of a list of sources from one image (CASDA's sources.py)."""
+    from .regions import read_source_list
+    console, started = options.console, time.monotonic()
+    if not _PRODUCT_ID.match(image_id):
+        raise click.BadParameter(f"{image_id!r} is not a product id like cube-1001", param_hint="IMAGE_ID")
+    positions = read_source_list(source_file)
+    radius, preview = _radius(radius), _check_preview(preview)
+    console.say(f"Read {len(positions)} position(s) from {source_file}")
+    casda = make_client(options)
+    log_in(casda, options, console)
+    images = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did = '{image_id}'")
+    if not len(images):
+        raise NothingFound(f"CASDA has no product {image_id}")
+    jobs = start_jobs(casda, images, positions, radius, False, console)
+    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview, positions=positions)
+    summary.update(command="sources", image=image_id, sources=len(positions))
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+@cli.command(cls=CoordinateCommand, epilog=_epilog(
+    "casda images 187.5 -45.0 out/ --radius 2arcmin --preview out/sheet.png",
+    "casda images 22:15:38 -45:50:30 out/ --collection RACS --subtype cont.restored.t0 --full-files"))
+@click.argument("ra")
+@click.argument("dec")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--search-radius", default=SCRIPT_SEARCH_RADIUS, show_default=True,
+              help="Find images intersecting this cone (SIA2).")
+@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
+@click.option("--subtype", multiple=True, help="Only these dataproduct_subtypes (default: every image).")
+@click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images found.")
+@click.option("--full-files", is_flag=True, help="Stage and download the whole images instead of cutouts.")
+@click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
+@job_options
+@common_options
+def images(options, ra, dec, dest, search_radius, radius, collection, subtype, max_images, full_files,
+           preview):
+    """Every image at a position (SIA2), as cutouts or whole files (CASDA's siap.py).
+
+    RA and DEC are degrees or sexagesimal (RA in hours): 187.5 -45.0 or 12:30:00 -45:00:00.
+    """
+    console, started = options.console, time.monotonic()
+    position = _position((ra, dec))
+    search, radius = _radius(search_radius, "--search-radius"), _radius(radius)
+    preview = _check_preview(preview)
+    casda = make_client(options)
+    log_in(casda, options, console)
+    console.say(f"Finding images within {search.to(u.arcmin):.3g} of {position.to_string('decimal')} "
+                "(SIA2) ...")
+    found = casda.query_region(position, radius=search, collection=expand_collections(collection),
+                               dataproduct_subtype=list(subtype) or None)[:max_images]
+    if not len(found):
+        raise NothingFound(f"no images at {position.to_string('decimal')}")
+    console.say(f"  {len(found)} image(s): {_ids(found)}")
+    jobs = start_jobs(casda, found, position.reshape((1,)), radius, full_files, console)
+    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview,
+                            positions=position.reshape((1,)))
+    summary.update(command="images", ra=position.ra.deg, dec=position.dec.deg, images=len(found))
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+@cli.command(epilog=_epilog("casda spectra my_sources.txt 30arcsec out/ --plot out/spectra.png",
+                            "casda spectra my_sources.txt 0.01 out/ --collection EMU "
+                            "--subtype cont.restored.4d"))
+@click.argument("source_file")
+@click.argument("radius")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
+@click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
+              help="Cube subtypes to extract from (repeatable).")
+@click.option("--plot", metavar="FILE.png", help="Draw the spectra (needs matplotlib).")
+@job_options
+@common_options
+def spectra(options, source_file, radius, dest, collection, subtype, plot):
+    """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
+
+    RADIUS is the aperture ('30arcsec', or degrees); CASDA's spectrum generation service
+    sums it into one spectrum per cube, source and Stokes parameter.
+    """
+    from .regions import read_source_list
+    console, started = options.console, time.monotonic()
+    positions = read_source_list(source_file)
+    radius, plot = _radius(radius), _check_preview(plot, "--plot")
+    console.say(f"Read {len(positions)} position(s) from {source_file}")
+    casda = make_client(options)
+    log_in(casda, options, console)
+    console.say(f"Finding cubes ({', '.join(subtype)}) covering them (SIA2) ...")
+    cubes = casda.query_region(positions, radius=radius, collection=expand_collections(collection),
+                               dataproduct_subtype=list(subtype))
+    if not len(cubes):
+        raise NothingFound(f"no {', '.join(subtype)} cube covers the sources in {source_file}")
+    console.say(f"  {len(cubes)} cube(s): {_ids(cubes)}")
+    console.say(f"Extracting spectra at {len(positions)} position(s) in one SODA job ...")
+    jobs = casda.spectra(cubes, positions, radius, wait=False)
+    summary = jobs_to_files(casda, jobs, dest, options, console)
+    if plot:
+        summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console)
+    summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
+    text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
+    return _finish(console, options, started, summary, text)
+
+
+def _plot_spectra(path, paths, labels, console):
+    from .plots import plot_spectra
+    from .recipes import read_spectrum
+    fits_paths = [p for p in paths if p.lower().endswith(".fits")]
+    if not fits_paths:
+        console.warn("no spectra to plot")
+        return None
+    titles = [title.replace("\n", " at ") for title in _product_titles(fits_paths, labels)]
+    count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles)
+    console.say(f"Plot of {count} spectr{'um' if count == 1 else 'a'} written to {path}")
+    return str(path)
+
+
+@cli.command(name="slice", epilog=_epilog("casda slice 609 8 out/",
+                                          "casda slice 609 4 out/ --subtype cont.restored.4d"))
+@click.argument("sbid", type=click.IntRange(min=1))
+@click.argument("num_channels", type=click.IntRange(min=1))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
+              help="Cube subtypes to slice (repeatable).")
+@job_options
+@common_options
+def slice_command(options, sbid, num_channels, dest, subtype):
+    """Split each spectral cube of a scheduling block into chunks of NUM_CHANNELS channels.
+
+    One job asks for every channel window (CASDA's CHANNEL parameter, 1-based) of every
+    cube (CASDA's cutouts_channels.py); cubes with different channel counts get one job each.
+    """
+    console, started = options.console, time.monotonic()
+    casda = make_client(options)
+    log_in(casda, options, console)
+    cubes = _sbid_images(casda, sbid, list(subtype), console)
+    jobs = []
+    for channels, group in _by_channel_count(cubes).items():
+        windows = channel_windows(channels, num_channels)
+        console.say(f"Slicing {len(group)} cube(s) of {channels} channels into {len(windows)} window(s) "
+                    f"of {num_channels} in one SODA job ...")
+        jobs += casda.cutout(group, channel=windows, wait=False)
+    if not jobs:
+        raise NothingFound(f"no cube of SB{sbid} has more than one channel")
+    summary = jobs_to_files(casda, jobs, dest, options, console)
+    summary.update(command="slice", sbid=sbid, cubes=len(cubes), num_channels=num_channels)
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+def channel_windows(channels, width):
+    """1-based inclusive windows of ``width`` channels covering ``channels`` (the last may be shorter)."""
+    return [(first, min(first + width - 1, channels)) for first in range(1, channels + 1, width)]
+
+
+def _by_channel_count(cubes):
+    """{channel count: sub-table} for the cubes with more than one channel (ObsCore ``em_xel``)."""
+    if "em_xel" not in cubes.colnames:
+        raise InvalidInputError("the ObsCore rows have no em_xel column: cannot count the channels")
+    counts = np.asarray(cubes["em_xel"].filled(0) if hasattr(cubes["em_xel"], "filled") else cubes["em_xel"])
+    return {int(n): cubes[counts == n] for n in sorted(set(counts.tolist())) if n > 1}
+
+
+# --- staging, downloads, jobs ---------------------------------------------------------------------
+
+def _product_ids_from(items):
+    from .access import product_ids_from_table
+    ids = []
+    for item in items:
+        if os.path.isfile(item):
+            ids += product_ids_from_table(_read_table(item))
+        elif _PRODUCT_ID.match(item):
+            ids.append(item)
+        else:
+            raise click.BadParameter(f"{item!r} is neither a table file nor a product id like cube-1001",
+                                     param_hint="ITEMS")
+    return list(dict.fromkeys(ids))
+
+
+def _read_table(path):
+    suffix = Path(path).suffix.lower()
+    fmt = {".xml": "votable", ".vot": "votable", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(suffix)
+    try:
+        return Table.read(path, format=fmt) if fmt else Table.read(path)
+    except (ValueError, OSError, TypeError) as exc:
+        raise InvalidInputError(f"cannot read a table from {path}: {_one_line(exc, 200)}") from None
+
+
+@cli.command(epilog=_epilog("casda stage cube-1001 cube-1002",
+                            "casda stage found.ecsv --dest out/   (a table from 'casda query -o')"))
+@click.argument("items", nargs=-1, required=True)
+@click.option("--dest", type=click.Path(file_okay=False),
+              help="Wait for the job, then download and verify the files into DEST.")
+@job_options
+@common_options
+def stage(options, items, dest):
+    """Stage whole files for download: product ids (cube-1001) or tables of products.
+
+    Without --dest it prints the job URL and returns; resume with 'casda job URL --wait'.
+    """
+    console, started = options.console, time.monotonic()
+    ids = _product_ids_from(items)
+    casda = make_client(options)
+    log_in(casda, options, console)
+    console.say(f"Staging {len(ids)} product(s) ...")
+    jobs = casda.stage_data(ids, wait=False)
+    if not dest:
+        summary = {"command": "stage", "products": ids, "jobs": [job.url for job in jobs]}
+        return _finish(console, options, started, summary, "\n".join(job.url for job in jobs))
+    summary = jobs_to_files(casda, jobs, dest, options, console)
+    summary.update(command="stage", products=ids)
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+@cli.command(epilog=_epilog("casda download https://casda.csiro.au/casda_data_access/data/async/<job> out/",
+                            "casda download URL1 URL2 out/"))
+@click.argument("sources", nargs=-1, required=True)
+@click.argument("dest", type=click.Path(file_okay=False))
+@job_options
+@common_options
+def download(options, sources, dest):
+    """Download files by URL, or everything a job produced (waiting for it if needed).
+
+    Each file is checked against its CASDA .checksum; a manifest is written into DEST.
+    Interrupted downloads resume when run again.  No login is needed.
+    """
+    console, started = options.console, time.monotonic()
+    for source in sources:
+        if not re.match(r"^https?://", source):
+            raise click.BadParameter(f"{redact_url(source)!r} is not an http(s) URL", param_hint="SOURCES")
+    casda = make_client(options)
+    jobs = [casda.load_job(url) for url in sources if _JOB_URL.search(url.split("?", 1)[0])]
+    urls = [url for url in sources if not _JOB_URL.search(url.split("?", 1)[0])]
+    if jobs:
+        from .recipes import wait_for_jobs
+        progress = JobProgress(console)
+        wait_for_jobs(jobs, policy=options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
+    manifest = download_into(casda, jobs + urls, dest, options, console)
+    summary = manifest_summary(manifest)
+    summary.update(command="download", dest=str(dest), jobs=[job.url for job in jobs])
+    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+
+
+@cli.command(epilog=_epilog("casda job https://casda.csiro.au/casda_data_access/data/async/<job id>",
+                            "casda job URL --wait --dest out/",
+                            "casda job URL --abort"))
+@click.argument("url")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish, then download its files.")
+@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where --wait downloads to.")
+@click.option("--abort", is_flag=True, help="Abort the job.")
+@job_options
+@common_options
+def job(options, url, wait, dest, abort):
+    """Show a SODA job's status; resume (--wait) or --abort it."""
+    console, started = options.console, time.monotonic()
+    if wait and abort:
+        raise click.UsageError("--wait and --abort exclude each other")
+    casda = make_client(options)
+    soda_job = casda.load_job(url)
+    if abort:
+        soda_job.abort()
+        soda_job.refresh()
+        return _finish(console, options, started, _job_status(soda_job), f"{soda_job.url}: {soda_job.phase}")
+    if wait:
+        summary = jobs_to_files(casda, [soda_job], dest, options, console)
+        summary.update(command="job", phase=soda_job.phase)
+        return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+    status = _job_status(soda_job)
+    return _finish(console, options, started, status, _job_status_text(status))
+
+
+def _job_status(soda_job):
+    return {"command": "job", "url": soda_job.url, "job_id": soda_job.job_id, "phase": soda_job.phase,
+            "results": len(soda_job.result_files()), "error_files": len(soda_job.error_files()),
+            "error_summary": soda_job.error_summary,
+            "destruction": soda_job.destruction.isoformat() if soda_job.destruction else None}
+
+
+def _job_status_text(status):
+    lines = [f"job:         {status['url']}", f"phase:       {status['phase']}",
+             f"results:     {status['results']} file(s), {status['error_files']} error file(s)"]
+    if status["error_summary"]:
+        lines.append(f"error:       {_one_line(status['error_summary'], 300)}")
+    if status["destruction"]:
+        lines.append(f"expires:     {status['destruction']}")
+    return "\n".join(lines)
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+@cli.command(epilog=_epilog("casda login --user you@example.org",
+                            "CASDA_USER=you@example.org casda login"))
+@common_options
+def login(options):
+    """Check your OPAL password with CASDA and store it in the system keyring.
+
+    The password is asked for without echo (or read from --password-file or
+    CASDA_PASSWORD); it is stored only after CASDA accepted it.
+    """
+    from .credentials import KEYRING_SERVICE, PASSWORD_ENV_VARS, read_password_file
+    console, started = options.console, time.monotonic()
+    user = options.user or _ask_user()
+    if options.password_file:
+        password = read_password_file(options.password_file)
+    elif any(os.environ.get(name) for name in PASSWORD_ENV_VARS):
+        password = next(os.environ[name] for name in PASSWORD_ENV_VARS if os.environ.get(name))
+    else:
+        password = _ask_password(user)
+    casda = make_client(options)
+    console.say(f"Checking the password of {user} with CASDA{_server_note(options)} ...")
+    casda.login(username=user, password=password, store_password=True)
+    summary = {"command": "login", "user": user, "stored": True, "keyring_service": KEYRING_SERVICE}
+    return _finish(console, options, started, summary,
+                   f"Logged in as {user}; password stored in the keyring ({KEYRING_SERVICE}).")
+
+
+def _ask_user():
+    if not _isatty(sys.stdin):
+        raise NotLoggedInError("no user name: give --user or set CASDA_USER")
+    return click.prompt("ATNF OPAL user name (e-mail)", err=True).strip()
+
+
+def _ask_password(user):
+    import getpass
+    if not _isatty(sys.stdin):
+        raise NotLoggedInError("no terminal to ask for the password: use --password-file or CASDA_PASSWORD")
+    password = getpass.getpass(f"CASDA (ATNF OPAL) password for {user}: ")
+    if not password:
+        raise NotLoggedInError("no password entered")
+    return password
+
+
+@cli.command(epilog=_epilog("casda logout --user you@example.org"))
+@common_options
+def logout(options):
+    """Remove your stored password from the system keyring."""
+    import keyring
+    from keyring.errors import KeyringError, PasswordDeleteError
+    from .credentials import KEYRING_SERVICE
+    console, started = options.console, time.monotonic()
+    user = options.user or _ask_user()
+    try:
+        keyring.delete_password(KEYRING_SERVICE, user)
+        removed = True
+    except PasswordDeleteError:
+        removed = False
+    except KeyringError as exc:
+        raise NotLoggedInError(f"the keyring is not usable: {type(exc).__name__}") from None
+    text = f"Removed the stored password of {user}." if removed else f"No password was stored for {user}."
+    return _finish(console, options, started, {"command": "logout", "user": user, "removed": removed}, text)
+
+
+# --- the demo -------------------------------------------------------------------------------------
+
+class _Steps:
+    """Numbered, narrated steps: a title and one plain sentence of what happens."""
+
+    def __init__(self, console, total):
+        self.console, self.total, self.number = console, total, 0
+
+    def __call__(self, title, explanation):
+        self.number += 1
+        self.console.say(f"\nStep {self.number}/{self.total}: {title}")
+        self.console.say(f"  {explanation}")
+
+
+@contextlib.contextmanager
+def _demo_casda(options, console):
+    """A logged-in client and a poll policy: the embedded emulator, or --server."""
+    from .core import CasdaClass
+    from .jobs import PollPolicy
+    if options.server or options.environment:
+        casda = make_client(options)
+        log_in(casda, options, console)
+        yield casda, None
+        return
+    from .emulator import CasdaEmulator
+    console.say("Starting a local CASDA emulator (synthetic ASKAP data; nothing leaves this machine) ...")
+    with CasdaEmulator() as emu:
+        console.say(f"  CASDA emulator at {emu.url}")
+        casda = CasdaClass(server=emu.url)
+        casda.login(username=emu.username, password=emu.password)
+        console.say(f"  logged in as {emu.username}, the emulator's built-in account")
+        # The emulator's jobs take a fraction of a second: look often, so each phase shows.
+        yield casda, PollPolicy(first=0.1, factor=1.5, cap=1.0, timeout=600)
+
+
+@cli.command(epilog=_epilog("casda demo", "casda demo my-demo/ --json",
+                            "casda demo --server prod --sbid <SBID> --user you@example.org"))
+@click.argument("dest", required=False, default=DEMO_DEST, type=click.Path(file_okay=False))
+@click.option("--sbid", type=click.IntRange(min=1), default=DEMO_SBID, show_default=True,
+              help="The scheduling block to use.")
+@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+              help="What counts as a bright source.")
+@click.option("--radius", default="2 arcmin", show_default=True, help="Cutout radius.")
+@job_options
+@common_options
+def demo(options, dest, sbid, flux_min, radius):
+    """Start here: CASDA's whole cutout workflow, step by step, on a local emulator.
+
+    \b
+    With no --server it starts the embedded CASDA emulator, logs in with its
+    built-in account, and on scheduling block 609:
+      1. finds the block's images (TAP on ObsCore),
+      2. gets authenticated access to each (DataLink),
+      3. finds the bright sources in the catalogue (TAP, flux_peak > 500 mJy/beam),
+      4. cuts them all out in ONE SODA job (its phases are shown),
+      5. downloads and verifies the cutouts.
+    DEST (default ./casda-demo) receives the files, the manifest and preview.png.
+    With --server (a URL or 'prod') the same steps run against that CASDA, with your
+    usual credentials.
+    """
+    console, started = options.console, time.monotonic()
+    flux, radius = _flux(flux_min), _radius(radius)
+    with _demo_casda(options, console) as (casda, policy):
+        summary = _demo_steps(casda, sbid, flux, radius, dest, options, console, policy)
+    summary.update(command="demo", sbid=sbid)
+    return _finish(console, options, started, summary, _demo_text(summary, time.monotonic() - started))
+
+
+def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
+    from .regions import parse_positions
+    step = _Steps(console, 5)
+    step(f"TAP/ObsCore finds the images of scheduling block {sbid}",
+         f"An ADQL query on ivoa.obscore selects the restored continuum images with obs_id = '{sbid}'.")
+    images = casda.query_sbid_images(sbid)
+    if not len(images):
+        raise NothingFound(f"scheduling block {sbid} has no restored continuum images")
+    for row in images:
+        size = _size(float(row["access_estsize"]) * 1000)       # ObsCore gives kbytes
+        console.say(f"    {row['obs_publisher_did']}: {row['filename']} ({size})")
+    step("DataLink gets authenticated access to each image",
+         "Behind your OPAL login, DataLink hands out a SODA service and an access token per image "
+         "(tokens are credentials, so they are not shown).")
+    access = casda.get_access_tokens(images, service="cutout_service")
+    console.say(f"    {len(access.tokens)} token(s) for CASDA's cutout service at "
+                f"{redact_url(access.tokens[0].service_url)}")
+    for product_id, reason in access.denied.items():
+        console.say(f"    no access to {product_id}: {_one_line(reason, 200)}")
+    image = images[0]
+    step("TAP queries the catalogue for the bright sources in the image",
+         f"casda.continuum_component rows inside the footprint (s_region) of {image['obs_publisher_did']} "
+         f"with flux_peak > {flux:g} mJy/beam, brightest first.")
+    components = casda.query_components(image=image, flux_min=flux)
+    if not len(components):
+        raise NothingFound(f"no catalogue component in {image['obs_publisher_did']} is brighter than "
+                           f"{flux:g} mJy/beam")
+    for row in components:
+        console.say(f"    {row['component_name']}: {float(row['flux_peak']):8.1f} mJy/beam at "
+                    f"{float(row['ra_deg_cont']):.4f} {float(row['dec_deg_cont']):+.4f}")
+    positions = parse_positions(components)
+    step("SODA runs ONE cutout job for all of them",
+         f"One job cuts a {radius.to(u.arcmin):.3g} circle around each of the {len(positions)} sources "
+         f"out of {len(images)} image(s); CASDA moves it through its phases:")
+    jobs = casda.cutout(images, coordinates=positions, radius=radius, wait=False)
+    from .recipes import wait_for_jobs
+    progress = JobProgress(console)
+    wait_for_jobs(jobs, policy=policy or options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
+    step("The cutouts are downloaded and verified",
+         "Each file is streamed into DEST and kept only if it matches CASDA's .checksum "
+         "(size, CRC-32, SHA-1).")
+    manifest = download_into(casda, jobs, dest, options, console)
+    summary = manifest_summary(manifest)
+    summary.update(images=len(images), sources=len(positions), jobs=[job.url for job in jobs], dest=str(dest))
+    summary["preview"] = _demo_preview(Path(dest) / PREVIEW_NAME, manifest, positions,
+                                       list(components["component_name"]), console)
+    return summary
+
+
+def _demo_preview(path, manifest, positions, names, console):
+    from .plots import require_matplotlib
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        console.warn(f"no preview: {exc}")
+        return None
+    return draw_preview(path, manifest, positions, console, names)
+
+
+def _demo_text(summary, elapsed):
+    names = [os.path.basename(path) for path in summary["paths"]]
+    lines = [f"Demo complete in {elapsed:.1f} s: {summary['images']} image(s), {summary['sources']} bright "
+             f"source(s), {len(summary['jobs'])} SODA job, {summary['files']} cutout(s) "
+             f"({_size(summary['bytes'])}), {summary['verified']}/{summary['files']} verified.",
+             f"  cutouts:  {summary['dest']}/ {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
+             f"  manifest: {summary['manifest']}"]
+    if summary.get("preview"):
+        lines.append(f"  preview:  {summary['preview']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
