@@ -32,3 +32,53 @@ def _hermetic_environment(monkeypatch):
     keyring.set_keyring(FailKeyring())
     yield
     keyring.set_keyring(previous)
+
+
+class FakeTime:
+    """An injected clock whose time passes only when the code under test sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self):
+        return self.now
+
+
+@pytest.fixture
+def fake_time():
+    """A `FakeTime`: pass ``sleep=fake_time.sleep, clock=fake_time.clock`` to wait loops."""
+    return FakeTime()
+
+
+@pytest.fixture
+def memory_keyring():
+    """An in-memory keyring backend in place of the real one (restored afterwards)."""
+    import keyring
+    from keyring.backend import KeyringBackend
+    from keyring.errors import PasswordDeleteError
+
+    class MemoryKeyring(KeyringBackend):
+        priority = 1
+
+        def __init__(self):
+            super().__init__()
+            self.passwords = {}
+
+        def get_password(self, service, username):
+            return self.passwords.get((service, username))
+
+        def set_password(self, service, username, password):
+            self.passwords[(service, username)] = password
+
+        def delete_password(self, service, username):
+            if self.passwords.pop((service, username), None) is None:
+                raise PasswordDeleteError(username)
+
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)   # _hermetic_environment restores the previous backend
+    return backend

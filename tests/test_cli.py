@@ -354,45 +354,11 @@ def test_password_file_of_the_owner_only_is_accepted(tmp_path, emulator, casda_h
     assert_ok(process)
 
 
-class MemoryKeyring:
-    """A keyring backend in memory (the real one is never touched by tests)."""
-
-    priority = 1
-
-    def __init__(self):
-        self.passwords = {}
-
-    def get_password(self, service, username):
-        return self.passwords.get((service, username))
-
-    def set_password(self, service, username, password):
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service, username):
-        from keyring.errors import PasswordDeleteError
-        if self.passwords.pop((service, username), None) is None:
-            raise PasswordDeleteError(username)
-
-
 class FakeTerminal:
     """Standard input that says it is a terminal (getpass is replaced, so nothing is read)."""
 
     def isatty(self):
         return True
-
-
-@pytest.fixture
-def memory_keyring(monkeypatch):
-    import keyring
-    from keyring.backend import KeyringBackend
-
-    class Backend(MemoryKeyring, KeyringBackend):
-        def __init__(self):
-            MemoryKeyring.__init__(self)
-
-    backend = Backend()
-    keyring.set_keyring(backend)     # conftest restores the previous backend afterwards
-    return backend
 
 
 def test_login_verifies_the_prompted_password_then_stores_it(emulator, memory_keyring, monkeypatch, capsys):

@@ -4,10 +4,8 @@ import io
 import os
 import threading
 
-import keyring
 import pytest
 import requests
-from keyring.backend import KeyringBackend
 
 from astroquery_casda_ext import credentials as credentials_module
 from astroquery_casda_ext.credentials import (KEYRING_SERVICE, Credentials, ProxyAuth, find_password,
@@ -17,32 +15,6 @@ from astroquery_casda_ext.errors import CasdaLoginError, InsecureTransportError,
 USER = "opal-user"
 SECRET = "pa55-w0rd!"
 PROXY = "https://data.csiro.au/casda_vo_proxy/vo/"
-
-
-class MemoryKeyring(KeyringBackend):
-    """An in-memory keyring backend (the real one is never touched by tests)."""
-
-    priority = 1
-
-    def __init__(self):
-        super().__init__()
-        self.passwords = {}
-
-    def get_password(self, service, username):
-        return self.passwords.get((service, username))
-
-    def set_password(self, service, username, password):
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service, username):
-        self.passwords.pop((service, username), None)
-
-
-@pytest.fixture
-def memory_keyring():
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)   # the autouse fixture in conftest.py restores the previous one
-    return backend
 
 
 @pytest.fixture

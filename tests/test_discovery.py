@@ -46,26 +46,6 @@ def fixture(name):
     return (DATA / name).read_bytes()
 
 
-class FakeTime:
-    """An injected clock whose time passes only when the code under test sleeps."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self):
-        return self.now
-
-
-@pytest.fixture
-def fake_time():
-    return FakeTime()
-
-
 @pytest.fixture
 def discovery(fake_time):
     auth = ProxyAuth(Credentials("someone@example.org", "not-a-real-password"), PROD.vo_proxy)

@@ -35,30 +35,10 @@ def form(call):
     return parse_qsl(call.request.body if isinstance(call.request.body, str) else call.request.body.decode())
 
 
-class FakeTime:
-    """An injected clock whose time passes only when the code under test sleeps."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self):
-        return self.now
-
-
 @pytest.fixture
 def mocked():
     with responses.RequestsMock() as mock:
         yield mock
-
-
-@pytest.fixture
-def fake_time():
-    return FakeTime()
 
 
 def serve_phases(mocked, *names, url=JOB):
