@@ -9,7 +9,9 @@ A download runs in three steps (see `Downloader.download`):
    next to its data file as ``astroquery.casda`` does, and parsed. It gives the expected
    size, CRC-32 and SHA-1 of the data file.
 3. **Transfer** (`transfer_file`, one call per file, in parallel): the data file is
-   streamed into ``<name>.part`` while its checksum is computed, so nothing is read twice.
+   streamed into ``<name>.part`` while its checksum is computed (on a helper thread when a
+   core is idle, so hashing overlaps receiving), so nothing is read twice and memory stays
+   a few chunks.
    An interrupted ``.part`` (a dropped connection, or a killed process) is continued with
    an HTTP ``Range`` request when the server supports it, after hashing the bytes already
    on disk once. Only a file whose size, CRC-32 and SHA-1 all match is renamed to its
@@ -17,6 +19,11 @@ A download runs in three steps (see `Downloader.download`):
    scratch; if it still does not match the ``.part`` is deleted and the manifest reports
    `~astroquery_casda_ext.errors.ChecksumMismatchError`. A file already present and
    verified is not fetched again (``SKIPPED``).
+
+A file's local name is the last segment of its URL path, percent-decoded (as in
+``astroquery.casda``), or the name the server gives in ``Content-Disposition``; a name
+that could reach outside ``savedir`` is refused (`~astroquery_casda_ext.errors.UnsafeFilenameError`).
+The returned `Manifest` has one row per file and can be saved as ECSV next to the files.
 
 Connection errors, timeouts, HTTP 429 and 5xx responses are retried with exponential
 backoff and jitter (`RetryPolicy`), honouring ``Retry-After``. Downloads never carry
@@ -49,8 +56,10 @@ than per chunk.
 import email.utils
 import logging
 import os
+import queue
 import random
 import re
+import ssl
 import sys
 import threading
 import time
@@ -74,7 +83,7 @@ from .errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, r
 __all__ = [
     "RetryPolicy", "FileStatus", "ChecksumStatus", "FileTask", "FileResult", "TransferConfig",
     "SessionSpec", "Downloader", "Manifest", "download_files", "plan_downloads", "transfer_file",
-    "parse_retry_after", "parse_content_disposition", "filename_from_url", "safe_filename",
+    "read_checksum", "parse_retry_after", "parse_content_disposition", "filename_from_url", "safe_filename",
     "MANIFEST_NAME",
 ]
 
@@ -349,41 +358,54 @@ def _is_checksum_url(url):
     return urlsplit(url).path.endswith(CHECKSUM_SUFFIX)
 
 
+def _pair_urls(urls):
+    """For each URL string: the `_Item` it belongs to, and its role (data or checksum).
+
+    URLs pair with their ``.checksum`` by URL path, ignoring the query string (each
+    presigned URL has its own signature). A ``.checksum`` URL with no data URL beside it
+    is a file of its own.
+    """
+    data_urls, sidecars = {}, {}          # path key -> first data / .checksum URL with that path
+    for url in urls:
+        (sidecars if _is_checksum_url(url) else data_urls).setdefault(_path_key(url), url)
+    paired = []
+    for url in urls:
+        key = _path_key(url)
+        if _is_checksum_url(url) and key in data_urls:
+            paired.append((_Item(data_urls[key], sidecars[key]), "checksum"))
+        elif _is_checksum_url(url):
+            paired.append((_Item(url, None), "data"))
+        else:
+            paired.append((_Item(url, sidecars.get(key)), "data"))
+    return paired
+
+
 def _normalise_items(items):
     """Items as `_Item` objects, and for each input URL (in order) ``(item number, role)``.
 
-    Plain URL strings are paired with their ``.checksum`` by URL path, ignoring the query
-    string (each presigned URL has its own signature); a ``.checksum`` URL with no data URL
-    beside it is downloaded as a file of its own. ResultFile-like objects (anything with
+    URL strings are paired by `_pair_urls`; ResultFile-like objects (anything with
     ``.url``) are taken as they are. A URL given twice is fetched once.
     """
     if isinstance(items, str) or hasattr(items, "url"):
         items = [items]
     items = list(items)
-    data_urls, sidecars = {}, {}          # path key -> first data / .checksum URL with that path
-    for url in (item for item in items if isinstance(item, str)):
-        (sidecars if _is_checksum_url(url) else data_urls).setdefault(_path_key(url), url)
+    paired = iter(_pair_urls([item for item in items if isinstance(item, str)]))
     found, refs, numbers = [], [], {}
     for item in items:
         if isinstance(item, str):
-            key = _path_key(item)
-            is_sidecar = _is_checksum_url(item) and key in data_urls
-            data_url = data_urls[key] if is_sidecar else item
-            if data_url not in numbers:
-                numbers[data_url] = len(found)
-                found.append(_Item(data_url, None if _is_checksum_url(data_url) else sidecars.get(key)))
-            refs.append((numbers[data_url], "checksum" if is_sidecar else "data"))
+            entry, roles = next(paired)
+            roles = (roles,)
         elif getattr(item, "url", None):
-            if item.url not in numbers:
-                numbers[item.url] = len(found)
-                found.append(_Item(item.url, getattr(item, "checksum_url", None),
-                                   getattr(item, "product_id", None) or "",
-                                   getattr(item, "result_id", None) or ""))
-            refs.append((numbers[item.url], "data"))
-            if getattr(item, "checksum_url", None):
-                refs.append((numbers[item.url], "checksum"))
+            checksum_url = getattr(item, "checksum_url", None)
+            entry = _Item(item.url, checksum_url, getattr(item, "product_id", None) or "",
+                          getattr(item, "result_id", None) or "")
+            roles = ("data", "checksum") if checksum_url else ("data",)
         else:
             raise TypeError(f"cannot download a {type(item).__name__}: give URLs or ResultFile objects")
+        if entry.url not in numbers:
+            numbers[entry.url] = len(found)
+            found.append(entry)
+        refs.extend((numbers[entry.url], role) for role in roles)
     return found, refs
 
 
@@ -397,10 +419,10 @@ def _task_for(item, index, savedir):
     checksum_name = None
     if item.checksum_url:
         checksum_name = safe_filename(filename_from_url(item.checksum_url), url=item.checksum_url)
-    if _error_file_kind(item, name):
-        kind = ERROR_FILE
-    elif _is_checksum_url(item.url) and not item.checksum_url:
+    if _is_checksum_url(item.url) and not item.checksum_url:
         kind = CHECKSUM_ONLY
+    elif _error_file_kind(item, name):
+        kind = ERROR_FILE
     else:
         kind = DATA
     task = FileTask(index, item.url, savedir, name, item.checksum_url, checksum_name,
@@ -465,12 +487,20 @@ def _failed_result(task, exc, *, checksum_status=ChecksumStatus.NOT_CHECKED):
 # --- sessions -----------------------------------------------------------------------------------
 
 def _mount_pool(session, size):
-    """Give ``session`` a connection pool of at least ``size`` connections per host."""
+    """Make ``session`` keep at least ``size`` connections per host, for http and https.
+
+    An `~requests.adapters.HTTPAdapter` already mounted (e.g. the façade's API retry
+    adapter) keeps its class and settings; only its connection pool is enlarged. Other
+    adapter types are the caller's business and are left alone.
+    """
     for prefix in ("http://", "https://"):
         adapter = session.adapters.get(prefix)
-        if getattr(adapter, "_pool_maxsize", 0) < size:
+        if adapter is None:
             # max_retries stays 0: RetryPolicy retries, with resume, above urllib3.
             session.mount(prefix, HTTPAdapter(pool_maxsize=size))
+        elif isinstance(adapter, HTTPAdapter) and adapter._pool_maxsize < size:
+            adapter.poolmanager.clear()
+            adapter.init_poolmanager(adapter._pool_connections, size, block=adapter._pool_block)
 
 
 @dataclass(frozen=True)
@@ -478,7 +508,7 @@ class SessionSpec:
     """What a worker needs to build its own `requests.Session`: everything but credentials."""
 
     headers: tuple = ()           #: (name, value) pairs of the session headers, no Authorization
-    proxies: tuple = ()           #: (scheme, proxy URL) pairs
+    proxies: tuple = field(default=(), repr=False)   #: (scheme, proxy URL) pairs (may hold a login)
     verify: bool | str = True     #: TLS verification (bool or CA bundle path)
     cert: str | tuple | None = None
     trust_env: bool = True
@@ -522,6 +552,8 @@ class TransferConfig:
     timeout: float | tuple = 30.0        #: seconds to connect and between bytes read
     chunk_size: int = 1 << 20            #: bytes read and written per step (bounds memory)
     session: SessionSpec = field(default_factory=SessionSpec)   #: for workers without our session
+    #: Hash on a helper thread, overlapping the transfer: worth it only with an idle core.
+    hash_in_thread: bool = True
 
 
 # --- the HTTP boundary --------------------------------------------------------------------------
@@ -535,7 +567,7 @@ class _Transient(Exception):
 
 
 class _Fatal(Exception):
-    """Ends the file's download; becomes a manifest row of class ``error``."""
+    """Ends the file's download: an ERROR row whose ``error_type`` is ``error.__name__``."""
 
     def __init__(self, message, error=DownloadError, checksum_status=ChecksumStatus.NOT_CHECKED):
         super().__init__(message)
@@ -570,6 +602,10 @@ def _describe(exc):
     return re.sub(r"\?[^\s'\")]*", "?...", f"{type(exc).__name__}: {exc}")[:400]
 
 
+def _attempts(count):
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
 def _content_length(response):
     value = response.headers.get("Content-Length", "")
     return int(value) if value.strip().isdigit() else None
@@ -602,7 +638,19 @@ def _check_status(response, url, retry):
             raise _Transient(f"HTTP {status} {response.reason}",
                              parse_retry_after(response.headers.get("Retry-After")))
         text = _error_text(response)
+    if status == 410:
+        text = text or "the staged files have expired; stage the data again"
     raise _Fatal(f"HTTP {status} {response.reason} from {redact_url(url)}" + (f": {text}" if text else ""))
+
+
+def _unusable(exc):
+    """A URL requests cannot use (``ftp://``, no host), or a server certificate TLS refused."""
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                        requests.exceptions.MissingSchema)):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.exceptions.SSLError) and \
+        any(isinstance(arg, ssl.SSLCertVerificationError) for arg in getattr(reason, "args", ()))
 
 
 def _open(session, url, config, headers=None):
@@ -617,6 +665,8 @@ def _open(session, url, config, headers=None):
             response = session.get(url, headers=request_headers, auth=_strip_authorization,
                                    timeout=config.timeout, stream=True, allow_redirects=False)
         except _TRANSPORT_ERRORS as exc:
+            if _unusable(exc):   # every further attempt would fail the same way
+                raise _Fatal(_describe(exc)) from None
             raise _Transient(_describe(exc)) from None
         if not (response.is_redirect and response.headers.get("Location")):
             return _check_status(response, url, config.retry)
@@ -684,7 +734,7 @@ def _fetch_small(session, url, config, hooks):
         except _Transient as exc:
             retries += 1
             if retries > config.retry.total:
-                raise _Fatal(f"{redact_url(url)}: gave up after {retries} attempts: {exc}") from None
+                raise _Fatal(f"{redact_url(url)}: gave up after {_attempts(retries)}: {exc}") from None
             hooks.wait(config.retry.delay(retries, exc.retry_after))
 
 
@@ -713,7 +763,11 @@ def read_checksum(task, config, session, hooks=None):
         raise DownloadError(f"{task.name}: {exc}", url=task.checksum_url, path=task.path) from None
     if server_name and server_name != task.checksum_name:
         task = replace(task, checksum_name=_local_path(task.savedir, server_name, url=task.checksum_url).name)
-    _write_atomically(Path(task.checksum_path), body)
+    try:
+        _write_atomically(Path(task.checksum_path), body)
+    except OSError as exc:        # the local disk: full, read-only, no permission
+        raise DownloadError(f"{task.name}: cannot write {task.checksum_name}: {exc}", url=task.checksum_url,
+                            path=task.checksum_path) from None
     return replace(task, expected=expected)
 
 
@@ -736,6 +790,8 @@ class _Transfer:
             done = self._already_done()
             return done if done is not None else self._loop()
         except _Fatal as exc:
+            if self.part.is_file() and self.part.stat().st_size == 0:
+                self.part.unlink()   # an empty .part resumes nothing: leave no litter
             return self._result(FileStatus.ERROR, exc.checksum_status, str(exc), exc.error.__name__)
         except OSError as exc:      # the local disk (full, read-only...): no retry helps
             return self._result(FileStatus.ERROR, ChecksumStatus.NOT_CHECKED,
@@ -769,7 +825,8 @@ class _Transfer:
             except _Transient as exc:
                 self.retries += 1
                 if self.retries > policy.total:
-                    raise _Fatal(f"{self.final.name}: gave up after {self.attempts} attempts: {exc}") from None
+                    message = f"{self.final.name}: gave up after {_attempts(self.attempts)}: {exc}"
+                    raise _Fatal(message) from None
                 delay = policy.delay(self.retries, exc.retry_after)
                 log.info("%s: %s; retry %d in %.1f s", self.final.name, exc, self.retries, delay)
                 self.hooks.wait(delay)
@@ -819,12 +876,16 @@ class _Transfer:
         else:
             self.range_ok = "bytes" in response.headers.get("Accept-Ranges", "").lower()
             offset, total = 0, _content_length(response)
+        if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+            # A compressed body (despite Accept-Encoding: identity) has no byte offsets to resume
+            # from, and its Content-Length counts compressed bytes.
+            self.range_ok, total = False, None
         self.total = total
         self._use_server_name(response)
         self._skip_if_present(total)
         self._prepare_accumulator(offset)
-        self.hooks.report("start", self.task.index, (offset, self.task.expected.size if self.task.expected
-                                                     else total))
+        size = self.task.expected.size if self.task.expected else total
+        self.hooks.report("start", self.task.index, (offset, size, self.final.name))
         return offset
 
     def _use_server_name(self, response):
@@ -853,24 +914,28 @@ class _Transfer:
             self.accumulator, _ = checksum_of_file(self.part, limit=offset)
 
     def _stream(self, response, offset):
-        """Append the body to .part, hashing as it goes; memory is one chunk."""
+        """Append the body to .part, hashing as it goes; memory is a few chunks."""
         announced = _content_length(response)
         received = 0
-        chunks = response.iter_content(self.config.chunk_size)
-        with open(self.part, "r+b" if offset else "wb") as out:
+        # read1 returns what has arrived (up to a chunk) rather than waiting for a whole
+        # chunk, so bytes received before a connection breaks are kept and not fetched again.
+        read = response.raw.read1
+        hasher = _Hasher(self.accumulator) if self.config.hash_in_thread else _InlineHasher(self.accumulator)
+        with hasher, open(self.part, "r+b" if offset else "wb") as out:
             out.seek(offset)
             out.truncate()
             while True:
                 if self.hooks.cancelled():
                     raise _Fatal(f"{self.final.name}: cancelled; the partial file is kept for next time")
                 try:
-                    chunk = next(chunks, None)
+                    chunk = read(self.config.chunk_size)
                 except _TRANSPORT_ERRORS as exc:
-                    raise _Transient(f"connection lost at byte {offset + received}: {_describe(exc)}") from None
-                if chunk is None:
+                    message = f"connection lost at byte {offset + received}: {_describe(exc)}"
+                    raise _Transient(message) from None
+                if not chunk:
                     break
                 out.write(chunk)
-                self.accumulator.update(chunk)
+                hasher.update(chunk)          # only bytes on disk are hashed
                 received += len(chunk)
                 self.transferred += len(chunk)
                 self.hooks.report("bytes", self.task.index, len(chunk))
@@ -896,7 +961,8 @@ class _Transfer:
         if self.total is not None and got.size != self.total:
             self._discard()
             raise _Fatal(f"{self.final.name}: got {got.size} bytes, the server announced {self.total}")
-        return self._finish(ChecksumStatus.SIZE_ONLY if self.total is not None else ChecksumStatus.NOT_CHECKED)
+        size_known = self.total is not None
+        return self._finish(ChecksumStatus.SIZE_ONLY if size_known else ChecksumStatus.NOT_CHECKED)
 
     def _finish(self, checksum_status):
         os.replace(self.part, self.final)
@@ -917,6 +983,57 @@ class _Transfer:
         return FileResult(task.index, task.url, str(self.final), task.checksum_path, task.product_id,
                           task.result_id, task.kind, size, checksum_status, status, message, error_type,
                           self.attempts, self.transferred)
+
+
+class _InlineHasher:
+    """`_Hasher`'s interface, hashing in the caller's thread (when no core is idle)."""
+
+    def __init__(self, accumulator):
+        self.update = accumulator.update
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+
+class _Hasher:
+    """Feeds a `ChecksumAccumulator` on a helper thread, so hashing overlaps receiving.
+
+    CRC-32 and SHA-1 cost about as much CPU as receiving and writing the bytes; zlib and
+    hashlib release the GIL, so on a second core they run alongside the transfer. The
+    queue is bounded: at most ``depth`` chunks wait. Leaving the ``with`` block waits
+    until every chunk given has been hashed, so the accumulator then describes exactly
+    the bytes written to the ``.part``, whether the transfer ended well or not.
+    """
+
+    def __init__(self, accumulator, depth=4):
+        self._accumulator = accumulator
+        self._queue = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, name="casda-hash", daemon=True)
+        self._failure = None
+
+    def _run(self):
+        while (chunk := self._queue.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._accumulator.update(chunk)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the transfer's thread
+                    self._failure = exc
+
+    def update(self, chunk):
+        self._queue.put(chunk)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._queue.put(None)
+        self._thread.join()
+        if self._failure is not None and exc_info[0] is None:
+            raise self._failure
 
 
 def _matches(path, expected):
@@ -977,10 +1094,9 @@ class _Progress:
         enabled, self._per_file = _progress_mode(progress)
         self._lock = threading.Lock()
         self._bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc="CASDA download",
-                         disable=not enabled, dynamic_ncols=True)
+                         disable=not enabled, dynamic_ncols=True, postfix=f"0/{n_files} files")
         self._file_bars, self._counted, self._planned = {}, {}, {}
         self._total, self._files, self._done = 0, n_files, 0
-        self._show_files()
 
     def _show_files(self):
         self._bar.set_postfix_str(f"{self._done}/{self._files} files", refresh=False)
@@ -1000,7 +1116,7 @@ class _Progress:
                 self._grow(task.index, max(task.expected.size - done, 0))
 
     def report(self, event, index, value):
-        """Called by the workers: ``("start", i, (offset, size))`` and ``("bytes", i, n)``."""
+        """Called by the workers: ``("start", i, (offset, size, name))`` and ``("bytes", i, n)``."""
         with self._lock:
             if event == "bytes":
                 self._counted[index] = self._counted.get(index, 0) + value
@@ -1010,12 +1126,13 @@ class _Progress:
             elif event == "start":
                 self._start_file(index, *value)
 
-    def _start_file(self, index, offset, size):
+    def _start_file(self, index, offset, size, name):
         if size is not None and index not in self._planned:
             self._grow(index, max(size - offset, 0))
         if self._per_file and not self._bar.disable and index not in self._file_bars:
+            label = name if len(name) <= 40 else "..." + name[-37:]
             self._file_bars[index] = self._tqdm(total=size, initial=offset, unit="B", unit_scale=True,
-                                                unit_divisor=1024, desc=f"file {index + 1}", leave=False)
+                                                unit_divisor=1024, desc=label, leave=False)
 
     def finish(self, result):
         """A file is done: settle its bytes (foreign executors report nothing before)."""
@@ -1092,9 +1209,11 @@ class Downloader:
         return (f"{type(self).__name__}(workers={self.workers}, retry={self.retry!r}, "
                 f"executor={self.executor!r}, timeout={self.timeout!r})")
 
-    def _config(self):
+    def _config(self, transfers):
+        # A helper hashing thread pays off only while there are fewer transfers than cores.
+        spare_cores = min(self.workers, transfers) < (os.cpu_count() or 1)
         return TransferConfig(self.retry, self.timeout, self.chunk_size,
-                              SessionSpec.from_session(self.session, self.workers))
+                              SessionSpec.from_session(self.session, self.workers), spare_cores)
 
     def download(self, items, savedir=".", *, verify=True):
         """Download files and their ``.checksum`` sidecars into ``savedir``; never raises per file.
@@ -1121,16 +1240,23 @@ class Downloader:
         ------
         TypeError
             If an item is neither a URL nor ResultFile-like.
+        DownloadError
+            If ``savedir`` cannot be created. Problems with single files do not raise: they
+            are rows of the manifest.
         """
         savedir = Path(savedir or ".").resolve()
-        savedir.mkdir(parents=True, exist_ok=True)
+        try:
+            savedir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create the download directory {savedir}: {exc}",
+                                path=str(savedir)) from None
         tasks, results, refs = plan_downloads(items, savedir)
         progress = _Progress(self.progress, len(tasks) + len(results))
         hooks = _Hooks(progress.report, threading.Event(), self._sleep)
         try:
             for result in results:
                 progress.finish(result)
-            config = self._config()
+            config = self._config(len(tasks))
             tasks, failures = self._read_checksums(tasks, config, hooks, verify)
             results += failures + self._transfer(tasks, config, hooks, progress)
         finally:
@@ -1181,8 +1307,9 @@ class Downloader:
             try:
                 result = future.result()
             except Exception as exc:   # a foreign executor could not run the task at all
-                result = _failed_result(task, DownloadError(
-                    f"{task.name}: the executor failed: {type(exc).__name__}: {exc}", url=task.url, path=task.path))
+                failure = DownloadError(f"{task.name}: the executor failed: {type(exc).__name__}: {exc}",
+                                        url=task.url, path=task.path)
+                result = _failed_result(task, failure)
             progress.finish(result)
             results.append(result)
         return results

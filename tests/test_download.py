@@ -4,6 +4,7 @@ test_download_crash.py)."""
 import os
 import pickle
 import re
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from astroquery_casda_ext.credentials import Credentials, ProxyAuth
 from astroquery_casda_ext.download import (
     MANIFEST_NAME, ChecksumStatus, Downloader, FileResult, FileStatus, FileTask, Manifest, RetryPolicy,
     SessionSpec, TransferConfig, download_files, filename_from_url, parse_content_disposition,
-    parse_retry_after, plan_downloads, safe_filename)
+    _Hooks, parse_retry_after, plan_downloads, read_checksum, safe_filename, transfer_file)
 from astroquery_casda_ext.endpoints import Endpoints
 from astroquery_casda_ext.errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError
 from astroquery_casda_ext.jobs import PollPolicy, ResultFile, SodaJob
@@ -65,7 +66,8 @@ def test_retry_policy_reads_retries_from_conf_when_called():
         assert RetryPolicy.from_conf().total == 2
 
 
-@pytest.mark.parametrize("status, retryable", [(429, True), (503, True), (500, True), (404, False), (410, False)])
+@pytest.mark.parametrize("status, retryable", [(429, True), (503, True), (500, True), (404, False),
+                                               (410, False)])
 def test_which_statuses_are_retried(status, retryable):
     assert RetryPolicy().is_retryable_status(status) is retryable
 
@@ -202,6 +204,19 @@ def test_the_connection_pool_is_sized_to_the_workers():
         assert session.get_adapter(scheme + "example.org")._pool_maxsize >= 16
 
 
+def test_an_adapter_already_mounted_is_kept_and_its_pool_enlarged():
+    """The façade mounts its own adapter (API retries); the downloader must not replace it."""
+    class CustomAdapter(requests.adapters.HTTPAdapter):
+        pass
+    session = requests.Session()
+    adapter = CustomAdapter(max_retries=3, pool_maxsize=2)
+    session.mount("https://", adapter)
+    Downloader(session, workers=8, progress=False)
+    assert session.get_adapter("https://casda.csiro.au/") is adapter
+    assert adapter._pool_maxsize >= 8 and adapter.max_retries.total == 3
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] >= 8
+
+
 def test_worker_sessions_never_carry_credentials():
     session = requests.Session()
     session.auth = ("casda-user", "secret")
@@ -243,7 +258,8 @@ def _result(index, name, status=FileStatus.COMPLETE, checksum_status=ChecksumSta
 
 def test_manifest_lists_every_file_with_a_redacted_url(tmp_path):
     manifest = Manifest.from_results(
-        [_result(1, "b.fits", FileStatus.SKIPPED), _result(0, "a.fits", size=10, attempts=2)], savedir=tmp_path)
+        [_result(1, "b.fits", FileStatus.SKIPPED), _result(0, "a.fits", size=10, attempts=2)],
+        savedir=tmp_path)
     table = manifest.table
     assert list(table.colnames) == list(Manifest.COLUMNS)
     assert list(table["path"]) == ["/data/a.fits", "/data/b.fits"]            # input order
@@ -279,8 +295,9 @@ def test_failures_are_listed_and_raised_together(tmp_path):
 
 
 def test_a_single_kind_of_failure_raises_that_kind(tmp_path):
-    manifest = Manifest.from_results([_result(0, "b.fits", FileStatus.ERROR, ChecksumStatus.MISMATCH,
-                                              message="bad", error_type="ChecksumMismatchError")], savedir=tmp_path)
+    failure = _result(0, "b.fits", FileStatus.ERROR, ChecksumStatus.MISMATCH, message="bad",
+                      error_type="ChecksumMismatchError")
+    manifest = Manifest.from_results([failure], savedir=tmp_path)
     with pytest.raises(ChecksumMismatchError) as caught:
         manifest.raise_for_errors()
     assert caught.value.path == "/data/b.fits" and "SECRET" not in caught.value.url
@@ -417,7 +434,24 @@ def test_a_wrong_content_range_restarts_without_range(scripted, tmp_path):
     (tmp_path / "a.fits.part").write_bytes(PAYLOAD[:40_000])
     row = _downloader().download(urls, tmp_path).table[0]
     assert [headers.get("Range") for headers in endpoint.requests] == ["bytes=40000-", None]
+    assert row["bytes_transferred"] == len(PAYLOAD)          # the misplaced body was never read
     assert row["checksum_status"] == "verified" and (tmp_path / "a.fits").read_bytes() == PAYLOAD
+
+
+def test_a_cancelled_transfer_keeps_its_part_and_the_next_call_resumes(scripted, tmp_path):
+    """What Ctrl-C does to a running transfer: it stops at the next chunk, keeping the .part."""
+    endpoint = ScriptedFile()
+    urls = _serve(scripted, "a.fits", endpoint)
+    session, config = requests.Session(), TransferConfig(chunk_size=16_384)
+    task = read_checksum(plan_downloads(urls, tmp_path)[0][0], config, session)
+    cancel = threading.Event()
+    hooks = _Hooks(report=lambda event, index, value: event == "bytes" and cancel.set(), cancel=cancel)
+    stopped = transfer_file(task, config, session, hooks)
+    assert stopped.status is FileStatus.ERROR and "cancelled" in stopped.message
+    assert (tmp_path / "a.fits.part").stat().st_size == 16_384 and not (tmp_path / "a.fits").exists()
+    row = _downloader().download(urls, tmp_path).table[0]
+    assert endpoint.requests[-1]["Range"] == "bytes=16384-"
+    assert (row["checksum_status"], row["bytes_transferred"]) == ("verified", len(PAYLOAD) - 16_384)
 
 
 def test_a_complete_part_left_by_a_killed_run_is_finished_without_a_request(scripted, tmp_path):
@@ -464,8 +498,8 @@ def test_verify_false_checks_sizes_only(scripted, tmp_path):
 
 
 def test_an_http_error_is_reported_with_the_servers_words_and_not_retried(scripted, tmp_path):
-    scripted.add(responses.GET, BASE + "gone.fits", status=404, body="FAILURE: File gone.fits could not be found",
-                 content_type="text/plain")
+    scripted.add(responses.GET, BASE + "gone.fits", status=404,
+                 body="FAILURE: File gone.fits could not be found", content_type="text/plain")
     manifest = _downloader().download([BASE + "gone.fits"], tmp_path)
     row = manifest.failed[0]
     assert row["attempts"] == 1 and "404" in row["message"] and "could not be found" in row["message"]
@@ -500,8 +534,9 @@ def test_connection_errors_are_retried_with_backoff(scripted, tmp_path):
 def test_presigned_signatures_never_reach_messages(scripted, tmp_path):
     url = "https://s3.example/bucket/job/x.fits?X-Amz-Signature=SECRET"
     scripted.add(responses.GET, url, status=403, body="denied")
-    scripted.add(responses.GET, "https://s3.example/bucket/job/y.fits",
-                 body=requests.ConnectionError("Max retries exceeded with url: /bucket/job/y.fits?X-Amz-Signature=SECRET"))
+    refused = requests.ConnectionError(
+        "Max retries exceeded with url: /bucket/job/y.fits?X-Amz-Signature=SECRET")
+    scripted.add(responses.GET, "https://s3.example/bucket/job/y.fits", body=refused)
     manifest = _downloader(retry=RetryPolicy(total=1)).download(
         [url, "https://s3.example/bucket/job/y.fits?X-Amz-Signature=SECRET"], tmp_path)
     with pytest.raises(DownloadError) as caught:
@@ -544,7 +579,7 @@ def test_per_file_bars_on_request(scripted, tmp_path, capsys):
     urls = _serve(scripted, "a.fits", ScriptedFile()) + _serve(scripted, "b.fits", ScriptedFile())
     Downloader(requests.Session(), progress="files", workers=2).download(urls, tmp_path)
     err = capsys.readouterr().err
-    assert "file 1" in err and "file 2" in err and "2/2 files" in err
+    assert "a.fits" in err and "b.fits" in err and "2/2 files" in err
 
 
 # --- whole downloads from the emulator, over HTTP --------------------------------------------------
@@ -561,7 +596,8 @@ def stage(emulator, product_ids, *, service="async_service", params=None):
     session = requests.Session()
     auth = ProxyAuth(Credentials(emulator.username, emulator.password), endpoints.vo_proxy)
     report = DataLinkClient(session, endpoints.datalink_url, auth=auth).tokens_for(product_ids, service)
-    job = SodaJob.create(session, report.tokens[0].service_url, [token.token for token in report.tokens], params)
+    job = SodaJob.create(session, report.tokens[0].service_url, [token.token for token in report.tokens],
+                         params)
     job.run()
     job.wait(FAST_POLL, sleep=time.sleep)
     job.raise_if_error()
@@ -578,7 +614,8 @@ def test_download_files_keeps_astroquerys_contract(emulator, tmp_path):
     urls = [url for item in files for url in (item.checksum_url, item.url)]        # checksums first
     paths = download_files(urls, savedir=tmp_path, progress=False)
     # The astroquery naming: the last URL path segment, percent-decoded, in the order given.
-    assert [Path(path).name for path in paths] == [unquote(urlsplit(url).path.rsplit("/", 1)[-1]) for url in urls]
+    assert [Path(path).name for path in paths] == [unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+                                                   for url in urls]
     for product in products:
         assert (tmp_path / product.staged_name).read_bytes() == product.path.read_bytes()
         assert (tmp_path / (product.staged_name + ".checksum")).read_text() == product.checksum
@@ -634,8 +671,11 @@ def test_a_dask_cluster_can_run_the_transfers(emulator, tmp_path):
     distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
     products = products_of(emulator, "continuum", 3)
     files, _ = stage(emulator, [product.product_id for product in products])
-    with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    # TCP on loopback (the scheduler's HTTP server too), so tasks really are pickled, and no
+    # public address is looked up (tests may not touch the internet).
+    cluster = distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1, protocol="tcp://",
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster, distributed.Client(cluster) as client:
         manifest = Downloader(requests.Session(), executor=client.get_executor(),
                               progress=False).download(files, tmp_path)
     assert set(manifest.table["checksum_status"]) == {"verified"}

@@ -91,10 +91,15 @@ def test_broken_transfers_resume_with_range(bulk_emulator, bulk_files, tmp_path,
 @pytest.mark.parametrize("kind", ["reset", "truncate"])
 def test_broken_transfers_restart_when_the_server_has_no_range(bulk_emulator, bulk_files, tmp_path, kind):
     bulk_emulator.set_options(range_support=False)
+    since = len(bulk_emulator.request_log)
     bulk_emulator.add_fault(FaultRule(DATA, kind, after_bytes=1_500_000, times=2))
     manifest, _ = download(bulk_files, tmp_path)
     assert_all_verified(bulk_emulator, manifest, tmp_path)
-    assert list(manifest.table["bytes_transferred"]) == [SIZE + 1_500_000] * 2   # started over
+    transfers = [entry for entry in bulk_emulator.request_log[since:] if entry.path.endswith(".fits")]
+    # Each file: a broken 200, then a whole new 200 (no Range to continue with).
+    assert sorted((entry.status, entry.bytes_sent) for entry in transfers) == [
+        (200, 1_500_000), (200, 1_500_000), (200, SIZE), (200, SIZE)]
+    assert all(size > SIZE for size in manifest.table["bytes_transferred"])
 
 
 def test_repeated_resets_in_one_file_all_resume(bulk_emulator, bulk_files, tmp_path):
@@ -149,8 +154,8 @@ def test_retry_after_is_capped(bulk_emulator, bulk_files, tmp_path):
 
 def test_a_stalled_stream_times_out_and_resumes(bulk_emulator, bulk_files, tmp_path):
     since = len(bulk_emulator.request_log)
-    bulk_emulator.add_fault(FaultRule(DATA, "stall", after_bytes=1_000_000, delay=3.0, times=1))
-    manifest, _ = download(bulk_files[:1], tmp_path, timeout=0.5)
+    bulk_emulator.add_fault(FaultRule(DATA, "stall", after_bytes=1_000_000, delay=5.0, times=1))
+    manifest, _ = download(bulk_files[:1], tmp_path, timeout=1.0)
     assert_all_verified(bulk_emulator, manifest, tmp_path)
     assert manifest.table["attempts"][0] == 2
     assert sum(bytes_sent_per_file(bulk_emulator, since).values()) < 1.2 * SIZE
@@ -162,18 +167,20 @@ def test_giving_up_leaves_no_file_under_its_final_name(bulk_emulator, bulk_files
     assert list(manifest.table["status"]) == ["ERROR", "ERROR"]
     assert all("gave up after 3 attempts" in message for message in manifest.table["message"])
     assert not (tmp_path / bulk_files[0].filename).exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f.filename + ".checksum" for f in bulk_files)
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted(item.filename + ".checksum" for item in bulk_files)      # only the sidecars
     with pytest.raises(DownloadError, match="2 of 2 files"):
         manifest.raise_for_errors()
 
 
 def test_an_interrupted_call_is_resumed_by_the_next_one(bulk_emulator, bulk_files, tmp_path):
     """A call that gave up mid-file keeps the .part; the next call continues it with Range."""
-    bulk_emulator.add_fault(FaultRule(DATA, "reset", after_bytes=2_500_000, times=1))
+    bulk_emulator.add_fault(FaultRule(DATA, "truncate", after_bytes=2_500_000, times=1))
     first, _ = download(bulk_files[:1], tmp_path, retry=RetryPolicy(total=0))
-    assert first.table["status"][0] == "ERROR"
+    assert first.table["status"][0] == "ERROR" and "gave up after 1 attempt:" in first.table["message"][0]
     part = tmp_path / (bulk_files[0].filename + ".part")
-    assert part.stat().st_size == 2_500_000
+    assert part.stat().st_size == 2_500_000                        # every byte received was kept
+    assert not (tmp_path / bulk_files[0].filename).exists()
     second, _ = download(bulk_files[:1], tmp_path)
     assert_all_verified(bulk_emulator, second, tmp_path)
     assert second.table["bytes_transferred"][0] == SIZE - 2_500_000
