@@ -55,6 +55,9 @@ class Conf(_config.ConfigNamespace):
         4, 'Files downloaded in parallel.')
     download_retries = _config.ConfigItem(
         5, 'Retries per file on connection errors, timeouts, 429 and 5xx responses.')
+    request_retries = _config.ConfigItem(
+        5, 'Retries of a query, DataLink or job request when CASDA answers 429/5xx or the '
+        'connection breaks (requests that are not safe to repeat are retried only on 429/503).')
 
 
 conf = Conf()

@@ -30,6 +30,7 @@ from astropy.table import Row, Table
 
 from .errors import (AccessDeniedWarning, CasdaLoginError, DataLinkError, InvalidInputError,
                      InvalidTableError, NoAccessError, NotLoggedInError, redact_url)
+from .transport import describe_failure
 
 __all__ = ["AccessToken", "AccessReport", "DataLinkRow", "ServiceDescriptor", "DataLinkDocument",
            "DataLinkClient", "parse_datalink", "product_ids_from_table", "server_message",
@@ -415,7 +416,7 @@ class DataLinkClient:
             response = self.session.get(url, params=[("ID", pid) for pid in batch],
                                         auth=self._auth_for(url), timeout=self.timeout)
         except requests.RequestException as exc:
-            raise DataLinkError(f"DataLink request to {redact_url(url)} failed: {type(exc).__name__}",
+            raise DataLinkError(f"DataLink request to {redact_url(url)} failed: {describe_failure(exc)}",
                                 url=url) from exc
         if response.status_code == 401:
             raise CasdaLoginError("CASDA rejected the login for DataLink (HTTP 401): "

@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timezone
 
 import astropy.units as u
+import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
 from astroquery.utils import async_to_sync
@@ -22,6 +23,7 @@ from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, NotL
                      ServiceError, redact_url)
 from .jobs import PollPolicy, SodaJob
 from .soda_params import SodaRequest, label_results, require_request
+from .transport import describe_failure, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass"]
 
@@ -60,6 +62,9 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         BaseVOQuery.__init__(self)  # BaseQuery.__init__ does not chain to it
         # astroquery's response hook logs request headers (Authorization included) at DEBUG.
         self._session.hooks["response"] = [_log_response]
+        # queries, DataLink and job requests are sent again when CASDA is busy (429/5xx) or
+        # a connection breaks; downloads retry (and resume) on their own
+        mount_api_retries(self._session)
         self._server = server
         self._credentials = None
         self.USERNAME = conf.username
@@ -132,8 +137,12 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                                     password_file=password_file, reenter=reenter_password)
         log.info(f"Authenticating {credentials.username} on CASDA ...")
         auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
-        response = self._request("GET", self.endpoints.login_url, auth=auth(self.endpoints.login_url),
-                                 timeout=conf.timeout, cache=False)
+        try:
+            response = self._request("GET", self.endpoints.login_url, auth=auth(self.endpoints.login_url),
+                                     timeout=conf.timeout, cache=False)
+        except requests.RequestException as exc:
+            raise ServiceError(f"cannot reach CASDA's login check at {redact_url(self.endpoints.login_url)}: "
+                               f"{describe_failure(exc)}", url=self.endpoints.login_url) from exc
         if response.status_code in (401, 403):
             raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
                                   f"HTTP {response.status_code} {_server_text(response)}")
@@ -202,8 +211,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             dataproduct_type=dataproduct_type, maxrec=maxrec)
         if get_query_payload:
             return payload
-        return self._request("GET", self.endpoints.sia2_url, params=payload, timeout=conf.timeout,
-                             cache=cache)
+        url = self.endpoints.sia2_url
+        try:
+            response = self._request("GET", url, params=payload, timeout=conf.timeout, cache=cache)
+        except requests.RequestException as exc:
+            raise ServiceError(f"cannot reach CASDA SIA2 at {redact_url(url)}: {describe_failure(exc)}",
+                               url=url) from exc
+        if cache and not response.ok:
+            # astroquery caches every answer: a 503 must not be replayed once CASDA is back
+            self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
+        return response
 
     def query_region(self, coordinates, *, dataproduct_subtype=None, verbose=False, **kwargs):
         """Query CASDA's SIA2 service and return a `~astropy.table.Table` of products.
@@ -215,7 +232,10 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         response = self.query_region_async(coordinates, **kwargs)
         if kwargs.get("get_query_payload"):
             return response
-        response.raise_for_status()
+        if not response.ok:
+            status = response.status_code
+            raise ServiceError(f"CASDA SIA2 error (HTTP {status}) at {redact_url(response.url)}: "
+                               f"{_server_text(response)}", url=response.url, status=status)
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
 
     def _parse_result(self, response, *, verbose=False):
@@ -358,10 +378,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             ``astroquery.casda``); with ``wait=False``, the running jobs.
         """
         self._require_login()
-        if table is None or len(table) == 0:
+        policy = self._poll_policy(poll_interval)
+        if _no_rows(table):
             return []
         jobs = self._submit(table, STAGING_SERVICE, {}, verbose)
-        return self._finish(jobs, wait, verbose, poll_interval)
+        return self._finish(jobs, wait, verbose, policy)
 
     def cutout(self, table, *, coordinates=None, radius=1 * u.arcmin, height=None, width=None,
                polygon=None, band=None, channel=None, pol=None, rest_frequency=None, verbose=False,
@@ -405,10 +426,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                                     channel=channel, pol=pol, rest_frequency=rest_frequency)
         require_request(request)
         self._require_login()
-        if table is None or len(table) == 0:
+        policy = self._poll_policy(poll_interval)
+        if _no_rows(table):
             return []
         jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), verbose, request=request)
-        return self._finish(jobs, wait, verbose, poll_interval)
+        return self._finish(jobs, wait, verbose, policy)
 
     def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
                 verbose=False, wait=True, poll_interval=None):
@@ -423,10 +445,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         request = SodaRequest.build(coordinates=coordinates, radius=1 * u.arcmin if radius is None else radius,
                                     band=band, channel=channel, pol=pol)
         self._require_login()
-        if table is None or len(table) == 0:
+        policy = self._poll_policy(poll_interval)
+        if _no_rows(table):
             return []
         jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), verbose, request=request)
-        return self._finish(jobs, wait, verbose, poll_interval)
+        return self._finish(jobs, wait, verbose, policy)
 
     def _submit(self, table, service, params, verbose, request=None):
         """Create and run as few jobs as possible (``conf.job_batch_size`` products each)."""
@@ -444,14 +467,14 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             jobs.append(job)
         return jobs
 
-    def _finish(self, jobs, wait, verbose, poll_interval):
+    def _finish(self, jobs, wait, verbose, policy):
         if not wait:
             return jobs
         urls = []
         for job in jobs:
             on_phase = (lambda phase, elapsed, job=job: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
                 if verbose else None
-            job.wait(self._poll_policy(poll_interval), on_phase=on_phase)
+            job.wait(policy, on_phase=on_phase)
             job.raise_if_error()
             urls.extend(job.result_urls())
         return urls
@@ -531,6 +554,17 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
 def store_password_in_keyring(credentials):
     """Save a password that worked, under astroquery's keyring service name."""
     store_password(credentials)
+
+
+def _no_rows(table):
+    """True for None or an empty table (nothing to do); a non-table is refused here."""
+    if table is None:
+        return True
+    try:
+        return len(table) == 0
+    except TypeError:
+        raise InvalidTableError(f"expected a table of products, a row or product ids, "
+                                f"got {type(table).__name__}") from None
 
 
 def _server_text(response):

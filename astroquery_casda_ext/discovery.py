@@ -20,6 +20,7 @@ from urllib.parse import unquote, urljoin
 
 import numpy as np
 import requests
+import urllib3
 from astropy import units as u
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable.exceptions import VOWarning
@@ -338,7 +339,13 @@ class _PerRequestAuthSession:
         if self._auth is not None and kwargs.get("auth") is None:
             kwargs["auth"] = self._auth(url)
         kwargs.setdefault("timeout", self._timeout)
-        return self._session.request(method, url, **kwargs)
+        if not kwargs.pop("stream", False):
+            return self._session.request(method, url, **kwargs)
+        # pyvo streams every answer; read whole here, a body cut short is sent for again by the
+        # session's retries (transport.ApiRetryAdapter), and pyvo reads the copy
+        response = self._session.request(method, url, stream=False, **kwargs)
+        response.raw = urllib3.HTTPResponse(io.BytesIO(response.content), preload_content=False)
+        return response
 
     def get(self, url, **kwargs):
         return self.request("GET", url, **kwargs)

@@ -26,6 +26,7 @@ from . import conf
 from .access import AccessToken, server_message
 from .errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
                      JobNotFoundError, JobTimeoutError, redact_url)
+from .transport import describe_failure
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
            "PollPolicy", "ResultFile", "SodaJob", "product_id_of"]
@@ -459,7 +460,7 @@ class SodaJob:
                                             headers={"Accept": _ACCEPT}, allow_redirects=False,
                                             timeout=timeout or self.timeout)
         except requests.RequestException as exc:
-            raise _ServiceUnavailable(f"{what}: no answer from {redact_url(url)} ({type(exc).__name__})",
+            raise _ServiceUnavailable(f"{what}: no answer from {redact_url(url)} ({describe_failure(exc)})",
                                       job_url=self.url, phase=self.phase) from exc
         status = response.status_code
         if status < 400:

@@ -1,0 +1,181 @@
+"""Retries for CASDA's API requests: queries, DataLink, SODA job documents, the login check.
+
+Downloads retry on their own (`~astroquery_casda_ext.download`: they resume with
+``Range`` and verify checksums).  Every other request the façade sends gets a small
+answer read in full, so when CASDA is busy (429, 5xx) or the connection breaks it can
+simply be sent again.  `ApiRetryAdapter`, mounted on the façade's session, does that
+below every caller (pyvo, DataLink, SODA jobs, astroquery's ``_request``), so none of
+them has to.
+
+Which failures are retried depends on whether sending the request twice is harmless:
+
+=========================================  ===========================  ======================
+failure                                    GET, HEAD, DELETE; POSTs     other POSTs (create a
+                                           that only read (TAP          job, RUN, ABORT)
+                                           ``sync``, SIA2, SODA sync)
+=========================================  ===========================  ======================
+HTTP 429, 503 (the server did not act)     retried                      retried
+HTTP 500, 502, 504                         retried                      returned as is
+no connection (refused, connect timeout)   retried                      retried
+reset, read timeout, body cut short        retried                      raised
+TLS certificate refused, bad URL           raised                       raised
+=========================================  ===========================  ======================
+
+Streamed requests (``stream=True``: downloads) pass through untouched.  The delays are
+`~astroquery_casda_ext.download.RetryPolicy`'s: exponential backoff with jitter, or the
+server's ``Retry-After`` (capped).  When the retries are used up the last response is
+returned, or the last exception raised, exactly as without this adapter.
+"""
+import logging
+import re
+import ssl
+import time
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+from . import conf
+from .download import RetryPolicy, parse_retry_after
+from .errors import redact_url
+
+__all__ = ["ApiRetryAdapter", "mount_api_retries", "describe_failure"]
+
+log = logging.getLogger(__name__)
+
+#: Methods that may be sent twice (RFC 9110 idempotent methods).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT", "TRACE"})
+
+#: POSTs that only read: TAP and SODA synchronous queries, SIA2.
+_READING_POST = re.compile(r"/(?:sync|sia2/query)/?$")
+
+#: Statuses by which a server says it did not act on the request (safe to send again).
+_NOT_ACTED_ON = frozenset({429, 503})
+
+#: Connections kept per host: above the downloader's default workers, so that
+#: ``download._mount_pool`` keeps this adapter instead of replacing it.
+POOL_SIZE = 32
+
+
+def _reads_only(request):
+    if request.method in _IDEMPOTENT:
+        return True
+    path = urlsplit(request.url).path
+    return request.method == "POST" and bool(_READING_POST.search(path))
+
+
+def _never_sent(exc):
+    """True when the request cannot have reached the server (no connection was made)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+
+
+def _certificate_refused(exc):
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.exceptions.SSLError) and \
+        any(isinstance(arg, ssl.SSLCertVerificationError) for arg in getattr(reason, "args", ()))
+
+
+_FAILURES = (   # (words in requests' message, what to tell the user)
+    ("read timed out", "read timed out"),
+    ("connect timed out", "connection timed out"),
+    ("reset by peer", "connection reset by the server"),
+    ("incompleteread", "connection closed before the answer was complete"),
+    ("connection broken", "connection broken"),
+    ("connection refused", "connection refused"),
+    ("failed to resolve", "host name not found"),
+    ("name or service not known", "host name not found"),
+)
+
+
+def describe_failure(exc):
+    """Why a request got no usable answer, in words, for error messages.
+
+    E.g. ``"read timed out (ConnectionError)"``.  Never the request's URL, whose query
+    string may hold tokens or signatures.
+    """
+    if _certificate_refused(exc):
+        return f"the server's TLS certificate was refused ({type(exc).__name__})"
+    text = str(exc).lower()
+    words = next((said for found, said in _FAILURES if found in text), None)
+    if words is None and isinstance(exc, requests.exceptions.Timeout):
+        words = "timed out"
+    return f"{words} ({type(exc).__name__})" if words else type(exc).__name__
+
+
+def _worth_resending(exc, reads_only):
+    if _certificate_refused(exc) or isinstance(exc, (requests.exceptions.InvalidURL,
+                                                     requests.exceptions.InvalidSchema,
+                                                     requests.exceptions.MissingSchema)):
+        return False   # a refused certificate or a bad URL fails the same way every time
+    if not isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                            requests.exceptions.ChunkedEncodingError)):
+        return False
+    return reads_only or _never_sent(exc)
+
+
+class ApiRetryAdapter(HTTPAdapter):
+    """An `~requests.adapters.HTTPAdapter` that sends API requests again when CASDA is busy.
+
+    See the module docstring for what is retried.
+
+    Parameters
+    ----------
+    policy : `~astroquery_casda_ext.download.RetryPolicy`, optional
+        Retries and delays; by default ``RetryPolicy(total=conf.request_retries)``,
+        read at each request (so ``conf.set_temp`` works).
+    sleep : callable, optional
+        Waits between attempts (``time.sleep``; replaceable in tests).
+    **kwargs
+        Passed to `~requests.adapters.HTTPAdapter` (``pool_maxsize`` defaults to `POOL_SIZE`).
+    """
+
+    def __init__(self, policy=None, *, sleep=time.sleep, **kwargs):
+        kwargs.setdefault("pool_maxsize", POOL_SIZE)
+        super().__init__(**kwargs)
+        self.policy = policy
+        self._sleep = sleep
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(policy=self.policy, _sleep=self._sleep)
+        return state
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        if stream:   # a download: download.py retries it, resuming where it stopped
+            return super().send(request, stream, timeout, verify, cert, proxies)
+        policy = self.policy if self.policy is not None else RetryPolicy(total=int(conf.request_retries))
+        reads_only = _reads_only(request)
+        retry = 0
+        while True:
+            try:
+                response = super().send(request, False, timeout, verify, cert, proxies)
+                response.content   # read here, so that a body cut short can be asked for again
+            except requests.RequestException as exc:
+                if retry >= policy.total or not _worth_resending(exc, reads_only):
+                    raise
+                retry += 1
+                delay, why = policy.delay(retry), type(exc).__name__
+            else:
+                status = response.status_code
+                if (retry >= policy.total or status not in policy.status_forcelist
+                        or not (reads_only or status in _NOT_ACTED_ON)):
+                    return response
+                retry += 1
+                delay = policy.delay(retry, parse_retry_after(response.headers.get("Retry-After")))
+                why = f"HTTP {status}"
+                response.close()
+            log.info("%s %s: %s; retry %d of %d in %.1f s", request.method, redact_url(request.url), why,
+                     retry, policy.total, delay)
+            self._sleep(delay)
+
+
+def mount_api_retries(session, policy=None):
+    """Mount an `ApiRetryAdapter` on ``session`` for ``http://`` and ``https://``; returns it."""
+    adapter = ApiRetryAdapter(policy)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return adapter

@@ -1,0 +1,123 @@
+"""Load matrix: eight client threads run query -> cutout -> download against one emulator.
+
+Each thread, for ``CASDA_LOAD_SECONDS`` seconds (default 120, as CI runs it; set it
+lower while developing), picks a product, finds it with an SIA2 query around its centre,
+cuts a region out of it with a SODA job and downloads the cutout and its ``.checksum``.
+Nothing may be lost (every job gives its file, every file arrives), nothing may fail,
+and every file must match its CASDA checksum.  The run is bounded: each thread stops
+starting work at the deadline and the test fails if one does not finish soon after.
+"""
+import os
+import random
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import astropy.units as u
+import pytest
+
+from astroquery_casda_ext import CasdaClass, conf
+from astroquery_casda_ext.checksum import checksum_of_file, parse_checksum
+
+SECONDS = float(os.environ.get("CASDA_LOAD_SECONDS", "120"))
+THREADS = 8
+#: Time a thread may take to finish the iteration it is in when the deadline passes.
+GRACE = 120.0
+
+pytestmark = [pytest.mark.matrix("load"), pytest.mark.slow, pytest.mark.timeout(SECONDS + GRACE + 60)]
+
+
+class Tally:
+    """What the threads did, added up under a lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.iterations = self.files = self.bytes = 0
+        self.errors = []
+        self.lost = []
+
+    def add(self, files, nbytes):
+        with self.lock:
+            self.iterations += 1
+            self.files += files
+            self.bytes += nbytes
+
+    def fail(self, where, text):
+        with self.lock:
+            self.errors.append(f"{where}: {text}")
+
+
+def verified_files(paths):
+    """The data files among ``paths``, each checked against its ``.checksum`` (AssertionError if not)."""
+    data = [Path(path) for path in paths if not str(path).endswith(".checksum")]
+    for path in data:
+        expected = parse_checksum(Path(str(path) + ".checksum").read_text())
+        assert checksum_of_file(path)[1] == expected, f"{path.name} does not match its .checksum"
+    return data
+
+
+def one_iteration(client, product, savedir):
+    """query -> cutout -> download of one product; returns (data files, bytes)."""
+    ra, dec = product.obscore["s_ra"], product.obscore["s_dec"]
+    found = client.query_region(f"{ra} {dec}", radius=30 * u.arcsec, cache=False)
+    rows = found[found["obs_publisher_did"] == product.product_id]
+    assert len(rows) == 1, f"SIA2 lost {product.product_id}"
+    urls = client.cutout(rows, coordinates=f"{ra} {dec}", radius=20 * u.arcsec)
+    assert len(urls) == 2, f"the cutout of {product.product_id} gave {len(urls)} URLs, not file and checksum"
+    paths = client.download_files(urls, savedir=savedir)
+    assert len(paths) == 2 and all(os.path.isfile(path) for path in paths), "a downloaded file is missing"
+    data = verified_files(paths)
+    assert not list(Path(savedir).glob("*.part")), "a partial file was left behind"
+    return len(data), sum(path.stat().st_size for path in data)
+
+
+def worker(number, client, products, deadline, savedir, tally):
+    chooser = random.Random(number)
+    iteration = 0
+    while time.monotonic() < deadline:
+        product = chooser.choice(products)
+        target = savedir / f"thread{number}" / f"{iteration:05d}"
+        try:
+            files, nbytes = one_iteration(client, product, target)
+        except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
+            tally.fail(f"thread {number}, iteration {iteration} ({product.product_id})",
+                       "".join(traceback.format_exception_only(exc)).strip())
+        else:
+            tally.add(files, nbytes)
+        iteration += 1
+
+
+def test_eight_threads_query_cut_out_and_download_without_loss_or_error(emulator, tmp_path):
+    client = CasdaClass(server=emulator.url)   # one client shared by every thread, like the Casda singleton
+    client.login(emulator.username, password=emulator.password)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    products = [product for product in emulator.holdings.products   # released images and cubes
+                if product.kind in ("continuum", "spectral") and product.release_date
+                and product.release_date < now]
+    assert len(products) >= 3
+    tally = Tally()
+    started = time.monotonic()
+    deadline = started + SECONDS
+    with conf.set_temp("poll_first", 0.1), conf.set_temp("poll_interval", 1):
+        threads = [threading.Thread(target=worker, args=(number, client, products, deadline, tmp_path, tally),
+                                    name=f"load-{number}", daemon=True) for number in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline + GRACE - time.monotonic()))
+    elapsed = time.monotonic() - started
+    assert not [thread.name for thread in threads if thread.is_alive()], "the load stops by itself"
+    assert tally.errors == [], f"{len(tally.errors)} failures, first: {tally.errors[:3]}"
+    assert tally.iterations >= THREADS and tally.files == tally.iterations
+    assert SECONDS <= elapsed <= SECONDS + GRACE
+
+    served = emulator.request_log
+    jobs = [entry for entry in served if entry.method == "POST" and entry.path.endswith("/data/async")]
+    assert len(jobs) == tally.iterations, "one job per iteration, none lost or doubled"
+    assert [entry for entry in served if entry.status >= 500] == [], "the server never failed"
+    on_disk = [path for path in tmp_path.rglob("*") if path.is_file() and not path.name.endswith(".checksum")
+               and path.name != "casda_manifest.ecsv"]
+    assert len(on_disk) == tally.files, "every downloaded file is there"
+    print(f"\nload: {THREADS} threads, {elapsed:.0f} s, {tally.iterations} query-cutout-download cycles, "
+          f"{tally.files} files verified, {tally.bytes / 1e6:.1f} MB")
