@@ -23,7 +23,7 @@ from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, NotL
                      ServiceError, redact_url)
 from .jobs import PollPolicy, SodaJob
 from .soda_params import SodaRequest, label_results, require_request
-from .transport import describe_failure, mount_api_retries
+from .transport import describe_failure, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass"]
 
@@ -65,6 +65,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         # queries, DataLink and job requests are sent again when CASDA is busy (429/5xx) or
         # a connection breaks; downloads retry (and resume) on their own
         mount_api_retries(self._session)
+        install_log_redaction()
         self._server = server
         self._credentials = None
         self.USERNAME = conf.username

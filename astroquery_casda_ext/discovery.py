@@ -7,8 +7,8 @@ CASDA's answers become astropy Tables, ``QUERY_STATUS=ERROR`` becomes
 `~astroquery_casda_ext.errors.QueryError` with the server's words, and ``OVERFLOW``
 becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 
-The document readers (`parse_sia2`, `read_uws_job`) are pure functions of bytes, testable
-on recorded CASDA responses.
+The document reader `parse_sia2` is a pure function of bytes, testable on recorded
+CASDA responses; UWS job documents are read by `astroquery_casda_ext.jobs`.
 """
 import io
 import re
@@ -33,16 +33,14 @@ from pyvo.dal.tap import TAPQuery, escape
 
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
+from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
 
-__all__ = ["Discovery", "parse_sia2", "read_uws_job", "SIA2_DATAPRODUCT_TYPES",
-           "TAP_ACTIVE_PHASES"]
+__all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")
-#: Phases of a UWS job that is still on its way (CASDA also uses SUSPENDED and HELD).
-TAP_ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD", "UNKNOWN"})
 # Columns that hold ICRS degrees; given a unit if the server left it out, so that
 # SkyCoord(t['s_ra'], t['s_dec']) works on every table this module returns.
 _DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
@@ -282,30 +280,10 @@ def _votable_table(content, service):
     return _repair_units(table)
 
 
-def _local(tag):
-    return tag.rsplit("}", 1)[-1]
-
-
-def read_uws_job(content):
-    """(phase, result href or None, error message or None) from a UWS job document.
-
-    Element names are matched without their namespace: CASDA's TAP writes UWS 1.0 as the
-    default namespace, its SODA with a ``uws:`` prefix.
-    """
-    try:
-        root = ElementTree.fromstring(content)
-    except ElementTree.ParseError as exc:
-        raise ServiceError(f"CASDA's job document is not XML: {exc}") from None
-    phase, href, message = None, None, None
-    for element in root.iter():
-        name = _local(element.tag)
-        if name == "phase":
-            phase = (element.text or "").strip().upper()
-        elif name == "result" and (href is None or element.get("id") == "result"):
-            href = element.get("{http://www.w3.org/1999/xlink}href")
-        elif name == "message":
-            message = (element.text or "").strip() or None
-    return phase, href, message
+def _tap_result_href(document):
+    """The href of a TAP job's result (id ``result``, else the first), or None."""
+    hrefs = dict(document.results)
+    return hrefs.get("result") or next(iter(hrefs.values()), None)
 
 
 def _result_url(href, job_url):
@@ -587,10 +565,11 @@ class Discovery:
         job_url = submitted.url.rstrip("/")
         try:
             session.post(job_url + "/phase", data={"PHASE": "RUN"}, allow_redirects=False).raise_for_status()
-            phase, href, message = self._wait_for_job(session, job_url)
-            if phase != "COMPLETED":
-                raise DALQueryError(message or f"the job ended {phase}", phase, job_url)
-            response = session.get(_result_url(href, job_url))
+            document = self._wait_for_job(session, job_url)
+            if document.phase != "COMPLETED":
+                raise DALQueryError(document.error_summary or f"the job ended {document.phase}",
+                                    document.phase, job_url)
+            response = session.get(_result_url(_tap_result_href(document), job_url))
             response.raise_for_status()
             return TAPResults(parse_votable(io.BytesIO(response.content)), url=job_url, session=session)
         finally:
@@ -602,9 +581,10 @@ class Discovery:
         while True:
             response = session.get(job_url)
             response.raise_for_status()
-            phase, href, message = read_uws_job(response.content)
-            if phase not in TAP_ACTIVE_PHASES:
-                return phase, href, message
+            document = parse_job_document(response.content)
+            phase = document.phase
+            if is_final(phase):
+                return document
             if self._clock() + delay > deadline:
                 raise JobTimeoutError(f"TAP job {job_url} still {phase} after {self.tap_async_timeout:g} s",
                                       job_url=job_url, phase=phase)

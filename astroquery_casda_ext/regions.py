@@ -267,6 +267,8 @@ def parse_positions(value):
     """
     if isinstance(value, pathlib.PurePath) or (isinstance(value, str) and os.path.isfile(value)):
         return read_source_list(value)
+    if isinstance(value, str) and _looks_like_a_path(value):
+        raise InvalidSourceListError(f"source list {value!r} does not exist")
     if isinstance(value, SkyCoord):
         coords = _icrs(value.ravel() if not value.isscalar else value.reshape((1,)), value)
     elif isinstance(value, str):
@@ -285,6 +287,16 @@ def parse_positions(value):
 
 
 # --- source lists -----------------------------------------------------------------------------
+
+#: Endings of source-list files; no coordinate string ends like this.
+_SOURCE_LIST_SUFFIXES = (".txt", ".csv", ".dat", ".lst", ".list", ".cat", ".reg", ".tsv")
+
+
+def _looks_like_a_path(text):
+    """Whether a string that is not an existing file was meant as one (a typo'd path)."""
+    text = text.strip()
+    return "/" in text or os.sep in text or text.lower().endswith(_SOURCE_LIST_SUFFIXES)
+
 
 def _source_fields(line):
     content = line.split("#", 1)[0]

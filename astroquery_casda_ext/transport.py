@@ -179,3 +179,28 @@ def mount_api_retries(session, policy=None):
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return adapter
+
+
+class RedactQueryStrings(logging.Filter):
+    """Cut query strings out of urllib3's DEBUG request lines.
+
+    urllib3 logs every request line with its query string, and CASDA's query strings can be
+    credentials: an S3 presigned URL's ``X-Amz-Signature``, a SODA ``id=`` token.
+    """
+
+    def filter(self, record):
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def _without_query(text):
+    path, separator, _ = text.partition("?")
+    return path + "?..." if separator else text
+
+
+def install_log_redaction():
+    """Attach `RedactQueryStrings` to urllib3's connection-pool logger (once)."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, RedactQueryStrings) for f in logger.filters):
+        logger.addFilter(RedactQueryStrings())

@@ -288,3 +288,14 @@ def test_authenticated_query_without_login_is_refused_before_sending(emulator):
     with pytest.raises(NotLoggedInError):
         client.query_tap("SELECT TOP 1 * FROM ivoa.obscore", authenticated=True)
     assert emulator.request_log[start:] == []
+
+
+def test_presigned_signatures_stay_out_of_urllib3_debug_logs(casda, emulator, caplog, tmp_path):
+    emulator.set_options(href_style="presigned")
+    urls = casda.stage_data(casda.query_sbid_images(609))
+    signatures = [u.split("X-Amz-Signature=")[1].split("&")[0] for u in urls]
+    with caplog.at_level(logging.DEBUG, logger="urllib3"):
+        casda.download_files(urls, savedir=tmp_path)
+    assert "X-Amz-Signature" not in caplog.text
+    assert not any(signature in caplog.text for signature in signatures)
+    assert "GET /download/s3/" in caplog.text   # the request lines are still logged

@@ -21,7 +21,8 @@ from astropy.time import Time
 from astroquery.exceptions import MaxResultsWarning
 
 from astroquery_casda_ext.credentials import Credentials, ProxyAuth
-from astroquery_casda_ext.discovery import Discovery, parse_sia2, read_uws_job
+from astroquery_casda_ext.discovery import Discovery, parse_sia2
+from astroquery_casda_ext.jobs import parse_job_document
 from astroquery_casda_ext.endpoints import Endpoints
 from astroquery_casda_ext.errors import (CasdaLoginError, InvalidInputError, InvalidRegionError,
                                          InvalidSpectralRangeError, InvalidTableError, JobTimeoutError,
@@ -240,20 +241,14 @@ def test_parse_sia2_subtype_filter_needs_the_column():
 
 # --- UWS job documents ------------------------------------------------------------------------
 
-def test_read_uws_job_casdas_tap_documents():
-    phase, href, message = read_uws_job(fixture("tap_async_completed.xml"))
-    assert phase == "COMPLETED" and message is None
-    assert href.startswith("https%3A%2F%2Fcasda.csiro.au%2F")
-    assert read_uws_job(fixture("tap_async_error.xml")) == (
-        "ERROR", None, "Unable to run query 'Could not finish query due to timeout.'")
-    assert read_uws_job(fixture("tap_async_pending.xml"))[0] == "PENDING"
-
-
-def test_read_uws_job_prefixed_uws_and_garbage():
-    phase, href, _ = read_uws_job((RECORDED / "completed_job.xml").read_bytes())
-    assert phase == "COMPLETED" and href.startswith("http%3A%2F%2Fcasda.csiro.au")
-    with pytest.raises(ServiceError, match="not XML"):
-        read_uws_job(b"<job>")
+def test_casdas_tap_job_documents_are_read_by_the_jobs_module():
+    """TAP async jobs (UWS 1.0 as the default namespace) parse like SODA's prefixed ones."""
+    completed = parse_job_document(fixture("tap_async_completed.xml"))
+    assert completed.phase == "COMPLETED" and completed.error_summary is None
+    assert dict(completed.results)["result"].startswith("https%3A%2F%2Fcasda.csiro.au%2F")
+    error = parse_job_document(fixture("tap_async_error.xml"))
+    assert error.phase == "ERROR" and "Could not finish query due to timeout." in error.error_summary
+    assert parse_job_document(fixture("tap_async_pending.xml")).phase == "PENDING"
 
 
 # --- TAP replayed through responses -----------------------------------------------------------

@@ -435,3 +435,9 @@ def test_pol_sia2_states():
 def test_pol_rejects(pol, fragment):
     with pytest.raises(InvalidSpectralRangeError, match=fragment):
         parse_pol(pol)
+
+
+@pytest.mark.parametrize("path", ["/no/such/sources.txt", "sources.csv", "./dir/list"])
+def test_a_missing_source_list_given_as_a_string_says_so(path):
+    with pytest.raises(InvalidSourceListError, match="does not exist"):
+        parse_positions(path)
