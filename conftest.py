@@ -25,8 +25,15 @@ def _reset_emulator(request):
 
 
 @pytest.fixture(autouse=True)
-def _hermetic_environment(monkeypatch):
-    """Tests see no CASDA credentials from the developer's shell or keyring."""
+def _hermetic_environment(request, monkeypatch):
+    """Tests see no CASDA credentials from the developer's shell or keyring.
+
+    Tests against the real CASDA (``remote_data``) are the exception: they read
+    ``CASDA_USER`` / ``CASDA_PASSWORD``.
+    """
+    if request.node.get_closest_marker("remote_data"):
+        yield
+        return
     for name in CASDA_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     import keyring
