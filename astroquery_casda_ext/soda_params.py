@@ -137,16 +137,22 @@ def _cutout_number(result):
     return int(match.group(1)) if match else 0
 
 
+def _numbers(text):
+    return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", text)]
+
+
 def _names(error_text, region, product_id):
-    """Whether an error file's text says ``region`` missed ``product_id``."""
-    numbers = lambda text: [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", text)]
+    """Whether an error file's text says ``region`` missed ``product_id``.
+
+    CASDA echoes the parameter as it was sent: ``POS=CIRCLE ra dec r`` or ``CIRCLE=ra dec r``.
+    """
     if product_id and f"ID={product_id}" not in error_text:
         return False
     shape, _, values = region.partition(" ")
-    found = re.search(rf"(?:POS=)?{shape}\s+([-+0-9.eE ]+)", error_text)
+    found = re.search(rf"(?:POS=)?{shape}[=\s]+([-+0-9.eE ]+)", error_text)
     if not found:
         return False
-    wanted, got = numbers(values), numbers(found.group(1))
+    wanted, got = _numbers(values), _numbers(found.group(1))
     return len(wanted) == len(got) and all(abs(a - b) < 1e-6 for a, b in zip(wanted, got))
 
 

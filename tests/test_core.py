@@ -16,7 +16,6 @@ from astroquery_casda_ext import Casda, CasdaClass, conf
 from astroquery_casda_ext.checksum import checksum_of_file, parse_checksum
 from astroquery_casda_ext.errors import (CasdaLoginError, InvalidRegionError, InvalidSpectralRangeError,
                                          InvalidTableError, NoAccessError, NotLoggedInError)
-from astroquery_casda_ext.jobs import SodaJob
 
 DROP_IN_METHODS = ("query_region", "query_region_async", "filter_out_unreleased", "stage_data",
                    "cutout", "download_files", "login")
@@ -299,3 +298,21 @@ def test_presigned_signatures_stay_out_of_urllib3_debug_logs(casda, emulator, ca
     assert "X-Amz-Signature" not in caplog.text
     assert not any(signature in caplog.text for signature in signatures)
     assert "GET /download/s3/" in caplog.text   # the request lines are still logged
+
+
+def test_cutout_labels_name_the_right_region_when_some_regions_miss(casda, emulator):
+    """Each file is labelled with the region it came from; misses are reported, not returned."""
+    first = casda.query_sbid_images(609)
+    second = casda.query_sbid_images(2338)
+    images = Table(np.concatenate([first.as_array(), second.as_array()]))
+    centres = SkyCoord([first[0]["s_ra"], second[0]["s_ra"]], [first[0]["s_dec"], second[0]["s_dec"]],
+                       unit="deg")
+    [job] = casda.cutout(images, coordinates=centres, radius=30 * u.arcsec, wait=False)
+    job.wait()
+    labels = casda.cutout_table(job)
+    assert len(labels) == 2 and len(job.error_files()) == 2
+    by_product = {row["product_id"]: row["region"] for row in labels}
+    assert by_product[first[0]["obs_publisher_did"]].startswith(
+        f"CIRCLE {first[0]['s_ra']:.4f}"[:12])
+    assert by_product[second[0]["obs_publisher_did"]].startswith(
+        f"CIRCLE {second[0]['s_ra']:.4f}"[:12])

@@ -22,8 +22,8 @@ RACS_FIELD = SkyCoord("22h15m38.2s -45d50m30.5s")
 @pytest.fixture
 def logged_in():
     """A production client logged in from CASDA_USER / CASDA_PASSWORD (fails clearly without)."""
-    if not os.environ.get("CASDA_USER") or not (os.environ.get("CASDA_PASSWORD")
-                                                 or os.environ.get("CASDA_PASSWD")):
+    password = os.environ.get("CASDA_PASSWORD") or os.environ.get("CASDA_PASSWD")
+    if not os.environ.get("CASDA_USER") or not password:
         pytest.fail("set CASDA_USER and CASDA_PASSWORD to an OPAL account to run the data tests")
     casda = CasdaClass()
     casda.login()
