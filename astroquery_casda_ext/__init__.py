@@ -40,7 +40,7 @@ class Conf(_config.ConfigNamespace):
     timeout = _config.ConfigItem(
         30, 'Time limit in seconds for connecting to and reading from CASDA servers.')
     poll_interval = _config.ConfigItem(
-        20, 'Longest wait in seconds between two looks at a running job; '
+        20.0, 'Longest wait in seconds between two looks at a running job; '
         'polling starts at poll_first and backs off to this.')
     poll_first = _config.ConfigItem(
         1.0, 'First wait in seconds before looking at a job that was just started.')

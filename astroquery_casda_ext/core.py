@@ -207,7 +207,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         response : `requests.Response`
         """
         payload = self._discovery.sia2_payload(
-            coordinates, radius=radius, width=width, height=height, polygon=polygon, band=band,
+            coordinates, radius=_cone_radius(radius, width, height, polygon), width=width, height=height,
+            polygon=polygon, band=band,
             rest_frequency=rest_frequency, time=time, pol=pol, collection=collection,
             dataproduct_type=dataproduct_type, maxrec=maxrec)
         if get_query_payload:
@@ -391,8 +392,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         """Cut regions out of each product in ``table`` on the server, in as few jobs as possible.
 
         Every region × every spectral window is cut from every product whose footprint
-        contains the region's centre; regions that miss a product are reported (a warning),
-        not returned as data.
+        contains the region's centre; regions that miss a product are reported (a log
+        warning; ``job.error_files()``; the download manifest), not returned as data.
 
         Parameters
         ----------
@@ -422,7 +423,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
             The URLs of every cutout and its ``.checksum``, or the running jobs.
         """
-        request = SodaRequest.build(coordinates=coordinates, radius=radius if polygon is None else None,
+        request = SodaRequest.build(coordinates=coordinates,
+                                    radius=_cone_radius(radius, width, height, polygon),
                                     height=height, width=width, polygon=polygon, band=band,
                                     channel=channel, pol=pol, rest_frequency=rest_frequency)
         require_request(request)
@@ -477,6 +479,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                 if verbose else None
             job.wait(policy, on_phase=on_phase)
             job.raise_if_error()
+            _report_misses(job)
             urls.extend(job.result_urls())
         return urls
 
@@ -566,6 +569,19 @@ def _no_rows(table):
     except TypeError:
         raise InvalidTableError(f"expected a table of products, a row or product ids, "
                                 f"got {type(table).__name__}") from None
+
+
+def _report_misses(job):
+    """Say (in the log) when regions missed products: CASDA answers those with error files."""
+    misses = job.error_files()
+    if misses:
+        log.warning(f"{len(misses)} region/product combination(s) had no data (CASDA error files); "
+                    f"they are not returned as data: see job.error_files() for {job.url}")
+
+
+def _cone_radius(radius, width, height, polygon):
+    """The radius, unless a box or polygon is asked for: then astroquery ignores its default radius."""
+    return None if (width is not None or height is not None or polygon is not None) else radius
 
 
 def _server_text(response):

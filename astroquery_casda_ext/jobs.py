@@ -531,6 +531,7 @@ class SodaJob:
         Parameters
         ----------
         policy : PollPolicy, optional
+            Default: `PollPolicy.from_conf` (``conf.poll_first``, ``poll_interval``, ``job_timeout``).
             Delays and timeout (default ``PollPolicy()``).
         sleep, clock : callable
             ``time.sleep`` and ``time.monotonic`` unless injected (tests).
@@ -551,7 +552,7 @@ class SodaJob:
         JobError
             Too many transient failures in a row, or an unusable answer.
         """
-        policy = policy or PollPolicy()
+        policy = policy or PollPolicy.from_conf()
         start, seen, looks, failures = clock(), None, 0, 0
         while True:
             if self._document is not None:

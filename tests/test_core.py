@@ -316,3 +316,22 @@ def test_cutout_labels_name_the_right_region_when_some_regions_miss(casda, emula
         f"CIRCLE {first[0]['s_ra']:.4f}"[:12])
     assert by_product[second[0]["obs_publisher_did"]].startswith(
         f"CIRCLE {second[0]['s_ra']:.4f}"[:12])
+
+
+def test_box_and_polygon_work_the_astroquery_way(emulator):
+    """astroquery ignores its default radius when a box is given; so do we."""
+    client = CasdaClass(server=emulator.url)
+    box = client.query_region("187.5 -45.0", width=0.5 * u.deg, height=0.5 * u.deg, get_query_payload=True)
+    assert str(box["POS"]).startswith("RANGE ")
+    polygon = client.query_region(None, polygon=["187 -45.5", "188 -45.5", "187.5 -44.5"],
+                                  get_query_payload=True)
+    assert str(polygon["POS"]).startswith("POLYGON ")
+
+
+def test_jobs_handed_back_follow_the_configured_polling(casda, emulator, fake_time):
+    emulator.set_options(job_progression="polls")   # one phase per look: no wall-clock waits
+    [job] = casda.stage_data(casda.query_sbid_images(609), wait=False)
+    with conf.set_temp("poll_first", 0.25), conf.set_temp("poll_interval", 0.5):
+        assert job.wait(sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
+    assert fake_time.sleeps[0] == pytest.approx(0.25)
+    assert max(fake_time.sleeps) == pytest.approx(0.5)
