@@ -10,6 +10,7 @@ becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 The document reader `parse_sia2` is a pure function of bytes, testable on recorded
 CASDA responses; UWS job documents are read by `astroquery_casda_ext.jobs`.
 """
+import http.client
 import io
 import re
 import time as _time
@@ -33,6 +34,8 @@ from pyvo.dal.tap import TAPQuery, escape
 
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
+from . import conf
+from .download import RetryPolicy
 from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
@@ -319,8 +322,11 @@ class _PerRequestAuthSession:
         kwargs.setdefault("timeout", self._timeout)
         if not kwargs.pop("stream", False):
             return self._session.request(method, url, **kwargs)
-        # pyvo streams every answer; read whole here, a body cut short is sent for again by the
-        # session's retries (transport.ApiRetryAdapter), and pyvo reads the copy
+        if method.upper() == "POST" and url.rstrip("/").endswith("/sync"):
+            # a query result: pyvo parses it as it arrives (large results come much faster);
+            # Discovery._run_sync sends the query again if the answer breaks off
+            return self._session.request(method, url, stream=True, **kwargs)
+        # other answers are small: read whole, so the session's retries cover a body cut short
         response = self._session.request(method, url, stream=False, **kwargs)
         response.raw = urllib3.HTTPResponse(io.BytesIO(response.content), preload_content=False)
         return response
@@ -333,6 +339,24 @@ class _PerRequestAuthSession:
 
     def delete(self, url, **kwargs):
         return self.request("DELETE", url, **kwargs)
+
+
+#: Transport failures that mean an answer broke off part-way (worth sending the query again).
+_BROKEN_OFF = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+               requests.exceptions.Timeout, urllib3.exceptions.ProtocolError,
+               urllib3.exceptions.ReadTimeoutError, http.client.IncompleteRead, ConnectionError,
+               TimeoutError)
+
+
+def _broke_off(exc):
+    """Whether ``exc`` (or anything in its chain, pyvo's ``cause`` included) is a broken transfer."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _BROKEN_OFF):
+            return True
+        seen.add(id(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 @contextmanager
@@ -546,11 +570,22 @@ class Discovery:
             if async_job:
                 results = self._run_async(service.baseurl, session, query, maxrec)
             else:
-                results = service.run_sync(query, maxrec=maxrec)
+                results = self._run_sync(service, query, maxrec)
             table = results.to_table()
         if results.status[0].upper() == "OVERFLOW":
             _warn_overflow(table, "TAP")
         return _repair_units(table)
+
+    def _run_sync(self, service, query, maxrec):
+        """``run_sync``, sent again when the answer breaks off while pyvo parses it."""
+        policy = RetryPolicy(total=int(conf.request_retries))
+        for attempt in range(policy.total + 1):
+            try:
+                return service.run_sync(query, maxrec=maxrec)
+            except Exception as exc:  # pyvo and astropy wrap transport errors in their own types
+                if attempt == policy.total or not _broke_off(exc):
+                    raise
+                self._sleep(policy.delay(attempt + 1))
 
     def _run_async(self, tap_url, session, query, maxrec):
         # pyvo's AsyncTAPJob cannot read CASDA's job documents (timestamps like

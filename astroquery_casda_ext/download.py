@@ -916,29 +916,24 @@ class _Transfer:
     def _stream(self, response, offset):
         """Append the body to .part, hashing as it goes; memory is a few chunks."""
         announced = _content_length(response)
+        reader = _body_reader(response)
         received = 0
-        # read1 returns what has arrived (up to a chunk) rather than waiting for a whole
-        # chunk, so bytes received before a connection breaks are kept and not fetched again.
-        read = response.raw.read1
-        hasher = _Hasher(self.accumulator) if self.config.hash_in_thread else _InlineHasher(self.accumulator)
-        with hasher, open(self.part, "r+b" if offset else "wb") as out:
-            out.seek(offset)
-            out.truncate()
+        with _Sink(self.part, offset, self.accumulator, self.config) as sink:
             while True:
                 if self.hooks.cancelled():
                     raise _Fatal(f"{self.final.name}: cancelled; the partial file is kept for next time")
-                try:
-                    chunk = read(self.config.chunk_size)
-                except _TRANSPORT_ERRORS as exc:
-                    message = f"connection lost at byte {offset + received}: {_describe(exc)}"
+                block = sink.free_block()
+                count, broken = _fill(reader, block)
+                if count:
+                    sink.put(block[:count])   # written, then hashed: only bytes on disk are hashed
+                    received += count
+                    self.transferred += count
+                    self.hooks.report("bytes", self.task.index, count)
+                if broken is not None:
+                    message = f"connection lost at byte {offset + received}: {_describe(broken)}"
                     raise _Transient(message) from None
-                if not chunk:
+                if count < len(block):
                     break
-                out.write(chunk)
-                hasher.update(chunk)          # only bytes on disk are hashed
-                received += len(chunk)
-                self.transferred += len(chunk)
-                self.hooks.report("bytes", self.task.index, len(chunk))
         if announced is not None and received < announced:
             raise _Transient(f"body ended after {received} of {announced} bytes")
 
@@ -985,55 +980,138 @@ class _Transfer:
                           self.attempts, self.transferred)
 
 
-class _InlineHasher:
-    """`_Hasher`'s interface, hashing in the caller's thread (when no core is idle)."""
+class _SocketBody:
+    """Reads a plain (not chunked) HTTP body straight from the connection into our buffers.
 
-    def __init__(self, accumulator):
-        self.update = accumulator.update
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return None
-
-
-class _Hasher:
-    """Feeds a `ChecksumAccumulator` on a helper thread, so hashing overlaps receiving.
-
-    CRC-32 and SHA-1 cost about as much CPU as receiving and writing the bytes; zlib and
-    hashlib release the GIL, so on a second core they run alongside the transfer. The
-    queue is bounded: at most ``depth`` chunks wait. Leaving the ``with`` block waits
-    until every chunk given has been hashed, so the accumulator then describes exactly
-    the bytes written to the ``.part``, whether the transfer ended well or not.
+    ``http.client``'s ``read1`` allocates a new ``bytes`` object per call; ``readinto1`` on
+    the connection's buffered reader fills one of a few buffers we reuse (no allocation,
+    and the bytes are still in the CPU cache when they are written and hashed).
+    Like ``read1`` it returns what has arrived, so bytes received before the connection
+    breaks are kept. The response is closed after the transfer (never reused), so
+    ``http.client``'s own count of the bytes left need not be kept up to date.
     """
 
-    def __init__(self, accumulator, depth=4):
-        self._accumulator = accumulator
-        self._queue = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, name="casda-hash", daemon=True)
+    def __init__(self, stream, length):
+        self._stream, self._left = stream, length
+
+    def readinto1(self, view):
+        if self._left is not None:
+            if self._left <= 0:
+                return 0
+            view = view[:self._left]
+        count = self._stream.readinto1(view)
+        if self._left is not None:
+            self._left -= count
+        return count
+
+
+class _Read1Body:
+    """The general case (e.g. a chunked body): urllib3's ``read1``, copied into our buffer."""
+
+    def __init__(self, raw):
+        self._read1 = raw.read1
+
+    def readinto1(self, view):
+        chunk = self._read1(len(view))
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def _body_reader(response):
+    """The fastest reader of ``response``'s body that keeps every byte that arrived."""
+    raw = response.raw
+    message = getattr(raw, "_fp", None)            # the http.client.HTTPResponse
+    stream = getattr(message, "fp", None)          # its buffered reader of the socket
+    plain = (getattr(message, "chunked", True) is False and not getattr(raw, "_decoded_buffer", None)
+             and getattr(raw, "_fp_bytes_read", 1) == 0 and hasattr(stream, "readinto1"))
+    if plain:
+        return _SocketBody(stream, message.length)
+    return _Read1Body(raw)
+
+
+def _fill(reader, block):
+    """Fill ``block`` from ``reader``: ``(bytes read, None)``, fewer at the end of the body,
+    or ``(bytes read before the break, exception)`` when the connection broke."""
+    filled, size = 0, len(block)
+    try:
+        while filled < size:
+            count = reader.readinto1(block[filled:])
+            if not count:
+                break
+            filled += count
+    except (*_TRANSPORT_ERRORS, OSError) as exc:   # reads only: a socket error, not the disk
+        return filled, exc
+    return filled, None
+
+
+class _Sink:
+    """Writes blocks to the ``.part`` and feeds them to a `ChecksumAccumulator`.
+
+    Blocks come from a small ring of reused buffers (memory: ``depth`` chunks). With an
+    idle core (``config.hash_in_thread``) the hashing runs on a helper thread: zlib and
+    hashlib release the GIL, so CRC-32 and SHA-1 of one block overlap receiving and
+    writing the next. Each block is written before it is hashed, and leaving the
+    ``with`` block waits for the hashing, so the accumulator then describes exactly the
+    bytes in the ``.part``, whether the transfer ended well or not.
+    """
+
+    def __init__(self, part, offset, accumulator, config, depth=3):
+        self._part, self._offset, self._accumulator = part, offset, accumulator
+        threaded = config.hash_in_thread
+        self._free = queue.SimpleQueue()
+        for _ in range(depth if threaded else 1):
+            self._free.put(memoryview(bytearray(config.chunk_size)))
+        self._work = queue.SimpleQueue() if threaded else None
+        self._thread = threading.Thread(target=self._run, name="casda-hash", daemon=True) if threaded else None
         self._failure = None
-
-    def _run(self):
-        while (chunk := self._queue.get()) is not None:
-            if self._failure is None:
-                try:
-                    self._accumulator.update(chunk)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the transfer's thread
-                    self._failure = exc
-
-    def update(self, chunk):
-        self._queue.put(chunk)
+        self._fd = None
 
     def __enter__(self):
-        self._thread.start()
+        fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            os.ftruncate(fd, self._offset)
+            os.lseek(fd, self._offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc_info):
-        self._queue.put(None)
-        self._thread.join()
+        try:
+            if self._thread is not None:
+                self._work.put(None)
+                self._thread.join()
+        finally:
+            os.close(self._fd)
         if self._failure is not None and exc_info[0] is None:
             raise self._failure
+
+    def free_block(self):
+        """A buffer to read into (waits while every buffer is still being hashed)."""
+        return self._free.get()
+
+    def put(self, view):
+        """Write ``view`` (a prefix of a block from `free_block`) and hash it."""
+        written = 0
+        while written < len(view):
+            written += os.write(self._fd, view[written:])
+        if self._work is None:
+            self._accumulator.update(view)
+            self._free.put(memoryview(view.obj))
+        else:
+            self._work.put(view)
+
+    def _run(self):
+        while (view := self._work.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._accumulator.update(view)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the transfer's thread
+                    self._failure = exc
+            self._free.put(memoryview(view.obj))
 
 
 def _matches(path, expected):

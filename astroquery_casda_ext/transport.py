@@ -21,7 +21,9 @@ reset, read timeout, body cut short        retried                      raised
 TLS certificate refused, bad URL           raised                       raised
 =========================================  ===========================  ======================
 
-Streamed requests (``stream=True``: downloads) pass through untouched.  The delays are
+Streamed downloads pass through untouched; a streamed synchronous query (pyvo parses TAP
+answers as they arrive) is retried until its headers arrive, and its caller sends it again
+if the body breaks off.  The delays are
 `~astroquery_casda_ext.download.RetryPolicy`'s: exponential backoff with jitter, or the
 server's ``Retry-After`` (capped).  When the retries are used up the last response is
 returned, or the last exception raised, exactly as without this adapter.
@@ -63,6 +65,15 @@ def _reads_only(request):
         return True
     path = urlsplit(request.url).path
     return request.method == "POST" and bool(_READING_POST.search(path))
+
+
+def _streamed_query(request):
+    """A synchronous query whose answer is parsed as it streams in (pyvo's TAP ``sync``).
+
+    It is retried here until its headers arrive; a body that breaks off later is sent for
+    again by its caller (`~astroquery_casda_ext.discovery.Discovery`).
+    """
+    return request.method == "POST" and bool(_READING_POST.search(urlsplit(request.url).path))
 
 
 def _never_sent(exc):
@@ -145,15 +156,17 @@ class ApiRetryAdapter(HTTPAdapter):
         return state
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        if stream:   # a download: download.py retries it, resuming where it stopped
+        if stream and not _streamed_query(request):
+            # a download: download.py retries it, resuming where it stopped
             return super().send(request, stream, timeout, verify, cert, proxies)
         policy = self.policy if self.policy is not None else RetryPolicy(total=int(conf.request_retries))
         reads_only = _reads_only(request)
         retry = 0
         while True:
             try:
-                response = super().send(request, False, timeout, verify, cert, proxies)
-                response.content   # read here, so that a body cut short can be asked for again
+                response = super().send(request, stream, timeout, verify, cert, proxies)
+                if not stream:
+                    response.content   # read here, so that a body cut short can be asked for again
             except requests.RequestException as exc:
                 if retry >= policy.total or not _worth_resending(exc, reads_only):
                     raise

@@ -91,7 +91,7 @@ class Scale:
 
 
 FULL = Scale("full", products=20, product_size=5_000_000, job_seconds=2.0, poll_interval=1.0,
-             run_default_baseline=True, positions=100, big_size=1_000_000_000, big_repeat=3, rows=100_000,
+             run_default_baseline=True, positions=100, big_size=1_000_000_000, big_repeat=5, rows=100_000,
              tap_repeat=3)
 QUICK = Scale("quick", products=3, product_size=100_000, job_seconds=0.2, poll_interval=0.25,
               run_default_baseline=False, positions=5, big_size=5_000_000, big_repeat=1, rows=2_000,

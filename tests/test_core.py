@@ -335,3 +335,17 @@ def test_jobs_handed_back_follow_the_configured_polling(casda, emulator, fake_ti
         assert job.wait(sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
     assert fake_time.sleeps[0] == pytest.approx(0.25)
     assert max(fake_time.sleeps) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind", ["reset", "truncate"])
+def test_a_tap_answer_that_breaks_off_mid_parse_is_asked_for_again(emulator, kind):
+    """TAP results stream into the parser; a body cut short is sent for again, whole."""
+    from astroquery_casda_ext.emulator import FaultRule
+    client = CasdaClass(server=emulator.url)
+    query = "SELECT * FROM ivoa.obscore"
+    expected = len(client.query_tap(query))
+    start = len(emulator.request_log)
+    emulator.add_fault(FaultRule(path=r"tap/sync$", kind=kind, after_bytes=20_000, times=1))
+    assert len(client.query_tap(query)) == expected
+    sync_calls = [r for r in emulator.request_log[start:] if r.path.endswith("tap/sync")]
+    assert len(sync_calls) == 2 and sync_calls[0].bytes_sent <= 20_000 < sync_calls[1].bytes_sent
