@@ -11,11 +11,11 @@ import astropy.units as u
 import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
-from astroquery.utils import async_to_sync
 
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
-from .credentials import ProxyAuth, find_password, store_password
+# aliased: login()'s store_password argument (astroquery's name) would shadow it
+from .credentials import ProxyAuth, find_password, store_password as save_password
 from .discovery import Discovery
 from .download import Downloader, RetryPolicy
 from .endpoints import Endpoints
@@ -33,7 +33,6 @@ CUTOUT_SERVICE = "cutout_service"
 SPECTRUM_SERVICE = "spectrum_generation_service"
 
 
-@async_to_sync
 class CasdaClass(QueryWithLogin, BaseVOQuery):
     """Access to the CSIRO ASKAP Science Data Archive (CASDA).
 
@@ -153,7 +152,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         self._credentials = credentials
         self.USERNAME = credentials.username
         if store_password and credentials.source != "keyring":
-            store_password_in_keyring(credentials)
+            save_password(credentials)
         log.info("Authentication successful!")
         return True
 
@@ -239,9 +238,6 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             raise ServiceError(f"CASDA SIA2 error (HTTP {status}) at {redact_url(response.url)}: "
                                f"{_server_text(response)}", url=response.url, status=status)
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
-
-    def _parse_result(self, response, *, verbose=False):
-        return self._discovery.parse_sia2(response.content)
 
     def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
                   get_query_payload=False):
@@ -553,11 +549,6 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         if save_manifest:
             manifest.save()
         return manifest
-
-
-def store_password_in_keyring(credentials):
-    """Save a password that worked, under astroquery's keyring service name."""
-    store_password(credentials)
 
 
 def _no_rows(table):

@@ -349,3 +349,12 @@ def test_a_tap_answer_that_breaks_off_mid_parse_is_asked_for_again(emulator, kin
     assert len(client.query_tap(query)) == expected
     sync_calls = [r for r in emulator.request_log[start:] if r.path.endswith("tap/sync")]
     assert len(sync_calls) == 2 and sync_calls[0].bytes_sent <= 20_000 < sync_calls[1].bytes_sent
+
+
+def test_login_stores_a_password_that_worked_in_astroquerys_keyring_entry(emulator, memory_keyring):
+    client = CasdaClass(server=emulator.url)
+    with pytest.raises(CasdaLoginError):
+        client.login(emulator.username, password="wrong", store_password=True)
+    assert memory_keyring.passwords == {}
+    client.login(emulator.username, password=emulator.password, store_password=True)
+    assert memory_keyring.passwords == {("astroquery:casda.csiro.au", emulator.username): emulator.password}
