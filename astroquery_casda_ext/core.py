@@ -17,13 +17,13 @@ from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
 from .credentials import ProxyAuth, find_password, store_password as save_password
 from .discovery import Discovery
-from .download import Downloader, RetryPolicy
+from .download import Downloader
 from .endpoints import Endpoints
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, NotLoggedInError,
                      ServiceError, redact_url)
 from .jobs import PollPolicy, SodaJob
 from .soda_params import SodaRequest, label_results, require_request
-from .transport import describe_failure, install_log_redaction, mount_api_retries
+from .transport import RetryPolicy, describe_failure, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass"]
 

@@ -35,7 +35,7 @@ from pyvo.dal.tap import TAPQuery, escape
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
 from . import conf
-from .download import RetryPolicy
+from .transport import RetryPolicy
 from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)

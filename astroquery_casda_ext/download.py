@@ -53,11 +53,9 @@ then be a directory the workers can write to (a shared file system). The checksu
 still read by the calling process, and the progress bar advances per finished file rather
 than per chunk.
 """
-import email.utils
 import logging
 import os
 import queue
-import random
 import re
 import ssl
 import sys
@@ -66,7 +64,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
@@ -79,6 +76,7 @@ from requests.adapters import HTTPAdapter
 from . import conf
 from .checksum import Checksum, ChecksumAccumulator, checksum_of_file, parse_checksum
 from .errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
+from .transport import RetryPolicy, parse_retry_after
 
 __all__ = [
     "RetryPolicy", "FileStatus", "ChecksumStatus", "FileTask", "FileResult", "TransferConfig",
@@ -105,92 +103,6 @@ DATA, ERROR_FILE, CHECKSUM_ONLY = "data", "error-file", "checksum"
 
 # Transfer-level errors requests and urllib3 raise while a body is being read.
 _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
-
-
-# --- retry policy -------------------------------------------------------------------------------
-
-def parse_retry_after(value, *, now=None):
-    """Seconds to wait according to a ``Retry-After`` header value.
-
-    Parameters
-    ----------
-    value : str or None
-        Either delay-seconds (``"120"``) or an HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``).
-    now : datetime, optional
-        The current time (for tests); defaults to now, UTC.
-
-    Returns
-    -------
-    float or None
-        The delay (0 for a date in the past), or None when the value is missing or unparsable.
-    """
-    if value is None:
-        return None
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
-    return max(0.0, (when - now).total_seconds())
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often, and after how long, a failed transfer is tried again.
-
-    Modelled on `urllib3.util.Retry`: the delay is a pure function of the retry number
-    (`delay`), the sleeping is done by the caller, and the object is immutable so one
-    policy is safely shared by all worker threads.
-
-    Connection errors, timeouts, a body cut short, and responses whose status is in
-    ``status_forcelist`` are retried. Other HTTP errors (403, 404, 410...) are not.
-    """
-
-    #: Retries per file after its first attempt; 0 means a single attempt, never retried.
-    total: int = 5
-    #: The n-th retry waits ``backoff_factor * 2 ** (n - 1)`` seconds (0 means no wait).
-    backoff_factor: float = 0.5
-    #: Longest backoff in seconds, whatever the retry number.
-    backoff_max: float = 30.0
-    #: Random spread of a backoff: it is multiplied by a factor drawn uniformly from
-    #: ``[1 - jitter, 1 + jitter]``, so parallel workers do not retry in lock step. 0 = none.
-    jitter: float = 0.25
-    #: Longest wait in seconds a server's ``Retry-After`` is honoured with.
-    retry_after_max: float = 120.0
-    #: HTTP statuses that are retried (rate limiting and transient server trouble).
-    status_forcelist: tuple = (429, 500, 502, 503, 504)
-
-    def __post_init__(self):
-        if self.total < 0 or self.backoff_factor < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
-            raise ValueError(f"RetryPolicy values must not be negative: {self!r}")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"RetryPolicy jitter must be within [0, 1], not {self.jitter}")
-
-    @classmethod
-    def from_conf(cls):
-        """The default policy with ``conf.download_retries`` retries (read now)."""
-        return cls(total=int(conf.download_retries))
-
-    def is_retryable_status(self, status):
-        """Whether an HTTP status is worth another try."""
-        return status in self.status_forcelist
-
-    def delay(self, attempt, retry_after=None, *, rand=random.random):
-        """Seconds to wait before retry number ``attempt`` (1 for the first retry).
-
-        A server's ``retry_after`` (seconds, see `parse_retry_after`) wins over the backoff,
-        capped at ``retry_after_max``. ``rand`` returns a float in [0, 1) (for tests).
-        """
-        if retry_after is not None:
-            return min(max(float(retry_after), 0.0), self.retry_after_max)
-        backoff = min(self.backoff_max, self.backoff_factor * 2 ** max(attempt - 1, 0))
-        spread = 1.0 + self.jitter * (2.0 * rand() - 1.0)
-        return min(self.backoff_max, backoff * spread)
 
 
 # --- statuses -----------------------------------------------------------------------------------

@@ -24,14 +24,18 @@ TLS certificate refused, bad URL           raised                       raised
 Streamed downloads pass through untouched; a streamed synchronous query (pyvo parses TAP
 answers as they arrive) is retried until its headers arrive, and its caller sends it again
 if the body breaks off.  The delays are
-`~astroquery_casda_ext.download.RetryPolicy`'s: exponential backoff with jitter, or the
+`RetryPolicy`'s: exponential backoff with jitter, or the
 server's ``Retry-After`` (capped).  When the retries are used up the last response is
 returned, or the last exception raised, exactly as without this adapter.
 """
+import email.utils
 import logging
+import random
 import re
 import ssl
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import requests
@@ -39,12 +43,154 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from . import conf
-from .download import RetryPolicy, parse_retry_after
 from .errors import redact_url
 
-__all__ = ["ApiRetryAdapter", "mount_api_retries", "describe_failure"]
+__all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
+           "describe_failure"]
 
 log = logging.getLogger(__name__)
+
+# --- retry policy -------------------------------------------------------------------------------
+
+def parse_retry_after(value, *, now=None):
+    """Seconds to wait according to a ``Retry-After`` header value.
+
+    Parameters
+    ----------
+    value : str or None
+        Either delay-seconds (``"120"``) or an HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``).
+    now : datetime, optional
+        The current time (for tests); defaults to now, UTC.
+
+    Returns
+    -------
+    float or None
+        The delay (0 for a date in the past), or None when the value is missing or unparsable.
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and after how long, a failed transfer is tried again.
+
+    Modelled on `urllib3.util.Retry`: the delay is a pure function of the retry number
+    (`delay`), the sleeping is done by the caller, and the object is immutable so one
+    policy is safely shared by all worker threads.
+
+    Connection errors, timeouts, a body cut short, and responses whose status is in
+    ``status_forcelist`` are retried. Other HTTP errors (403, 404, 410...) are not.
+    """
+
+    #: Retries per file after its first attempt; 0 means a single attempt, never retried.
+    total: int = 5
+    #: The n-th retry waits ``backoff_factor * 2 ** (n - 1)`` seconds (0 means no wait).
+    backoff_factor: float = 0.5
+    #: Longest backoff in seconds, whatever the retry number.
+    backoff_max: float = 30.0
+    #: Random spread of a backoff: it is multiplied by a factor drawn uniformly from
+    #: ``[1 - jitter, 1 + jitter]``, so parallel workers do not retry in lock step. 0 = none.
+    jitter: float = 0.25
+    #: Longest wait in seconds a server's ``Retry-After`` is honoured with.
+    retry_after_max: float = 120.0
+    #: HTTP statuses that are retried (rate limiting and transient server trouble).
+    status_forcelist: tuple = (429, 500, 502, 503, 504)
+    #: Longest time in seconds one call may spend, waits included, before its failure is
+    #: raised; None means no limit beyond ``total``.  A wait that would end past it is not
+    #: started.
+    budget: float = None
+
+    def __post_init__(self):
+        if self.total < 0 or self.backoff_factor < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
+            raise ValueError(f"RetryPolicy values must not be negative: {self!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"RetryPolicy jitter must be within [0, 1], not {self.jitter}")
+        if self.budget is not None and self.budget < 0:
+            raise ValueError(f"RetryPolicy budget must not be negative: {self!r}")
+
+    @classmethod
+    def from_conf(cls):
+        """The default policy with ``conf.download_retries`` retries (read now)."""
+        return cls(total=int(conf.download_retries))
+
+    def is_retryable_status(self, status):
+        """Whether an HTTP status is worth another try."""
+        return status in self.status_forcelist
+
+    def delay(self, attempt, retry_after=None, *, rand=random.random):
+        """Seconds to wait before retry number ``attempt`` (1 for the first retry).
+
+        A server's ``retry_after`` (seconds, see `parse_retry_after`) wins over the backoff,
+        capped at ``retry_after_max``. ``rand`` returns a float in [0, 1) (for tests).
+        """
+        if retry_after is not None:
+            return min(max(float(retry_after), 0.0), self.retry_after_max)
+        backoff = min(self.backoff_max, self.backoff_factor * 2 ** max(attempt - 1, 0))
+        spread = 1.0 + self.jitter * (2.0 * rand() - 1.0)
+        return min(self.backoff_max, backoff * spread)
+
+
+    def start(self, *, sleep=time.sleep, clock=time.monotonic, rand=random.random):
+        """Begin one call: a `RetryState` that counts its retries and time against this policy.
+
+        For loops that cannot live in the transport adapter (a download resumed with
+        ``Range`` after its body broke off): they ask the state whether to try again,
+        so every retry in the package obeys one policy and one budget.
+        """
+        return RetryState(self, sleep=sleep, clock=clock, rand=rand)
+
+
+class RetryState:
+    """The retries one call has used, under a `RetryPolicy`.
+
+    Parameters
+    ----------
+    policy : `RetryPolicy`
+    sleep, clock, rand : callable
+        Injected for tests (``time.sleep``, ``time.monotonic``, ``random.random``).
+    """
+
+    def __init__(self, policy, *, sleep=time.sleep, clock=time.monotonic, rand=random.random):
+        self.policy = policy
+        self.retries = 0
+        self._sleep, self._clock, self._rand = sleep, clock, rand
+        self._started = clock()
+
+    @property
+    def elapsed(self):
+        """Seconds since the call began."""
+        return self._clock() - self._started
+
+    def next_delay(self, retry_after=None):
+        """The wait before the next retry, or None when the retries or the budget are spent."""
+        if self.retries >= self.policy.total:
+            return None
+        delay = self.policy.delay(self.retries + 1, retry_after, rand=self._rand)
+        if self.policy.budget is not None and self.elapsed + delay > self.policy.budget:
+            return None
+        return delay
+
+    def wait(self, retry_after=None):
+        """Sleep before the next retry and count it; False (no sleep) when none is left."""
+        delay = self.next_delay(retry_after)
+        if delay is None:
+            return False
+        self.retries += 1
+        self._sleep(delay)
+        return True
+
 
 #: Methods that may be sent twice (RFC 9110 idempotent methods).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT", "TRACE"})
@@ -135,7 +281,7 @@ class ApiRetryAdapter(HTTPAdapter):
 
     Parameters
     ----------
-    policy : `~astroquery_casda_ext.download.RetryPolicy`, optional
+    policy : `RetryPolicy`, optional
         Retries and delays; by default ``RetryPolicy(total=conf.request_retries)``,
         read at each request (so ``conf.set_temp`` works).
     sleep : callable, optional

@@ -8,7 +8,8 @@ no unverified file under its final name.  The emulator here has its own bulk pro
 import pytest
 import requests
 
-from astroquery_casda_ext.download import Downloader, RetryPolicy
+from astroquery_casda_ext.download import Downloader
+from astroquery_casda_ext.transport import RetryPolicy
 from astroquery_casda_ext.emulator import CasdaEmulator, EmulatorOptions, FaultRule
 from astroquery_casda_ext.emulator.holdings import HoldingsConfig
 from astroquery_casda_ext.errors import ChecksumMismatchError, DownloadError
