@@ -83,7 +83,8 @@ def test_valid_parameters_pass(params):
     ({"pos": ["CIRCLE  10 10 1"]}, "UsageFault: Invalid POS value CIRCLE  10 10 1"),
     ({"pos": ["BOX 10 10 1 1"]}, "UsageFault: Invalid POS value BOX 10 10 1 1"),
     ({"pos": ["RANGE 10 11 -5"]}, "UsageFault: Invalid POS value RANGE 10 11 -5"),
-    ({"pos": ["RANGE 10 11 5 -5"]}, "UsageFault: Invalid POS value RANGE 10 11 5 -5"),
+    ({"pos": ["RANGE +Inf 11 5 6"]}, "UsageFault: Invalid POS value RANGE +Inf 11 5 6"),
+    ({"pos": ["RANGE 10 -Inf 5 6"]}, "UsageFault: Invalid POS value RANGE 10 -Inf 5 6"),
     ({"circle": ["CIRCLE 10 10 1"]}, "UsageFault: Invalid CIRCLE value CIRCLE 10 10 1"),
     ({"polygon": ["1 2 3 4"]}, "UsageFault: Invalid POLYGON value 1 2 3 4"),
     ({"polygon": ["1 2 3 4 5 6e1"]}, "UsageFault: Invalid POLYGON value 1 2 3 4 5 6e1"),
@@ -161,6 +162,24 @@ def test_range_and_polygon_regions_select_a_box(image, bright, tmp_path):
         assert 0 < a[0].data.shape[-1] < 20
         assert a[0].data.max() * 1000 == pytest.approx(bright["flux_peak"], rel=0.01)
         assert c[0].data.shape == (1, 1, 192, 192)
+
+
+def test_range_with_descending_dec_bounds_is_valid():
+    """casda_data_access ``AsyncFunctionalTest.testSingleParameterChanges`` posts
+    ``pos=RANGE 135 136.1 -45.56 -46.23`` and expects 303: ``PositionParamProcessor`` checks
+    each bound's range, not their order."""
+    assert validate_soda_params({"pos": ["RANGE 135 136.1 -45.56 -46.23", "RANGE 10 11 5 -5"]}) == []
+
+
+def test_descending_dec_bounds_cut_out_the_band_between_them(image, bright, tmp_path):
+    ra, dec = bright["ra_deg_cont"], bright["dec_deg_cont"]
+    d = 0.01
+    params = {"pos": [f"RANGE {ra - d} {ra + d} {dec - d} {dec + d}",
+                      f"RANGE {ra - d} {ra + d} {dec + d} {dec - d}"]}
+    ascending, descending = process_job([image], params, tmp_path, mode="cutout", first_number=1)
+    assert descending.message is None and descending.region == params["pos"][1]
+    with fits.open(ascending.path) as a, fits.open(descending.path) as b:
+        assert np.array_equal(a[0].data, b[0].data) and a[0].data.shape[-1] > 1
 
 
 def test_band_selects_channels(line_cube, tmp_path):

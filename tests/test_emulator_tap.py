@@ -271,13 +271,13 @@ def test_created_job_is_pending_in_the_default_uws_namespace(emulator):
     job_url = create_job(emulator, QUERY=OBSCORE_TOP2)
     assert re.fullmatch(re.escape(tap_url(emulator, "async/")) + r"[0-9a-f-]{36}", job_url)
     response = requests.get(job_url, timeout=10)
-    assert response.headers["Content-Type"].startswith("application/xml")
+    assert response.headers["Content-Type"].startswith("text/xml")
     assert re.search(r'<job xmlns="http://www\.ivoa\.net/xml/UWS/v1\.0"', response.text)
     job = ET.fromstring(response.content)
     assert job.find(f"{UWS}phase").text == "PENDING"
     parameters = {p.get("id"): p.text for p in job.find(f"{UWS}parameters")}
     assert parameters == {"request": "doQuery", "lang": "ADQL", "query": OBSCORE_TOP2}
-    assert job.find(f"{UWS}results") is None
+    assert list(job.find(f"{UWS}results")) == []
     assert requests.get(job_url + "/phase", timeout=10).text == "PENDING"
 
 
@@ -300,7 +300,8 @@ def test_run_goes_to_completed_with_a_percent_encoded_result_href(emulator):
     href = result.get(XLINK_HREF)
     assert href.startswith("http%3A%2F%2F127.0.0.1%3A")
     assert unquote(href) == job_url + "/results/result"
-    assert job.find(f"{UWS}startTime").text.endswith("Z") and job.find(f"{UWS}endTime").text
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", job.find(f"{UWS}startTime").text)
+    assert job.find(f"{UWS}endTime").text
     table = votable(requests.get(unquote(href), timeout=10))
     assert list(table["obs_publisher_did"]) == ["cube-1001", "cube-1002"]
 
@@ -317,8 +318,7 @@ def test_job_resources_answer_in_plain_text_and_xml(emulator):
     wait_for_final(job_url)
     assert requests.get(job_url + "/phase", timeout=10).text == "COMPLETED"
     assert requests.get(job_url + "/executionduration", timeout=10).text == "360000"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
-                        requests.get(job_url + "/destruction", timeout=10).text)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", requests.get(job_url + "/destruction", timeout=10).text)
     assert requests.get(job_url + "/quote", timeout=10).status_code == 200
     assert requests.get(job_url + "/owner", timeout=10).status_code == 200
     parameters = ET.fromstring(requests.get(job_url + "/parameters", timeout=10).content)
@@ -348,7 +348,7 @@ def test_failing_query_ends_in_error_with_casda_message(emulator):
     assert job.find(f"{UWS}phase").text == "ERROR"
     summary = job.find(f"{UWS}errorSummary")
     assert summary.find(f"{UWS}message").text == "Unknown query language: SQL"
-    assert job.find(f"{UWS}results") is None
+    assert list(job.find(f"{UWS}results")) == []
     assert error_text(requests.get(job_url + "/error", timeout=10)) == "Unknown query language: SQL"
     assert requests.get(job_url + "/results/result", timeout=10).status_code == 404
 

@@ -143,13 +143,28 @@ def _parse_polygon(parts, pattern):
     return values if all(_valid_position(ra, dec) for ra, dec in points) else None
 
 
+def _range_bound(text, infinity):
+    """A RANGE bound: a number, or ``infinity`` (``-Inf`` for a lower bound, ``+Inf`` for an upper)."""
+    if text == infinity:
+        return -math.inf if infinity.startswith("-") else math.inf
+    return float(text) if _NUMBER.match(text) else None
+
+
 def _parse_range(parts):
-    values = _numbers(parts, _NUMBER, infinite=True)
-    if values is None or len(values) != 4:
+    """``ra1 ra2 dec1 dec2`` as CASDA's ``PositionParamProcessor.RANGE_PATTERN`` reads it.
+
+    Each pair is (``-Inf`` or a number, ``+Inf`` or a number) and only the ranges of the
+    numbers are checked, not their order: ``RANGE 135 136.1 -45.56 -46.23`` is valid at
+    CASDA (``AsyncFunctionalTest.testSingleParameterChanges``).  `_bounds` reads a
+    descending Dec pair as the band between the two values.
+    """
+    if len(parts) != 4:
+        return None
+    values = tuple(_range_bound(text, infinity) for text, infinity in zip(parts, ("-Inf", "+Inf") * 2))
+    if any(value is None for value in values):
         return None
     ra1, ra2, dec1, dec2 = values
-    ok = _valid_position(ra1, dec1) and _valid_position(ra2, dec2) and dec1 <= dec2
-    return values if ok and not (ra1 == ra2 == math.inf or ra1 == ra2 == -math.inf) else None
+    return values if _valid_position(ra1, dec1) and _valid_position(ra2, dec2) else None
 
 
 def _parse_region(name, value):
@@ -297,7 +312,9 @@ def _bounds(region):
         start, width = _ra_span(ra1, ra2)
         finite = not any(math.isinf(v) for v in region.numbers)
         centre = ((start + width / 2.0) % 360.0, (dec1 + dec2) / 2.0) if finite else None
-        return start, width, max(dec1, -90.0), min(dec2, 90.0), centre
+        # Descending Dec bounds are accepted by CASDA; the band between them is meant.
+        dec_low, dec_high = min(dec1, dec2), max(dec1, dec2)
+        return start, width, max(dec_low, -90.0), min(dec_high, 90.0), centre
     ras, decs = np.array(region.numbers[0::2]), np.array(region.numbers[1::2])
     # The bounding box is taken around the first vertex, so polygons across RA 0 stay small.
     offsets = (ras - ras[0] + 180.0) % 360.0 - 180.0

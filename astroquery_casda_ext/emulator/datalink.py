@@ -56,11 +56,11 @@ PAWSEY_ASYNC_DESCRIPTION = "Scripted file access via Pawsey Centre. " + PAWSEY_N
 NO_PERMISSION = "DefaultFault: Sorry, but you do not have permission to access this data product"
 
 #: Meta RESOURCEs in the order vo_tools v1.24+ writes them: (ID, name, DESCRIPTION).
-#: The two download descriptions are not in any public source; they are our wording.
+#: The download descriptions are vo_tools' ``datalink/service.authenticated.released.xml``.
 SERVICES = (
     ("pawsey_async_service", "DownloadToPawseyService",
-     "Stage data products for download inside the Pawsey Centre network"),
-    ("async_service", "DownloadService", "Stage data products for download via the web"),
+     "Asynchronous download of the file(s) to servers within the Pawsey Supercomputing Centre."),
+    ("async_service", "DownloadService", "Asynchronous download of the file(s) to any server."),
     ("cutout_service", "CASDA Image Generation Service", "Generate a cutout image or cube"),
     ("spectrum_generation_service", "CASDA Spectrum Generation Service",
      "Generate a 1D spectrum for a specific region"),
@@ -68,9 +68,10 @@ SERVICES = (
 
 GENERATED_FILE_SERVICES = frozenset({"cutout_service", "spectrum_generation_service"})
 
+#: CIRCLE and POLYGON carry no ``unit`` at CASDA (``service.authenticated.released.xml``).
 INPUT_PARAMS_CURRENT = (
-    '<PARAM unit="deg" datatype="double" xtype="circle" name="CIRCLE" arraysize="3" value=""/>',
-    '<PARAM unit="deg" datatype="double" xtype="polygon" name="POLYGON" arraysize="*" value=""/>',
+    '<PARAM datatype="double" xtype="circle" name="CIRCLE" arraysize="3" value=""/>',
+    '<PARAM datatype="double" xtype="polygon" name="POLYGON" arraysize="*" value=""/>',
     '<PARAM unit="m" datatype="double" xtype="interval" name="BAND" arraysize="2" value=""/>',
     '<PARAM unit="pixel" datatype="int" xtype="interval" name="CHANNEL" arraysize="2" value=""/>',
     '<PARAM datatype="char" name="POL" arraysize="*" value=""/>',

@@ -14,6 +14,8 @@ from urllib.parse import quote
 import numpy as np
 from werkzeug.wrappers import Response
 
+from .schema import adql_datatype
+
 __all__ = [
     "java_double", "java_float", "xml_escape", "service_infos", "votable_chunks",
     "votable_error", "separated_chunks", "availability", "tap_capabilities",
@@ -492,10 +494,12 @@ def _vosi_column(column):
         value = getattr(column, attribute, None)
         if value:
             parts.append(f"          <{attribute}>{xml_escape(value)}</{attribute}>\n")
-    arraysize = column.arraysize or ("*" if (column.datatype or "char") == "char" else None)
-    size_attribute = f' arraysize="{arraysize}"' if arraysize else ""
-    parts.append(f'          <dataType xsi:type="vs:VOTableType"{size_attribute}>'
-                 f"{column.datatype or 'char'}</dataType>\n        </column>\n")
+    # vo_tools TablesController.getColumn: a vs:TAPType holding the TAP_SCHEMA datatype,
+    # with TAP_SCHEMA's size (fixed lengths only) as the ``size`` attribute.
+    size = column.arraysize if column.arraysize and column.arraysize.isdigit() else None
+    size_attribute = f' size="{size}"' if size else ""
+    parts.append(f'          <dataType xsi:type="vs:TAPType"{size_attribute}>'
+                 f"{adql_datatype(column)}</dataType>\n        </column>\n")
     return "".join(parts)
 
 
@@ -533,13 +537,12 @@ _UWS_NAMESPACES = ('xmlns="http://www.ivoa.net/xml/UWS/v1.0" '
 
 
 def uws_time(moment):
-    """A UWS timestamp, UTC with milliseconds and ``Z``.
+    """A TAP job timestamp as CASDA's UWS 4.1 library writes it: ``yyyy-MM-ddTHH:mm:ss``.
 
-    CASDA's SODA jobs show ``+0800`` offsets, which astropy (and so pyvo's UWS parser)
-    cannot read; TAP jobs, which clients drive with pyvo, use this form.
+    ``ISO8601Format`` with ``displayTimeZone = false`` and ``displayMilliseconds = false``:
+    no milliseconds and no zone (the emulator writes UTC).
     """
-    moment = moment.astimezone(_dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _uws_element(name, value):
@@ -571,23 +574,23 @@ def _result_xml(job, job_url, href_style, indent):
 def tap_job(job, *, job_url, href_style):
     """The UWS document of a TAP async job (``job`` is a ``backend.TapJob``).
 
-    Written as CASDA's UWS 4.1 library does: UWS 1.0 as the default namespace, no runId
-    or quote, ``<results>`` only when there is a result, ``<errorSummary>`` only on error,
-    and (``href_style="encoded"``) the result href percent-encoded whole.
+    Written as CASDA's UWS 4.1 library does (``XMLSerializer.getJob``): UWS 1.0 as the
+    default namespace; jobId, ownerId, phase, ``quote xsi:nil``, startTime, endTime,
+    executionDuration, destruction, parameters, results, in that order (no runId: it is
+    null); ``<errorSummary>`` only on error; times by `uws_time`; and
+    (``href_style="encoded"``) the result href percent-encoded whole.
     """
     body = [
         '<?xml version="1.0" encoding="UTF-8"?>\n', f"<job {_UWS_NAMESPACES}>\n",
         f"\t<jobId>{_cdata(job.job_id)}</jobId>\n",
-        _uws_element("ownerId", None), _uws_element("phase", job.phase),
+        _uws_element("ownerId", None), _uws_element("phase", job.phase), _uws_element("quote", None),
         _uws_element("startTime", uws_time(job.start_time) if job.start_time else None),
         _uws_element("endTime", uws_time(job.end_time) if job.end_time else None),
         _uws_element("executionDuration", job.execution_duration),
         _uws_element("destruction", uws_time(job.destruction)),
         "\t<parameters>\n", _parameters_xml(job.parameters), "\t</parameters>\n",
+        "\t<results>\n", _result_xml(job, job_url, href_style, "\t\t"), "\t</results>\n",
     ]
-    result = _result_xml(job, job_url, href_style, "\t\t")
-    if result:
-        body += ["\t<results>\n", result, "\t</results>\n"]
     if job.error is not None:
         body.append(f'\t<errorSummary type="fatal" hasDetail="false">\n'
                     f"\t\t<message>{_cdata(job.error)}</message>\n\t</errorSummary>\n")

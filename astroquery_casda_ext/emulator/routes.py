@@ -21,7 +21,7 @@ from . import render
 from .adql import AdqlError
 from .backend import TapJobFailed, User
 from .datalink import ROUTES as DATALINK_ROUTES
-from .sia2 import UsageFault, build_sia2_query
+from .sia2 import DISTANCE_COLUMN, UsageFault, build_sia2_query
 from .soda import ROUTES as SODA_ROUTES
 
 __all__ = ["RequestContext", "User", "ROUTES", "VO_ROUTES", "VO_BASES", "dispatch"]
@@ -36,6 +36,8 @@ SIA2_RESOURCE = "CASDA SIAPv2 Result"
 #: vo_tools ``tap.max.records``: the row limit when MAXREC is not given.
 TAP_MAX_RECORDS = 20_000_000
 _INT32 = re.compile(r"^[+-]?\d{1,10}$")
+#: vo_tools ``TapUWService``: ``uws.setDefaultSerializer("text/xml")`` types every TAP job document.
+UWS_TYPE = "text/xml"
 
 
 @dataclass
@@ -329,7 +331,8 @@ def tap_job(ctx, job_id):
     if missing:
         return missing
     _wait_if_asked(ctx, job)
-    return _xml(render.tap_job(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href))
+    return _xml(render.tap_job(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href),
+                content_type=UWS_TYPE)
 
 
 def tap_job_delete(ctx, job_id):
@@ -383,7 +386,7 @@ def tap_job_parameters(ctx, job_id):
         if phase is not None:
             _apply_phase(ctx, job, phase)
         return _see_other(_job_url(ctx, job_id))
-    return _xml(render.tap_parameters(job))
+    return _xml(render.tap_parameters(job), content_type=UWS_TYPE)
 
 
 def tap_job_results(ctx, job_id):
@@ -392,7 +395,7 @@ def tap_job_results(ctx, job_id):
     if missing:
         return missing
     document = render.tap_results(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href)
-    return _xml(document)
+    return _xml(document, content_type=UWS_TYPE)
 
 
 def tap_job_result(ctx, job_id):
@@ -485,6 +488,9 @@ def sia2_query(ctx):
         return _sia2_response(render.votable_error(SIA2_RESOURCE, message), response_format)
     except AdqlError as exc:
         return _sia2_response(render.votable_error(SIA2_RESOURCE, exc.message), response_format)
+    if result.columns and result.columns[0].name == "distance":
+        # CASDA's SIA2 writer describes the column from siap1-fields.properties, not as ADQL's DISTANCE.
+        result.columns[0] = DISTANCE_COLUMN
     chunks = _result_chunks(ctx.backend, result, OUTPUT_FORMATS[0], place=_place(ctx),
                             query_name="SIAP  query", query_text=query.query_string, started=started,
                             resource=SIA2_RESOURCE)
