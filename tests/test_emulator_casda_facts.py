@@ -116,7 +116,8 @@ def test_tap_job_document_is_text_xml_in_uws_41_order(emulator):
     parsed = parse_job(io.BytesIO(response.content))
     assert parsed.phase == "COMPLETED" and parsed.starttime is not None and parsed.quote is None
     for sub_document in ("parameters", "results"):
-        assert requests.get(f"{job_url}/{sub_document}", timeout=30).headers["Content-Type"].startswith("text/xml")
+        response = requests.get(f"{job_url}/{sub_document}", timeout=30)
+        assert response.headers["Content-Type"].startswith("text/xml")
 
 
 def test_failing_tap_query_is_an_error_phase_with_a_message(emulator):
@@ -159,8 +160,8 @@ def test_datalink_meta_resources_have_casdas_descriptions_and_no_units_on_region
 
 def test_soda_accepts_a_range_with_descending_dec_bounds(emulator):
     job_url = soda_job(emulator)
-    response = requests.post(job_url + "/parameters/pos", data={"value": "RANGE 135 136.1 -45.56 -46.23"},
-                             allow_redirects=False, timeout=30)
+    response = requests.post(job_url + "/parameters/pos", allow_redirects=False, timeout=30,
+                             data={"value": "RANGE 135 136.1 -45.56 -46.23"})
     assert (response.status_code, response.headers["Location"], response.content) == (303, job_url, b"")
     listed = ET.fromstring(requests.get(job_url + "/parameters", timeout=30).content)
     assert {p.get("id"): p.text for p in listed}["pos"] == "RANGE 135 136.1 -45.56 -46.23"

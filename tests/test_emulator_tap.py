@@ -318,7 +318,8 @@ def test_job_resources_answer_in_plain_text_and_xml(emulator):
     wait_for_final(job_url)
     assert requests.get(job_url + "/phase", timeout=10).text == "COMPLETED"
     assert requests.get(job_url + "/executionduration", timeout=10).text == "360000"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", requests.get(job_url + "/destruction", timeout=10).text)
+    destruction = requests.get(job_url + "/destruction", timeout=10).text
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", destruction)
     assert requests.get(job_url + "/quote", timeout=10).status_code == 200
     assert requests.get(job_url + "/owner", timeout=10).status_code == 200
     parameters = ET.fromstring(requests.get(job_url + "/parameters", timeout=10).content)
