@@ -167,7 +167,7 @@ def test_soda_accepts_a_range_with_descending_dec_bounds(emulator):
     assert {p.get("id"): p.text for p in listed}["pos"] == "RANGE 135 136.1 -45.56 -46.23"
 
 
-# --- da AsyncFunctionalTest.testScheduleJob*, testAbort*, testCancel* ----------------------------------------
+# --- da AsyncFunctionalTest.testScheduleJob*, testAbort*, testCancel* ----------------------------
 
 @pytest.mark.parametrize("how", ["RUN", "ABORT", "DELETE", "ACTION=DELETE"])
 def test_soda_303s_have_an_empty_body_and_no_content_type(emulator, how):
