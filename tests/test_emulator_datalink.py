@@ -13,7 +13,7 @@ import requests
 from astropy.io.votable import parse
 from pyvo.dal.adhoc import DatalinkResults
 
-from astroquery_casda_ext.emulator.datalink import TOKEN_MODES, TokenStore
+from astroquery_casda_ext.emulator.datalink_state import TOKEN_MODES, TokenStore
 
 VOT = "{http://www.ivoa.net/xml/VOTable/v1.3}"
 RECORDED = Path(astroquery.casda.__file__).parent / "tests" / "data"

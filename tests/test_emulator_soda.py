@@ -17,7 +17,7 @@ from astropy.io.votable import parse
 from pyvo.io.uws import parse_job
 
 from astroquery_casda_ext.checksum import checksum_of_file, parse_checksum
-from astroquery_casda_ext.emulator import soda
+from astroquery_casda_ext.emulator import soda_state
 from astroquery_casda_ext.emulator.cutouts import NOTHING_MATCHED_MESSAGE
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
@@ -713,7 +713,7 @@ def test_nothing_matched_puts_the_job_in_error(emulator):
 def test_other_failures_get_casdas_generic_message(emulator, monkeypatch):
     def broken(products, out_dir):
         raise OSError("disk full")
-    monkeypatch.setattr(soda, "stage_whole_files", broken)
+    monkeypatch.setattr(soda_state, "stage_whole_files", broken)
     (cube,) = cubes(emulator, 1)
     _job_url, root = staged(emulator, [cube])
     message = root.find(f"{UWS}errorSummary").findtext(f"{UWS}message")

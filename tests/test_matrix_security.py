@@ -27,7 +27,7 @@ import urllib3.util.connection
 from astroquery_casda_ext import CasdaClass, conf
 from astroquery_casda_ext.cli import main
 from astroquery_casda_ext.credentials import Credentials, ProxyAuth
-from astroquery_casda_ext.emulator.datalink import TokenStore
+from astroquery_casda_ext.emulator.datalink_state import TokenStore
 from astroquery_casda_ext.emulator.server import EmulatorApp
 from astroquery_casda_ext.errors import (CasdaError, CasdaLoginError, DownloadError, InsecureTransportError,
                                          ServiceError, UnsafeFilenameError)

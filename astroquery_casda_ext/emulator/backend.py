@@ -1,7 +1,7 @@
 """All state of one emulated CASDA, and the verbs that change it: no HTTP, no XML.
 
 `EmulatorBackend` owns the synthetic holdings, the TAP database built from them, the
-OPAL users, DataLink tokens, SODA jobs (``soda.SodaJobStore``), TAP async jobs
+OPAL users, DataLink tokens, SODA jobs (``soda_state.DataAccessJobStore``), TAP async jobs
 (`TapJobStore`), the injected faults (`FaultList`) and the log of served requests
 (`RequestLog`).  ``reset()`` puts it back the way it started, for the next test.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from . import schema
 from .adql import TapDatabase
-from .datalink import TokenStore
+from .datalink_state import TokenStore
 from .holdings import build_holdings
 from .options import EmulatorOptions, FaultRule
-from .soda import SodaJobStore
+from .soda_state import DataAccessJobStore
 
 __all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "TapJob", "TapJobStore", "TapJobFailed",
            "EmulatorBackend", "BUILTIN_USERNAME", "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
@@ -330,8 +330,8 @@ class EmulatorBackend:
         Current options (replaced whole by `set_options`, so readers see a consistent set).
     holdings : Holdings
     database : TapDatabase
-    tokens : datalink.TokenStore
-    soda_jobs : soda.SodaJobStore
+    tokens : datalink_state.TokenStore
+    soda_jobs : soda_state.DataAccessJobStore
     tap_jobs : TapJobStore
     faults : FaultList
     request_log : RequestLog
@@ -346,7 +346,7 @@ class EmulatorBackend:
         self.database = TapDatabase(self._tables())
         self.tokens = TokenStore()
         self.jobs_dir = self.data_dir / "soda-jobs"
-        self.soda_jobs = SodaJobStore(self)
+        self.soda_jobs = DataAccessJobStore(self)
         self.tap_jobs = TapJobStore(self.data_dir / "tap-results")
         self.faults = FaultList()
         self.request_log = RequestLog()

@@ -5,10 +5,10 @@ first handler whose regex matches the request path, with the regex's named group
 keyword arguments.  Handlers read the request through a `RequestContext`, call the
 backend and ``render``, and return a werkzeug ``Response``.
 
-The VO services (``VO_ROUTES`` here and ``datalink.ROUTES``) are written relative to a VO
+The VO services (``VO_ROUTES`` here and ``datalink_routes.ROUTES``) are written relative to a VO
 base and mounted twice: under ``/casda_vo_tools/`` (anonymous) and ``/casda_vo_proxy/vo/``
 (the OPAL proxy; ``server.py`` has authenticated the user before dispatch).  SODA and
-download routes (``soda.ROUTES``) are absolute.
+download routes (``soda_routes.ROUTES``) are absolute.
 """
 import datetime as _dt
 import re
@@ -20,9 +20,9 @@ from werkzeug.wrappers import Request, Response
 from . import render
 from .adql import AdqlError
 from .backend import TapJobFailed, User
-from .datalink import ROUTES as DATALINK_ROUTES
+from .datalink_routes import ROUTES as DATALINK_ROUTES
 from .sia2 import DISTANCE_COLUMN, UsageFault, build_sia2_query
-from .soda import ROUTES as SODA_ROUTES
+from .soda_routes import ROUTES as SODA_ROUTES
 
 __all__ = ["RequestContext", "User", "ROUTES", "VO_ROUTES", "VO_BASES", "dispatch"]
 
