@@ -1,0 +1,59 @@
+"""docs/internals.rst is the module map: it names every module of the client package and of
+the emulator, names nothing that is not there, and says which client modules import the
+emulator."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "astroquery_casda_ext"
+MAP = (ROOT / "docs" / "internals.rst").read_text(encoding="utf-8")
+CLIENT_SECTION, _, EMULATOR_SECTION = MAP.partition("The emulator\n------------")
+
+
+def modules(package):
+    """The package's modules (``name.py``) and sub-packages (``name/``)."""
+    found = {path.name for path in package.glob("*.py")}
+    found |= {path.name + "/" for path in package.iterdir() if (path / "__init__.py").is_file()}
+    return found
+
+
+def table_entries(section):
+    """First-column entries of the section's module tables (rows starting with a literal)."""
+    return {match.group(1) for match in re.finditer(r"^``([^`]+)``  +\S", section, re.MULTILINE)}
+
+
+def named_files(section):
+    """Every ``something.py`` or ``something/`` literal anywhere in the section."""
+    return set(re.findall(r"``([A-Za-z_][A-Za-z0-9_]*(?:\.py|/))``", section))
+
+
+@pytest.mark.parametrize("section, package", [(CLIENT_SECTION, PACKAGE),
+                                              (EMULATOR_SECTION, PACKAGE / "emulator")], ids=["client", "emulator"])
+def test_every_module_is_in_the_map_and_every_module_in_the_map_exists(section, package):
+    existing = modules(package)
+    assert table_entries(section) == existing
+    assert named_files(section) <= existing
+
+
+def _imports_emulator(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "emulator" or node.module.startswith("emulator.")
+                or node.module.startswith("astroquery_casda_ext.emulator")):
+            return True
+        if isinstance(node, ast.Import) and any(alias.name.startswith("astroquery_casda_ext.emulator")
+                                                for alias in node.names):
+            return True
+    return False
+
+
+def test_the_map_names_the_client_modules_that_import_the_emulator():
+    importers = {path.name for path in PACKAGE.rglob("*.py")
+                 if "emulator" not in path.relative_to(PACKAGE).parts and _imports_emulator(path)}
+    statement = re.search(r"The client imports the emulator.*?\n\n", CLIENT_SECTION, re.DOTALL)
+    assert statement is not None, "the map must say where the client imports the emulator"
+    assert importers == set(re.findall(r"``(\w+\.py)``", statement.group()))
