@@ -11,7 +11,8 @@ from astropy.wcs import WCS
 
 from astroquery_casda_ext.checksum import checksum_of_file
 from astroquery_casda_ext.emulator.cutouts import (
-    NOTHING_MATCHED_MESSAGE, NothingMatched, process_job, validate_soda_params)
+    LATITUDE_FAULT, LONGITUDE_FAULT, NOTHING_MATCHED_MESSAGE, RADIUS_FAULT, NothingMatched, process_job,
+    validate_soda_params)
 from astroquery_casda_ext.emulator.holdings import (
     SPEED_OF_LIGHT, Product, build_holdings, fits_header_bytes, polarised_source, spectral_line_source)
 
@@ -61,7 +62,7 @@ def assert_sidecar_matches(path):
 # --- validation ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("params", [
-    {"id": ["token"], "pos": ["CIRCLE 187.5 -45 0.1"]},
+    {"id": ["token"], "pos": ["CIRCLE 187.5 -45 0.1", " CIRCLE 10 10 1 "]},       # CASDA trims values first
     {"pos": ["RANGE 187 188 -45.5 -44.5", "RANGE -Inf +Inf -Inf +Inf", "POLYGON 1 2 3 4 5 6"]},
     {"circle": ["1.5e-05 -2e-06 0.001"], "polygon": ["10 -10 11 -10 11 -9 10 -9"]},
     {"band": ["0.21 0.22", "-Inf 0.2", "2.1e-01 +Inf"], "channel": ["1 1", "3 30"]},
@@ -76,11 +77,17 @@ def test_valid_parameters_pass(params):
     ({"foo": ["1"]}, "UsageFault: FOO is an invalid parameter"),
     ({"responseformat": ["votable"]}, "UsageFault: RESPONSEFORMAT is an invalid parameter"),
     ({"pos": ["CIRCLE 1 2"]}, "UsageFault: Invalid POS value CIRCLE 1 2"),
-    ({"pos": ["CIRCLE 400 0 1"]}, "UsageFault: Invalid POS value CIRCLE 400 0 1"),
-    ({"pos": ["CIRCLE 10 -91 1"]}, "UsageFault: Invalid POS value CIRCLE 10 -91 1"),
-    ({"pos": ["CIRCLE 10 10 11"]}, "UsageFault: Invalid POS value CIRCLE 10 10 11"),
+    ({"pos": ["CIRCLE 400 0 1"]}, LONGITUDE_FAULT),
+    ({"pos": ["CIRCLE 10 -91 1"]}, LATITUDE_FAULT),
+    ({"pos": ["CIRCLE 10 10 11"]}, RADIUS_FAULT),
+    ({"pos": ["CIRCLE 400 -91 11"]}, LONGITUDE_FAULT),            # validateCircle: the first problem only
     ({"pos": ["CIRCLE 10 1E-5 1"]}, "UsageFault: Invalid POS value CIRCLE 10 1E-5 1"),
-    ({"pos": ["CIRCLE  10 10 1"]}, "UsageFault: Invalid POS value CIRCLE  10 10 1"),
+    ({"pos": ["CIRCLE  10 10 1"]}, LONGITUDE_FAULT),              # split on single spaces: "" is no number
+    ({"pos": ["RANGE 400 500 0 1"]}, [LONGITUDE_FAULT] * 2),
+    ({"pos": ["POLYGON 0 0 1 91 400 95"]}, [LATITUDE_FAULT, LONGITUDE_FAULT]),
+    ({"circle": ["400 0 1"]}, LONGITUDE_FAULT),
+    ({"circle": ["1 2 3e-1"]}, "UsageFault: Invalid CIRCLE value 1 2 3e-1"),  # no exponent on the radius
+    ({"polygon": ["1 2 3 4 5 -95"]}, LATITUDE_FAULT),
     ({"pos": ["BOX 10 10 1 1"]}, "UsageFault: Invalid POS value BOX 10 10 1 1"),
     ({"pos": ["RANGE 10 11 -5"]}, "UsageFault: Invalid POS value RANGE 10 11 -5"),
     ({"pos": ["RANGE +Inf 11 5 6"]}, "UsageFault: Invalid POS value RANGE +Inf 11 5 6"),
@@ -100,7 +107,10 @@ def test_valid_parameters_pass(params):
     ({"coord": ["1.4E9 1.5E9"]}, "UsageFault: Invalid COORD value 1.4E9 1.5E9"),
 ])
 def test_invalid_parameters_get_casda_messages(params, message):
-    assert validate_soda_params(params) == [message]
+    """Messages of casda_data_access ``PositionParamProcessor``, ``CircleParamProcessor``,
+    ``PolygonParamProcessor`` and the other ``*ParamProcessor`` classes."""
+    expected = message if isinstance(message, list) else [message]
+    assert validate_soda_params(params) == expected
 
 
 def test_every_problem_is_reported():

@@ -284,7 +284,8 @@ def test_added_parameters_are_validated(emulator):
     (cube,) = cubes(emulator, 1)
     job_url = new_job(emulator, tokens(emulator, [cube], "cutout_service"))
     bad = requests.post(job_url + "/parameters", data={"CIRCLE": "400 0 1"}, headers=TEXT, timeout=30)
-    assert (bad.status_code, bad.text) == (400, "FAILURE: UsageFault: Invalid CIRCLE value 400 0 1")
+    assert (bad.status_code, bad.text) == (
+        400, "FAILURE: UsageFault: Invalid longitude value. Valid range is [0,360]")
     theirs = tokens(emulator, [cube], auth=("outsider", "pw"))[0]
     foreign = requests.post(job_url + "/parameters", data={"ID": theirs}, headers=TEXT, timeout=30)
     assert (foreign.status_code, foreign.text) == (400, f"FAILURE: id '{theirs}' is not valid")

@@ -30,8 +30,10 @@ def named_files(section):
     return set(re.findall(r"``([A-Za-z_][A-Za-z0-9_]*(?:\.py|/))``", section)) - {PACKAGE.name + "/"}
 
 
-@pytest.mark.parametrize("section, package", [(CLIENT_SECTION, PACKAGE),
-                                              (EMULATOR_SECTION, PACKAGE / "emulator")], ids=["client", "emulator"])
+SECTIONS = [(CLIENT_SECTION, PACKAGE), (EMULATOR_SECTION, PACKAGE / "emulator")]
+
+
+@pytest.mark.parametrize("section, package", SECTIONS, ids=["client", "emulator"])
 def test_every_module_is_in_the_map_and_every_module_in_the_map_exists(section, package):
     existing = modules(package)
     assert table_entries(section) == existing

@@ -168,8 +168,11 @@ def _parse_range(parts):
 
 
 def _parse_region(name, value):
-    """The `_Region` for a POS/CIRCLE/POLYGON value, or None if CASDA would reject it."""
-    parts = str(value).split(" ")
+    """The `_Region` for a POS/CIRCLE/POLYGON value, or None if it cannot be read.
+
+    Accepts at least what `_region_faults` finds valid (CASDA trims the value first).
+    """
+    parts = _java_trim(str(value)).split(" ")
     key = name.lower()
     if key == "circle":
         shape, numbers = "CIRCLE", _parse_circle(parts)
@@ -209,10 +212,92 @@ def _parse_coord(value):
     return parts[0].upper(), values[0], values[-1]
 
 
+# --- CASDA's position checks (PositionParamProcessor, CircleParamProcessor, PolygonParamProcessor):
+# the value (Java-trimmed) must match the shape's pattern, else "Invalid <NAME> value <value>";
+# then each coordinate is range-checked, with a message naming the coordinate.
+_SIGNED = r"[+-]?\d+(\.\d+)?(e[+-]?\d+)?"
+_POS_SHAPES = {
+    "CIRCLE": re.compile(rf"CIRCLE( +{_SIGNED}){{3}}", re.ASCII),
+    "RANGE": re.compile(rf"RANGE( +((-Inf)|({_SIGNED})) +((\+Inf)|({_SIGNED}))){{2}}", re.ASCII),
+    "POLYGON": re.compile(rf"POLYGON( +{_SIGNED} +{_SIGNED}){{3,}}", re.ASCII),
+}
+_CIRCLE_VALUE = re.compile(r"([+-]?[0-9]+([.][0-9]+)?(e[+-]?\d+)? ){2}[+-]?[0-9]+([.][0-9]+)?", re.ASCII)
+_POLYGON_VALUE = re.compile(r"([+-]?[0-9]+([.][0-9]+)? [+-]?[0-9]+([.][0-9]+)? ){2,}[+-]?[0-9]+([.][0-9]+)? "
+                            r"[+-]?[0-9]+([.][0-9]+)?", re.ASCII)
+LONGITUDE_FAULT = "UsageFault: Invalid longitude value. Valid range is [0,360]"
+LATITUDE_FAULT = "UsageFault: Invalid latitude value. Valid range is [-90,90]"
+RADIUS_FAULT = "UsageFault: Invalid radius value. Valid range is [0,10]"
+
+
+def _java_trim(text):
+    """Java's ``String.trim`` (``StringUtils.trimToEmpty``): strips every character <= space."""
+    start, end = 0, len(text)
+    while start < end and text[start] <= " ":
+        start += 1
+    while end > start and text[end - 1] <= " ":
+        end -= 1
+    return text[start:end]
+
+
+def _out_of_range(text, low, high, *, optional=False):
+    """Whether a coordinate fails CASDA's ``verify*`` (optional ones may be -Inf/+Inf)."""
+    if optional and text in ("-Inf", "+Inf"):
+        return False
+    try:
+        value = float(text)   # the pattern already matched: only "" (doubled spaces) fails here
+    except ValueError:
+        return True
+    return not low <= value <= high
+
+
+def _circle_faults(parts):
+    """``validateCircle``: the first problem only."""
+    parts = list(parts) + [""] * 3
+    if _out_of_range(parts[0], 0.0, 360.0):
+        return [LONGITUDE_FAULT]
+    if _out_of_range(parts[1], -90.0, 90.0):
+        return [LATITUDE_FAULT]
+    return [RADIUS_FAULT] if _out_of_range(parts[2], 0.0, 10.0) else []
+
+
+def _polygon_faults(parts):
+    """``validatePolygon``: per vertex, the longitude or else the latitude problem."""
+    faults = []
+    for index in range(0, len(parts), 2):
+        if _out_of_range(parts[index], 0.0, 360.0):
+            faults.append(LONGITUDE_FAULT)
+        elif _out_of_range(parts[index + 1] if index + 1 < len(parts) else "", -90.0, 90.0):
+            faults.append(LATITUDE_FAULT)
+    return faults
+
+
+def _region_faults(name, value):
+    """CASDA's messages for one POS, CIRCLE or POLYGON value (empty when it is valid).
+
+    Like CASDA, the numbers are split on single spaces, so doubled spaces give an empty
+    (out of range) coordinate rather than a pattern error.
+    """
+    text = _java_trim(str(value))
+    key = name.lower()
+    if key == "circle":
+        return _circle_faults(text.split(" ")) if _CIRCLE_VALUE.fullmatch(text) else [
+            f"UsageFault: Invalid CIRCLE value {text}"]
+    if key == "polygon":
+        return _polygon_faults(text.split(" ")) if _POLYGON_VALUE.fullmatch(text) else [
+            f"UsageFault: Invalid POLYGON value {text}"]
+    shape = text.split(" ", 1)[0]
+    if shape not in _POS_SHAPES or not _POS_SHAPES[shape].fullmatch(text):
+        return [f"UsageFault: Invalid POS value {text}"]
+    parts = text.split(" ")[1:] if shape == "RANGE" else text[len(shape) + 1:].split(" ")
+    if shape == "CIRCLE":
+        return _circle_faults(parts)
+    if shape == "POLYGON":
+        return _polygon_faults(parts)
+    return ([LONGITUDE_FAULT for bound in parts[0:2] if _out_of_range(bound, 0.0, 360.0, optional=True)]
+            + [LATITUDE_FAULT for bound in parts[2:4] if _out_of_range(bound, -90.0, 90.0, optional=True)])
+
+
 _VALIDATORS = {
-    "pos": lambda v: _parse_region("pos", v),
-    "circle": lambda v: _parse_region("circle", v),
-    "polygon": lambda v: _parse_region("polygon", v),
     "band": lambda v: _parse_interval(v, _BAND_NUMBER),
     "channel": _parse_channel,
     "pol": lambda v: v if str(v) in POLARISATIONS else None,
@@ -244,6 +329,10 @@ def validate_soda_params(params):
         key = name.lower()
         if key not in SODA_PARAMETERS:
             messages.append(f"UsageFault: {name.upper()} is an invalid parameter")
+            continue
+        if key in SPATIAL_PARAMETERS:
+            for value in _values(values):
+                messages += _region_faults(key, value)
             continue
         check = _VALIDATORS.get(key)
         for value in _values(values) if check else ():
