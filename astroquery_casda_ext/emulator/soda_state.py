@@ -30,10 +30,12 @@ ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD"
 FINAL_PHASES = frozenset({"COMPLETED", "ERROR", "ABORTED"})
 ABORTABLE_PHASES = ("PENDING", "QUEUED", "EXECUTING")
 
+#: Parameter keys ``validateParams`` accepts (``ParamMap.ParamKeyWhitelist`` plus CHANNEL).
 PARAM_WHITELIST = frozenset({"id", "pos", "circle", "polygon", "band", "channel", "pol", "coord", "time",
                              "format"})
 SPATIAL_KEYS = ("pos", "circle", "polygon")
 
+#: Product types a SODA async job may stage (``AccessDataController.validateIdParams``).
 STAGEABLE_TYPES = frozenset({"cube", "encap", "cubelet", "visibility", "moment_map", "spectrum",
                              "evaluation"})
 
