@@ -180,3 +180,15 @@ def test_soda_303s_have_an_empty_body_and_no_content_type(emulator, how):
         response = requests.post(job_url, data={"ACTION": "DELETE"}, allow_redirects=False, timeout=30)
     assert response.status_code == 303 and response.content == b""
     assert "Content-Type" not in response.headers
+
+
+# --- the client reads all of the above -------------------------------------------------------------------
+
+def test_client_runs_async_tap_queries_on_casda_shaped_job_documents(emulator):
+    from astroquery_casda_ext import CasdaClass
+    from astroquery_casda_ext.errors import QueryError
+    casda = CasdaClass(server=emulator.url)
+    table = casda.query_tap(OBSCORE_TOP2, async_job=True)
+    assert list(table["obs_publisher_did"]) == ["cube-1001", "cube-1002"]
+    with pytest.raises(QueryError, match="no_such_table"):
+        casda.query_tap("SELECT nothing FROM casda.no_such_table", async_job=True)
