@@ -40,10 +40,11 @@ class Conf(_config.ConfigNamespace):
     timeout = _config.ConfigItem(
         30, 'Time limit in seconds for connecting to and reading from CASDA servers.')
     poll_interval = _config.ConfigItem(
-        20.0, 'Longest wait in seconds between two looks at a running job; '
+        10.0, 'Longest wait in seconds between two looks at a running job; '
         'polling starts at poll_first and backs off to this.')
     poll_first = _config.ConfigItem(
-        1.0, 'First wait in seconds before looking at a job that was just started.')
+        0.5, 'First wait in seconds before looking at a job that was just started '
+        '(and the shortest wait between two looks).')
     job_timeout = _config.ConfigItem(
         86400.0, 'Seconds to wait for a staging or cutout job before giving up (0 = no limit). '
         'The job keeps running on the server and can be resumed by URL.')
@@ -58,6 +59,12 @@ class Conf(_config.ConfigNamespace):
     request_retries = _config.ConfigItem(
         5, 'Retries of a query, DataLink or job request when CASDA answers 429/5xx or the '
         'connection breaks (requests that are not safe to repeat are retried only on 429/503).')
+    request_budget = _config.ConfigItem(
+        30.0, 'Longest time in seconds one query, DataLink or job request may take, retries and '
+        'their waits included, before its failure is raised (0 = no limit beyond request_retries).')
+    unknown_phase_polls = _config.ConfigItem(
+        20, 'Looks at a job in a phase this client does not know before giving up with JobError '
+        '(the phase is logged once and taken as not final until then).')
 
 
 conf = Conf()

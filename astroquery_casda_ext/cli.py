@@ -207,10 +207,7 @@ class Options:
     def policy(self):
         """The job polling policy: ``--poll-interval`` if given, else the configuration's."""
         from .jobs import PollPolicy
-        if self.poll_interval is None:
-            return PollPolicy.from_conf()
-        return PollPolicy(first=min(float(conf.poll_first), self.poll_interval), cap=self.poll_interval,
-                          timeout=float(conf.job_timeout) or None)
+        return PollPolicy.from_conf(self.poll_interval)
 
     @property
     def console(self):
@@ -264,7 +261,7 @@ def job_options(func):
     """The option of commands that follow SODA jobs."""
     return click.option("--poll-interval", type=click.FloatRange(min=0.05), metavar="SECONDS",
                         help="Longest wait between two looks at a running job "
-                             "(default: the configuration's poll_interval, 20 s).")(func)
+                             "(default: the configuration's poll_interval, 10 s).")(func)
 
 
 @contextlib.contextmanager

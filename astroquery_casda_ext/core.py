@@ -15,13 +15,13 @@ from astroquery.query import BaseVOQuery, QueryWithLogin
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
-from .credentials import ProxyAuth, find_password, store_password as save_password
+from .credentials import ProxyAuth, find_password, guard_session, store_password as save_password
 from .discovery import Discovery
 from .download import Downloader
 from .endpoints import Endpoints
-from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, NotLoggedInError,
-                     ServiceError, redact_url)
-from .jobs import PollPolicy, SodaJob
+from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobError, JobSubmissionError,
+                     NotLoggedInError, ServiceError, redact_url)
+from .jobs import PollPolicy, SodaJob, wait_all
 from .soda_params import SodaRequest, label_results, require_request
 from .transport import RetryPolicy, describe_failure, install_log_redaction, mount_api_retries
 
@@ -64,9 +64,12 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         # queries, DataLink and job requests are sent again when CASDA is busy (429/5xx) or
         # a connection breaks; downloads retry (and resume) on their own
         mount_api_retries(self._session)
+        # the password goes only under the proxy prefix, checked again at every redirect hop
+        guard_session(self._session, self._may_carry_credentials)
         install_log_redaction()
         self._server = server
         self._credentials = None
+        self._services = (None, None, None)   # (what they were built for, Discovery, DataLinkClient)
         self.USERNAME = conf.username
 
     def __repr__(self):
@@ -86,18 +89,33 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             return None
         return ProxyAuth(self._credentials, self.endpoints.vo_proxy)
 
+    def _may_carry_credentials(self, url):
+        auth = self._proxy_auth()
+        return auth is not None and auth.applies_to(url)
+
+    def _built_services(self):
+        """One `Discovery` (with its pyvo services) and one DataLink client for the session's
+        life, as astroquery.ipac.irsa keeps its services; rebuilt only when the server, the
+        login or the settings they were built with change."""
+        endpoints = self.endpoints
+        key = (endpoints, self._credentials, conf.timeout, int(conf.datalink_batch_size))
+        if self._services[0] != key:
+            auth = self._proxy_auth()
+            self._services = (key,
+                              Discovery(self._session, endpoints, auth=auth, timeout=conf.timeout),
+                              DataLinkClient(self._session, endpoints.datalink_url, auth=auth,
+                                             batch_size=int(conf.datalink_batch_size), timeout=conf.timeout))
+        return self._services
+
     @property
     def _discovery(self):
-        return Discovery(self._session, self.endpoints, auth=self._proxy_auth(), timeout=conf.timeout)
+        return self._built_services()[1]
 
     def _datalink(self):
-        return DataLinkClient(self._session, self.endpoints.datalink_url, auth=self._proxy_auth(),
-                              batch_size=int(conf.datalink_batch_size), timeout=conf.timeout)
+        return self._built_services()[2]
 
     def _poll_policy(self, poll_interval=None):
-        cap = float(poll_interval if poll_interval is not None else conf.poll_interval)
-        return PollPolicy(first=min(float(conf.poll_first), cap), cap=cap,
-                          timeout=float(conf.job_timeout) or None)
+        return PollPolicy.from_conf(poll_interval)
 
     def _require_login(self):
         if self._credentials is None:
@@ -355,7 +373,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         """Reattach to a SODA job by its URL (e.g. in a new process), without creating a new one."""
         return SodaJob.load(self._session, job_url, timeout=conf.timeout)
 
-    def stage_data(self, table, *, verbose=False, wait=True, poll_interval=None):
+    def stage_data(self, table, *, verbose=False, wait=True, poll_interval=None, on_error="abort"):
         """Stage whole files of the products in ``table`` for download.
 
         Parameters
@@ -368,23 +386,29 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             If False, return the started jobs at once instead of waiting for them.
         poll_interval : float, optional
             Longest wait between two looks at a job (default ``conf.poll_interval``).
+        on_error : {'abort', 'keep'}, optional
+            When creating or starting one of several jobs fails: abort the jobs already
+            started (default), or keep them running and hand them back in the
+            `~astroquery_casda_ext.errors.JobSubmissionError` (``jobs``, ``job_urls``).
 
         Returns
         -------
         list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
             With ``wait=True``, the URLs of every staged file and of its ``.checksum`` (as
-            ``astroquery.casda``); with ``wait=False``, the running jobs.
+            ``astroquery.casda``); with ``wait=False``, the running jobs.  Every job URL is
+            also logged (INFO) as soon as the job exists.
         """
+        _check_on_error(on_error)
         self._require_login()
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, STAGING_SERVICE, {}, verbose)
+        jobs = self._submit(table, STAGING_SERVICE, {}, verbose, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def cutout(self, table, *, coordinates=None, radius=1 * u.arcmin, height=None, width=None,
                polygon=None, band=None, channel=None, pol=None, rest_frequency=None, verbose=False,
-               wait=True, poll_interval=None):
+               wait=True, poll_interval=None, on_error="abort"):
         """Cut regions out of each product in ``table`` on the server, in as few jobs as possible.
 
         Every region × every spectral window is cut from every product whose footprint
@@ -413,12 +437,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             Stokes parameters to keep, e.g. ``['Q', 'U']``.
         wait : bool, optional
             If False, return the started jobs at once.
+        on_error : {'abort', 'keep'}, optional
+            As in `stage_data`.
 
         Returns
         -------
         list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
             The URLs of every cutout and its ``.checksum``, or the running jobs.
         """
+        _check_on_error(on_error)
         request = SodaRequest.build(coordinates=coordinates,
                                     radius=_cone_radius(radius, width, height, polygon),
                                     height=height, width=width, polygon=polygon, band=band,
@@ -428,52 +455,83 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), verbose, request=request)
+        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), verbose, request=request,
+                            on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
-                verbose=False, wait=True, poll_interval=None):
+                verbose=False, wait=True, poll_interval=None, on_error="abort"):
         """Extract 1-D spectra at positions from cubes, with CASDA's spectrum generation service.
 
-        Parameters are as in `cutout`; ``radius`` is the aperture (default 1 arcmin).
+        Parameters are as in `cutout` (``on_error`` too); ``radius`` is the aperture (default 1 arcmin).
 
         Returns
         -------
         list of str, or list of `~astroquery_casda_ext.jobs.SodaJob`
         """
+        _check_on_error(on_error)
         request = SodaRequest.build(coordinates=coordinates, radius=1 * u.arcmin if radius is None else radius,
                                     band=band, channel=channel, pol=pol)
         self._require_login()
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), verbose, request=request)
+        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), verbose, request=request,
+                            on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
-    def _submit(self, table, service, params, verbose, request=None):
-        """Create and run as few jobs as possible (``conf.job_batch_size`` products each)."""
+    def _submit(self, table, service, params, verbose, request=None, on_error="abort"):
+        """Create and run as few jobs as possible (``conf.job_batch_size`` products each).
+
+        Each job URL is logged (INFO) the moment the job exists.  If job k of n cannot be
+        created or started, the jobs before it are aborted (``on_error="abort"``) or handed
+        back in the `JobSubmissionError` (``"keep"``), never left running unknown.
+        """
         report = self._datalink().tokens_for(product_ids_from_table(table), service)
         size = max(1, int(conf.job_batch_size))
+        batches = [report.tokens[start:start + size] for start in range(0, len(report.tokens), size)]
         jobs = []
-        for start in range(0, len(report.tokens), size):
-            batch = report.tokens[start:start + size]
-            job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
-                                 params or None, timeout=conf.timeout)
-            job.request = request
-            job.run()
-            if verbose:
-                log.info(f"Started {service} job {job.url} for {len(batch)} product(s)")
-            jobs.append(job)
+        for number, batch in enumerate(batches, 1):
+            job = None
+            try:
+                job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
+                                     params or None, timeout=conf.timeout, request=request)
+                jobs.append(job)
+                job.run()
+            except JobError as exc:
+                raise self._submission_failed(jobs, number, len(batches), exc, on_error) from exc
+            log.info(f"Started {service} job {job.url} ({number} of {len(batches)}, "
+                     f"{len(batch)} product(s))")
         return jobs
+
+    @staticmethod
+    def _submission_failed(jobs, number, total, exc, on_error):
+        """The `JobSubmissionError` for job ``number`` of ``total``, after aborting or keeping the rest."""
+        what = f"job {number} of {total} could not be {'started' if exc.job_url else 'created'}: {exc}"
+        if on_error == "keep" or not jobs:
+            kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
+            return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],
+                                      server_message=exc.server_message)
+        left = []
+        for job in jobs:
+            try:
+                job.abort()
+            except JobError:
+                left.append(job)
+        log.info(f"Aborted {len(jobs) - len(left)} job(s) of this call after the failure")
+        tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
+                if left else f"; the {len(jobs)} job(s) already made were aborted")
+        return JobSubmissionError(what + tail, jobs=left, job_urls=[job.url for job in left],
+                                  server_message=exc.server_message)
 
     def _finish(self, jobs, wait, verbose, policy):
         if not wait:
             return jobs
+        on_phase = (lambda job, phase, elapsed: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
+            if verbose else None
+        wait_all(jobs, policy, on_phase=on_phase)
         urls = []
         for job in jobs:
-            on_phase = (lambda phase, elapsed, job=job: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
-                if verbose else None
-            job.wait(policy, on_phase=on_phase)
             job.raise_if_error()
             _report_misses(job)
             urls.extend(job.result_urls())
@@ -482,7 +540,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     def cutout_table(self, job):
         """A table naming, for each file of a finished cutout job, its product and region."""
         errors = [f.message or "" for f in job.error_files(fetch_messages=True)]
-        return label_results(job.result_files(), getattr(job, "request", None) or SodaRequest(), errors)
+        return label_results(job.result_files(), job.request or SodaRequest(), errors)
 
     # --- downloads ------------------------------------------------------------------------
 
@@ -549,6 +607,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         if save_manifest:
             manifest.save()
         return manifest
+
+
+def _check_on_error(on_error):
+    if on_error not in ("abort", "keep"):
+        raise InvalidInputError(f"on_error must be 'abort' or 'keep', not {on_error!r}")
 
 
 def _no_rows(table):

@@ -16,9 +16,13 @@ prompt                      ``getpass`` when standard input is a terminal
 ==========================  ===============================================================
 
 `ProxyAuth` then decides, per URL, whether a request gets the credentials: only
-CASDA's authenticated VO proxy does (see its docstring).  Nothing in this module
+CASDA's authenticated VO proxy does (see its docstring).  `guard_session` keeps it so
+through redirects (the header is re-checked at every hop) and scrubs credentials a
+server echoes back out of the answers that carried them.  Nothing in this module
 prints, logs or puts a password into an exception.
 """
+import base64
+import binascii
 import getpass
 import ipaddress
 import os
@@ -32,10 +36,10 @@ import requests
 from keyring.errors import KeyringError
 
 from . import conf
-from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url
+from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url, scrub_secrets
 
 __all__ = ["KEYRING_SERVICE", "PASSWORD_ENV_VARS", "USER_ENV_VAR", "Credentials", "find_password",
-           "read_password_file", "store_password", "ProxyAuth"]
+           "read_password_file", "store_password", "ProxyAuth", "guard_session", "basic_secrets"]
 
 #: Keyring service name; the same as astroquery.casda's, so stored passwords keep working.
 KEYRING_SERVICE = "astroquery:casda.csiro.au"
@@ -273,3 +277,78 @@ class ProxyAuth:
             raise InsecureTransportError(f"refusing to send the CASDA password over plain {scheme} to "
                                          f"{redact_url(url)}; use https")
         return requests.auth.HTTPBasicAuth(self.credentials.username, self.credentials.password)
+
+
+# --- redirects and echoes -----------------------------------------------------------------
+
+def basic_secrets(authorization):
+    """What must never be shown of an ``Authorization: Basic ...`` header value.
+
+    The header itself, its base64 value, and the password in it (also ``user:password``).
+    Empty for other schemes and for headers that do not decode.
+    """
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return ()
+    value = value.strip()
+    try:
+        pair = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return (authorization, value)
+    password = pair.partition(":")[2]
+    return tuple(item for item in (authorization, value, pair, password) if item)
+
+
+class _RedirectGuard:
+    """`requests.Session.rebuild_auth` that also drops ``Authorization`` off the proxy.
+
+    requests keeps the header on a redirect to the same host (another path included); the
+    password must reach nothing but the proxy prefix, so every hop is checked again.
+    """
+
+    def __init__(self, session, allowed):
+        self._session, self._allowed = session, allowed
+
+    def __call__(self, prepared_request, response):
+        requests.Session.rebuild_auth(self._session, prepared_request, response)
+        if "Authorization" in prepared_request.headers and not self._allowed(prepared_request.url):
+            del prepared_request.headers["Authorization"]
+
+
+def _scrub_echo(response, *args, **kwargs):
+    """Response hook: remove from an answer any credentials its request carried.
+
+    A server (or a proxy's error page) may echo the request's ``Authorization`` header or
+    the password; the answer's text then reaches exception messages.  Answers already read
+    (every API answer: the retry adapter reads them) and error answers are scrubbed;
+    streamed successful answers (large query results) are left to stream.
+    """
+    secrets = basic_secrets(response.request.headers.get("Authorization"))
+    if not secrets or not (response._content_consumed or response.status_code >= 400):
+        return response
+    content = response.content or b""
+    encoding = response.encoding or "utf-8"
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in {secret.encode("utf-8"), secret.encode(encoding, "ignore")}:
+            if form and form in content:
+                content = content.replace(form, b"***")
+    response._content = content
+    response.reason = scrub_secrets(response.reason, secrets)
+    return response
+
+
+def guard_session(session, allowed):
+    """Keep credentials on the proxy through redirects, and out of echoed answers.
+
+    Parameters
+    ----------
+    session : `requests.Session`
+    allowed : callable
+        ``allowed(url) -> bool``: whether ``url`` may carry the ``Authorization`` header
+        (e.g. `ProxyAuth.applies_to` of the current login; False when logged out).
+    """
+    session.rebuild_auth = _RedirectGuard(session, allowed)
+    hooks = session.hooks.setdefault("response", [])
+    if _scrub_echo not in hooks:
+        hooks.insert(0, _scrub_echo)
+    return session

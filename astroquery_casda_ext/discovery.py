@@ -34,8 +34,7 @@ from pyvo.dal.tap import TAPQuery, escape
 
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
-from . import conf
-from .transport import RetryPolicy
+from .transport import gave_up, one_call
 from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
@@ -577,15 +576,19 @@ class Discovery:
         return _repair_units(table)
 
     def _run_sync(self, service, query, maxrec):
-        """``run_sync``, sent again when the answer breaks off while pyvo parses it."""
-        policy = RetryPolicy(total=int(conf.request_retries))
-        for attempt in range(policy.total + 1):
-            try:
-                return service.run_sync(query, maxrec=maxrec)
-            except Exception as exc:  # pyvo and astropy wrap transport errors in their own types
-                if attempt == policy.total or not _broke_off(exc):
-                    raise
-                self._sleep(policy.delay(attempt + 1))
+        """``run_sync``, sent again when the answer breaks off while pyvo parses it.
+
+        The transport adapter retries until the answer's headers arrive; a body that breaks
+        off after that can only be asked for again here.  Both share one `one_call` state,
+        so the query gets one retry count and one time budget, not one per layer.
+        """
+        with one_call() as call:
+            while True:
+                try:
+                    return service.run_sync(query, maxrec=maxrec)
+                except Exception as exc:  # pyvo and astropy wrap transport errors in their own types
+                    if not _broke_off(exc) or gave_up(exc) or not call.retry():
+                        raise
 
     def _run_async(self, tap_url, session, query, maxrec):
         # pyvo's AsyncTAPJob cannot read CASDA's job documents (timestamps like

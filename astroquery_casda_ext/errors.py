@@ -19,6 +19,7 @@ __all__ = [
     "NotLoggedInError", "CasdaLoginError", "InsecureTransportError",
     "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
+    "JobSubmissionError", "scrub_secrets",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
 ]
@@ -129,29 +130,81 @@ class NoAccessError(CasdaError, ValueError):
 # --- jobs -------------------------------------------------------------------------------------
 
 class JobError(CasdaError, ValueError):
-    """A SODA/UWS job could not be used; ``job_url`` names it."""
+    """A SODA/UWS job could not be used.
 
-    def __init__(self, message, *, job_url=None, phase=None, server_message=None):
-        super().__init__(message)
+    Attributes
+    ----------
+    job_url : str or None
+        The job's URL: all that is needed to find it again.
+    resume : str or None
+        The call that picks the job up again, e.g. ``Casda.load_job('https://.../data/async/1a2b')``;
+        the message says it too while the job may still be running.
+    job_urls : list of str
+        Every job of the call that failed (several for a large ``stage_data``).
+    phase, server_message : str or None
+        The job's last phase and the server's own words.
+    """
+
+    #: Whether the job can still be waited for (not once it failed, expired or is gone).
+    resumable = True
+
+    def __init__(self, message, *, job_url=None, phase=None, server_message=None, job_urls=None):
         self.job_url = job_url
+        self.resume = f"Casda.load_job({job_url!r})" if job_url else None
+        if self.resume and self.resumable and "load_job(" not in message:
+            message = f"{message.rstrip('. ')}; the job is kept on CASDA: resume it with {self.resume}"
+        super().__init__(message)
         self.phase = phase
         self.server_message = server_message
+        self.job_urls = list(job_urls) if job_urls else ([job_url] if job_url else [])
 
 
 class JobFailedError(JobError):
     """The job ended in ERROR or ABORTED; ``server_message`` is its errorSummary."""
 
+    resumable = False
+
 
 class JobExpiredError(JobError):
     """The job has expired on the server (HTTP 410): stage the data again."""
+
+    resumable = False
 
 
 class JobNotFoundError(JobError):
     """The server does not know this job (HTTP 404)."""
 
+    resumable = False
+
 
 class JobTimeoutError(JobError, TimeoutError):
     """The job did not finish within the allowed time. It is still running; resume it by URL."""
+
+
+class JobSubmissionError(JobError):
+    """Creating or starting one of a call's jobs failed.
+
+    With ``on_error="abort"`` (the default) the jobs already created were aborted; with
+    ``on_error="keep"`` they keep running and ``jobs`` (and ``job_urls``) hand them back.
+    """
+
+    resumable = False
+
+    def __init__(self, message, *, jobs=(), **kwargs):
+        super().__init__(message, **kwargs)
+        self.jobs = list(jobs)
+
+
+def scrub_secrets(text, secrets):
+    """``text`` with every one of ``secrets`` (passwords, Basic values, tokens) replaced by ``***``.
+
+    For server text that reaches an exception or a log: a server may echo what it was sent.
+    """
+    if not text:
+        return text
+    for secret in sorted((value for value in secrets if value and len(value) >= 3), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 # --- downloads --------------------------------------------------------------------------------

@@ -8,9 +8,14 @@ ABORTED.  `SodaJob` is a handle on one job: it asks the server only when told to
 (`SodaJob.refresh`, `SodaJob.wait`), and `SodaJob.phase` is the phase last seen.
 
 A job is identified by its URL alone, so a wait interrupted in one process can be
-resumed in another with ``SodaJob.load(session, url)``.
+resumed in another with ``SodaJob.load(session, url)``; every `JobError` names the URL
+and the ``load_job(...)`` call that does it.  `wait_all` follows several jobs in one loop.
+
+No request is retried here: the session's transport adapter
+(`~astroquery_casda_ext.transport.ApiRetryAdapter`) is the one retry layer.
 """
 import json
+import logging
 import math
 import re
 import time
@@ -29,10 +34,14 @@ from .errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredErr
 from .transport import describe_failure
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
-           "PollPolicy", "ResultFile", "SodaJob", "product_id_of"]
+           "PollPolicy", "ResultFile", "SodaJob", "product_id_of", "wait_all"]
+
+log = logging.getLogger(__name__)
 
 #: Phases in which a job is still going somewhere.  SUSPENDED (CASDA: staging from tape)
-#: and HELD (paused by an operator) are *not* final; UNKNOWN counts as active too.
+#: and HELD (paused by an operator) are *not* final.  Any other phase (UWS's UNKNOWN, or
+#: one a newer CASDA invents) is logged once and waited through for
+#: ``PollPolicy.unknown_phase_polls`` looks, then reported as a `JobError`.
 #: (pyvo's parser keeps any phase, but ``AsyncTAPJob.wait`` gives up on SUSPENDED and
 #: HELD, which is why `SodaJob.wait` follows these sets instead.)
 ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD"})
@@ -42,9 +51,6 @@ FINAL_PHASES = frozenset({"COMPLETED", "ERROR", "ABORTED"})
 
 #: UWS 1.1's ARCHIVED (results deleted, job kept) also ends the wait.
 _ALSO_FINAL = frozenset({"ARCHIVED"})
-
-#: HTTP statuses worth retrying while polling: the job is fine, the server is busy.
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: CASDA negotiates the body of error responses: with ``text/plain`` first it answers
 #: ``FAILURE: <message>`` instead of an HTML page; job documents are XML, hence the second type.
@@ -152,36 +158,40 @@ def _datetime(value):
 class PollPolicy:
     """When to look at a running job again, and when to give up.
 
-    The n-th wait (counting from 0) is ``first * factor**n`` seconds, capped at ``cap``.
-    The policy only computes delays; `SodaJob.wait` does the sleeping, so one policy can
-    be shared by many jobs and threads.
+    Each wait is ``(factor - 1)`` times the time the job has been waited for so far, at
+    least ``first`` and at most ``cap`` seconds: the looks are ``first`` apart at the
+    start, then each ``factor`` times later than the one before, then ``cap`` apart.  So a
+    job is seen finished within ``max(first, (factor - 1) * its run time)`` of finishing
+    (and within ``cap``), with few looks at a long job.  The policy only computes delays;
+    `wait_all` does the sleeping, so one policy can be shared by many jobs and threads.
 
     Parameters
     ----------
     first : float
-        Seconds before the first look (> 0).
+        Seconds before the first look, and the shortest wait (> 0).
     factor : float
-        Growth of the delay per look (>= 1; 1 means a fixed interval of ``first``).
+        Growth of the wait per look (>= 1; 1 means a fixed interval of ``first``).
     cap : float
-        Longest delay in seconds (> 0).  Also the longest ``WAIT`` asked of a UWS 1.1 server.
+        Longest wait in seconds (> 0); astroquery's ``POLL_INTERVAL``.  Also the longest
+        ``WAIT`` asked of a UWS 1.1 server.
     timeout : float or None
-        Seconds after which `SodaJob.wait` gives up with `JobTimeoutError` (the job keeps
+        Seconds after which `wait_all` gives up with `JobTimeoutError` (the job keeps
         running on the server).  ``None`` or ``0`` means no limit.
-    retries : int
-        Consecutive transient failures (HTTP 429/5xx, connection errors) tolerated while
-        polling; ``0`` makes the first one fatal.
+    unknown_phase_polls : int
+        Looks at a job in a phase this client does not know before `wait_all` gives up
+        with a `JobError` naming it; ``0`` gives up at once.
     """
 
-    #: Seconds before the first look at a job that was just started.
-    first: float = 1.0
-    #: Growth of the delay per look.
-    factor: float = 1.5
-    #: Longest delay between two looks.
-    cap: float = 20.0
+    #: Seconds before the first look at a job that was just started (the shortest wait).
+    first: float = 0.5
+    #: Growth of the wait per look: a job is seen finished within 20 % of its run time.
+    factor: float = 1.2
+    #: Longest wait between two looks.
+    cap: float = 10.0
     #: Give up after this many seconds (None or 0: never).
     timeout: float | None = 86400.0
-    #: Consecutive transient polling failures tolerated.
-    retries: int = 5
+    #: Looks at a job in an unknown phase before giving up.
+    unknown_phase_polls: int = 20
 
     def __post_init__(self):
         if not self.first > 0 or not self.cap > 0:
@@ -191,22 +201,24 @@ class PollPolicy:
             raise InvalidInputError(f"PollPolicy factor must be >= 1, got {self.factor}")
         if self.timeout is not None and self.timeout < 0:
             raise InvalidInputError(f"PollPolicy timeout must be None, 0 or positive, got {self.timeout}")
-        if self.retries < 0:
-            raise InvalidInputError(f"PollPolicy retries must be >= 0, got {self.retries}")
+        if self.unknown_phase_polls < 0:
+            raise InvalidInputError(f"PollPolicy unknown_phase_polls must be >= 0, got {self.unknown_phase_polls}")
 
     @classmethod
-    def from_conf(cls):
-        """The policy the configuration asks for (``poll_first``, ``poll_interval``, ``job_timeout``)."""
-        return cls(first=float(conf.poll_first), cap=float(conf.poll_interval),
-                   timeout=float(conf.job_timeout) or None)
+    def from_conf(cls, poll_interval=None):
+        """The policy the configuration asks for, with ``poll_interval`` as the cap if given.
 
-    def delay(self, polls_so_far):
-        """Seconds to wait before the next look, after ``polls_so_far`` looks."""
-        n = max(0, int(polls_so_far))
-        # past the cap, skip the power: factor ** n overflows a float for large n
-        if self.factor > 1 and n * math.log(self.factor) >= math.log(max(self.cap / self.first, 1.0)):
-            return self.cap
-        return min(self.cap, self.first * self.factor ** n)
+        The one place the façade, the command line and astroquery's ``POLL_INTERVAL`` turn
+        into a policy: ``cap`` is ``poll_interval`` or else ``conf.poll_interval``; ``first``
+        is ``conf.poll_first`` (no more than the cap); ``timeout`` is ``conf.job_timeout``.
+        """
+        cap = float(poll_interval if poll_interval is not None else conf.poll_interval)
+        return cls(first=min(float(conf.poll_first), cap), cap=cap, timeout=float(conf.job_timeout) or None,
+                   unknown_phase_polls=int(conf.unknown_phase_polls))
+
+    def delay(self, elapsed):
+        """Seconds to wait before the next look, ``elapsed`` seconds into the wait."""
+        return min(self.cap, max(self.first, (self.factor - 1.0) * max(0.0, float(elapsed))))
 
     def remaining(self, elapsed):
         """Seconds left before the timeout (None when there is no limit)."""
@@ -276,10 +288,6 @@ def _pair_results(results):
 
 # --- the job --------------------------------------------------------------------------------
 
-class _ServiceUnavailable(JobError):
-    """A failure worth retrying (HTTP 429/5xx, no connection): the job itself is fine."""
-
-
 def _form(params):
     """Form fields from ``{name: value or [values]}``: list values become repeated keys."""
     if not params:
@@ -325,21 +333,26 @@ class SodaJob:
         Seconds to wait for the server to connect and answer one request.
     delete_on_exit : bool
         Delete the job on the server when a ``with`` block around it ends.
+    request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
+        The regions and windows the job cuts (what labels its files); for a job loaded by
+        URL it is read back from the job's parameters.
     """
 
-    def __init__(self, session, url, *, timeout=30, delete_on_exit=False, _secrets=()):
+    def __init__(self, session, url, *, timeout=30, delete_on_exit=False, request=None, _secrets=()):
         self.session = session
         #: The job URL; all that is needed to find the job again (`SodaJob.load`).
         self.url = str(url).rstrip("/")
         self.timeout = timeout
         self.delete_on_exit = delete_on_exit
+        #: The regions and spectral windows of a cutout or spectrum job (None: whole files).
+        self.request = request
         self._document = None
         self._secrets = {value for value in _secrets if value}
 
     # construction ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False):
+    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False, request=None):
         """Create a PENDING job for ``tokens`` (and optional SODA ``params``).
 
         Parameters
@@ -351,6 +364,8 @@ class SodaJob:
             Access tokens, all for the same service and user.
         params : dict, optional
             SODA parameters, ``{name: value or [values]}`` (e.g. ``{"CIRCLE": [...]}``).
+        request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
+            What ``params`` came from; kept as `request` to label the results.
 
         Raises
         ------
@@ -359,9 +374,12 @@ class SodaJob:
         """
         secrets = _token_strings(tokens)
         form = [("ID", token) for token in secrets] + _form(params)
-        job = cls(session, async_url, timeout=timeout, delete_on_exit=delete_on_exit, _secrets=secrets)
+        job = cls(session, async_url, timeout=timeout, delete_on_exit=delete_on_exit, request=request,
+                  _secrets=secrets)
+        job.url = None   # no job yet: errors must not name the async endpoint as one
         response = job._call("POST", async_url, "creating the SODA job", data=form, job_statuses=False)
         job.url = job._job_url_from(async_url, response)
+        log.info("Created SODA job %s", job.url)
         return job.refresh()
 
     @classmethod
@@ -401,7 +419,7 @@ class SodaJob:
         if re.fullmatch(r"[A-Za-z0-9._~-]+", body or ""):
             return async_url.rstrip("/") + "/" + body
         raise JobError(f"SODA created no job: HTTP {response.status_code} without a Location or a job id "
-                       f"from {redact_url(async_url)}")
+                       f"from {redact_url(async_url)}: {self._redact(server_message(response))}")
 
     # state -------------------------------------------------------------------------------
 
@@ -454,14 +472,17 @@ class SodaJob:
         return text
 
     def _call(self, method, url, what, *, job_statuses=True, params=None, data=None, timeout=None):
-        """Send one SODA request; translate every failure into a JobError subclass."""
+        """Send one SODA request; translate every failure into a public JobError subclass.
+
+        Nothing is retried here: the session's transport adapter already did, within its budget.
+        """
         try:
             response = self.session.request(method, url, params=params, data=data,
                                             headers={"Accept": _ACCEPT}, allow_redirects=False,
                                             timeout=timeout or self.timeout)
         except requests.RequestException as exc:
-            raise _ServiceUnavailable(f"{what}: no answer from {redact_url(url)} ({describe_failure(exc)})",
-                                      job_url=self.url, phase=self.phase) from exc
+            raise JobError(f"{what}: no answer from {redact_url(url)} ({describe_failure(exc)})",
+                           job_url=self.url, phase=self.phase) from exc
         status = response.status_code
         if status < 400:
             return response
@@ -473,12 +494,14 @@ class SodaJob:
         elif job_statuses and status == 410:
             kind, text = JobExpiredError, (f"{what} failed: job {self.url} has expired (HTTP 410); "
                                            "stage the data again")
-        elif status in _TRANSIENT_STATUSES:
-            kind = _ServiceUnavailable
         raise kind(text, job_url=self.url, phase=self.phase, server_message=message)
 
     def _read(self, response):
-        document = parse_job_document(response.content)
+        try:
+            document = parse_job_document(response.content)
+        except JobError as exc:   # a garbled answer: the job itself may be fine, keep its URL
+            raise JobError(f"reading job {self.url}: {self._redact(str(exc))}", job_url=self.url,
+                           phase=self.phase, server_message=exc.server_message) from exc
         for name, value in document.parameters:
             if name.lower() == "id":   # the job's tokens: keep them out of messages
                 self._secrets.update(piece for piece in re.split(r"[{},\s]+", value) if piece)
@@ -525,14 +548,14 @@ class SodaJob:
         """Follow the job until it reaches a final phase, and return that phase.
 
         UWS 1.1 servers are asked to block (``WAIT``); others (CASDA) are polled with the
-        policy's growing delays.  Transient failures (HTTP 429/5xx, no connection) are
-        retried up to ``policy.retries`` times in a row.
+        policy's growing delays.  A request that fails (after the transport's retries)
+        raises at once, naming the job and how to resume it.
 
         Parameters
         ----------
         policy : PollPolicy, optional
-            Default: `PollPolicy.from_conf` (``conf.poll_first``, ``poll_interval``, ``job_timeout``).
-            Delays and timeout (default ``PollPolicy()``).
+            Delays and timeout; default `PollPolicy.from_conf` (``conf.poll_first``,
+            ``poll_interval``, ``job_timeout``).
         sleep, clock : callable
             ``time.sleep`` and ``time.monotonic`` unless injected (tests).
         on_phase : callable, optional
@@ -550,43 +573,12 @@ class SodaJob:
         JobNotFoundError, JobExpiredError
             The job is gone (404, 410).
         JobError
-            Too many transient failures in a row, or an unusable answer.
+            No usable answer, or a phase this client does not know for too long.
         """
-        policy = policy or PollPolicy.from_conf()
-        start, seen, looks, failures = clock(), None, 0, 0
-        while True:
-            if self._document is not None:
-                if self.phase != seen:
-                    seen = self.phase
-                    if on_phase is not None:
-                        on_phase(seen, clock() - start)
-                if is_final(self.phase):
-                    return self.phase
-            remaining = policy.remaining(clock() - start)
-            if remaining is not None and remaining <= 0:
-                raise self._timeout(clock() - start, policy)
-            try:
-                looks += self._look(policy, looks, remaining, sleep, clock)
-                failures = 0
-            except _ServiceUnavailable:
-                failures += 1
-                if failures > policy.retries:
-                    raise
-                sleep(_bounded(policy.delay(failures - 1), remaining))
+        report = None if on_phase is None else (lambda job, phase, elapsed: on_phase(phase, elapsed))
+        return wait_all([self], policy, sleep=sleep, clock=clock, on_phase=report)[0]
 
-    def _look(self, policy, looks, remaining, sleep, clock):
-        """Read the job once (after the policy's delay); returns 1 if that counted as a poll."""
-        if self._document is None:
-            self.refresh()
-            return 0
-        if self._document.version == "1.1":
-            self._blocking_refresh(policy, looks, remaining, sleep, clock)
-        else:
-            sleep(_bounded(policy.delay(looks), remaining))
-            self.refresh()
-        return 1
-
-    def _blocking_refresh(self, policy, looks, remaining, sleep, clock):
+    def _blocking_refresh(self, policy, elapsed, remaining, sleep, clock):
         """UWS 1.1: the server holds the request until the phase changes or WAIT seconds pass."""
         wait_seconds = max(1, math.ceil(_bounded(policy.cap, remaining)))
         phase, before = self.phase, clock()
@@ -595,13 +587,13 @@ class SodaJob:
                               timeout=(self.timeout, self.timeout + wait_seconds))
         self._read(response)
         if self.phase == phase and clock() - before < wait_seconds / 2:
-            sleep(_bounded(policy.delay(looks), remaining))   # WAIT was ignored: back off as for UWS 1.0
+            sleep(_bounded(policy.delay(elapsed), remaining))   # WAIT was ignored: back off as for UWS 1.0
 
-    def _timeout(self, elapsed, policy):
+    def _timeout(self, elapsed, policy, job_urls=None):
         return JobTimeoutError(
             f"job {self.url} is still {self.phase} after {elapsed:.0f} s (timeout {policy.timeout:g} s). "
-            f"It keeps running on the server: resume with load_job('{self.url}') "
-            f"(or SodaJob.load(session, '{self.url}')).", job_url=self.url, phase=self.phase)
+            f"It keeps running on the server: resume with Casda.load_job('{self.url}') "
+            f"(or SodaJob.load(session, '{self.url}')).", job_url=self.url, phase=self.phase, job_urls=job_urls)
 
     # outcome -----------------------------------------------------------------------------
 
@@ -644,6 +636,76 @@ class SodaJob:
     def result_urls(self):
         """astroquery's list: every data file URL followed by its checksum URL."""
         return [url for item in self.result_files() for url in (item.url, item.checksum_url) if url]
+
+
+def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_phase=None):
+    """Follow several jobs in one loop until each reaches a final phase; their phases, in order.
+
+    Every round waits once (`PollPolicy.delay`) and then reads each job still active, so
+    ``n`` jobs cost one wait per round, not ``n``.  A single UWS 1.1 job is asked to block
+    (``WAIT``) instead.
+
+    Parameters
+    ----------
+    jobs : list of `SodaJob`
+    policy : PollPolicy, optional
+        Default `PollPolicy.from_conf`.
+    sleep, clock : callable
+        ``time.sleep`` and ``time.monotonic`` unless injected (tests).
+    on_phase : callable, optional
+        ``on_phase(job, phase, elapsed_seconds)``, called whenever a job shows a new phase.
+
+    Raises
+    ------
+    JobTimeoutError, JobNotFoundError, JobExpiredError, JobError
+        As `SodaJob.wait`; ``job_urls`` lists every job still active.
+    """
+    jobs = list(jobs)
+    policy = policy or PollPolicy.from_conf()
+    start, seen, unknown = clock(), {}, {}
+    for job in jobs:
+        if job.document is None:
+            job.refresh()
+    pending = jobs
+    while True:
+        elapsed = clock() - start
+        pending = [job for job in pending if not _settled(job, policy, seen, unknown, on_phase, elapsed)]
+        if not pending:
+            return [job.phase for job in jobs]
+        urls = [job.url for job in pending]
+        remaining = policy.remaining(elapsed)
+        if remaining is not None and remaining <= 0:
+            raise pending[0]._timeout(elapsed, policy, urls)
+        try:
+            if len(pending) == 1 and pending[0].document.version == "1.1":
+                pending[0]._blocking_refresh(policy, elapsed, remaining, sleep, clock)
+                continue
+            sleep(_bounded(policy.delay(elapsed), remaining))
+            for job in pending:
+                job.refresh()
+        except JobError as exc:
+            exc.job_urls = list(dict.fromkeys([exc.job_url, *urls]))
+            raise
+
+
+def _settled(job, policy, seen, unknown, on_phase, elapsed):
+    """Whether ``job`` needs no more looks; reports new phases, bounds unknown ones."""
+    phase = job.phase
+    if seen.get(id(job)) != phase:
+        seen[id(job)] = phase
+        if on_phase is not None:
+            on_phase(job, phase, elapsed)
+    if is_final(phase):
+        return True
+    if phase not in ACTIVE_PHASES:
+        looks = unknown[id(job)] = unknown.get(id(job), 0) + 1
+        if looks == 1:
+            log.warning("job %s is in phase %s, which this client does not know; taking it as not "
+                        "finished for up to %d looks", job.url, phase, policy.unknown_phase_polls)
+        if looks > policy.unknown_phase_polls:
+            raise JobError(f"job {job.url} stayed in phase {phase}, which this client does not know, "
+                           f"for {looks - 1} looks", job_url=job.url, phase=phase)
+    return False
 
 
 def _bounded(seconds, remaining):

@@ -28,7 +28,7 @@ from astropy.wcs import FITSFixedWarning, WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .errors import InvalidInputError, InvalidTableError
-from .jobs import PollPolicy
+from .jobs import PollPolicy, wait_all
 from .plots import celestial_wcs, plot_light_curve, plot_spectra, read_image_plane
 from .regions import format_number, parse_coordinates, parse_pol, parse_radius
 
@@ -73,16 +73,10 @@ def wait_for_jobs(jobs, *, policy=None, on_phase=None, sleep=None):
     """
     policy = policy or PollPolicy.from_conf()
     extra = {} if sleep is None else {"sleep": sleep}
+    jobs = list(jobs)
+    wait_all(jobs, policy, on_phase=on_phase, **extra)   # one loop over every pending job
     for job in jobs:
-        job.wait(policy, on_phase=_phase_callback(on_phase, job), **extra)
         job.raise_if_error()
-
-
-def _phase_callback(on_phase, job):
-    """SodaJob.wait's ``on_phase(phase, elapsed)``, told which job it is about."""
-    if on_phase is None:
-        return None
-    return lambda phase, elapsed: on_phase(job, phase, elapsed)
 
 
 def download_jobs(casda, jobs, savedir, *, progress=None):

@@ -1,33 +1,45 @@
-"""Retries for CASDA's API requests: queries, DataLink, SODA job documents, the login check.
+"""The one retry layer: every API request CASDA gets (queries, DataLink, SODA job documents,
+the login check) is retried here, and nowhere above.
 
-Downloads retry on their own (`~astroquery_casda_ext.download`: they resume with
-``Range`` and verify checksums).  Every other request the façade sends gets a small
-answer read in full, so when CASDA is busy (429, 5xx) or the connection breaks it can
-simply be sent again.  `ApiRetryAdapter`, mounted on the façade's session, does that
-below every caller (pyvo, DataLink, SODA jobs, astroquery's ``_request``), so none of
-them has to.
+`ApiRetryAdapter`, mounted on the façade's session, sends a request again when the failure
+is transient, under one `RetryPolicy` and one total-time budget per call
+(``conf.request_budget``), so a failure reaches the user in seconds, not minutes.  Callers
+(pyvo, DataLink, SODA jobs, astroquery's ``_request``) never loop; the two places that must
+send a request again after its answer has started to arrive (a streamed TAP result that
+breaks off, a download resumed with ``Range``) ask a `RetryState` of the same policy, and
+a streamed query shares the adapter's state through `one_call`, so its retries and time
+are counted once.
 
-Which failures are retried depends on whether sending the request twice is harmless:
+Which failures are retried depends on the failure and on whether sending the request
+twice is harmless:
 
 =========================================  ===========================  ======================
 failure                                    GET, HEAD, DELETE; POSTs     other POSTs (create a
                                            that only read (TAP          job, RUN, ABORT)
                                            ``sync``, SIA2, SODA sync)
 =========================================  ===========================  ======================
-HTTP 429, 503 (the server did not act)     retried                      retried
-HTTP 500, 502, 504                         retried                      returned as is
-no connection (refused, connect timeout)   retried                      retried
+HTTP 429 (``Retry-After`` honoured), 503   retried                      retried
+(the server did not act)
+HTTP 502, 504 (a gateway's trouble)        retried                      returned as is
+other HTTP errors (400, 401, 404, 500...)  returned as is               returned as is
+connect timeout                            retried                      retried
+connection refused                         retried for ``refused_       same
+                                           budget`` seconds only
 reset, read timeout, body cut short        retried                      raised
-TLS certificate refused, bad URL           raised                       raised
+TLS certificate refused, host name not     raised at once               raised at once
+found, bad URL
 =========================================  ===========================  ======================
 
-Streamed downloads pass through untouched; a streamed synchronous query (pyvo parses TAP
-answers as they arrive) is retried until its headers arrive, and its caller sends it again
-if the body breaks off.  The delays are
-`RetryPolicy`'s: exponential backoff with jitter, or the
-server's ``Retry-After`` (capped).  When the retries are used up the last response is
-returned, or the last exception raised, exactly as without this adapter.
+Streamed downloads pass through untouched.  When the retries or the budget are spent the
+last response is returned, or the last exception raised, exactly as without this adapter,
+and the caller turns it into the package's public exception with the server's message.
+
+urllib3's `~urllib3.util.Retry` is not used for the loop itself: it has no total-time
+budget, no injectable clock, cannot re-read a body cut short, and counts a refused
+connection, an unknown host name and a connect timeout as the same "connect" error.
 """
+import contextlib
+import contextvars
 import email.utils
 import logging
 import random
@@ -40,17 +52,21 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
 
 from . import conf
 from .errors import redact_url
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
-           "describe_failure"]
+           "describe_failure", "one_call", "gave_up", "TRANSIENT_STATUSES"]
 
 log = logging.getLogger(__name__)
 
 # --- retry policy -------------------------------------------------------------------------------
+
+#: HTTP statuses worth sending an API request again for: rate limiting (429) and a busy
+#: server or gateway (502, 503, 504).  A 500 is CASDA's own error: sent again it fails again.
+TRANSIENT_STATUSES = (429, 502, 503, 504)
 
 def parse_retry_after(value, *, now=None):
     """Seconds to wait according to a ``Retry-After`` header value.
@@ -111,6 +127,9 @@ class RetryPolicy:
     #: raised; None means no limit beyond ``total``.  A wait that would end past it is not
     #: started.
     budget: float = None
+    #: Seconds (since the call began) within which a refused connection is tried again: a
+    #: service restarting comes back within them, a wrong or closed port never does.
+    refused_budget: float = 2.0
 
     def __post_init__(self):
         if self.total < 0 or self.backoff_factor < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
@@ -119,11 +138,21 @@ class RetryPolicy:
             raise ValueError(f"RetryPolicy jitter must be within [0, 1], not {self.jitter}")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"RetryPolicy budget must not be negative: {self!r}")
+        if self.refused_budget < 0:
+            raise ValueError(f"RetryPolicy refused_budget must not be negative: {self!r}")
 
     @classmethod
     def from_conf(cls):
         """The default policy with ``conf.download_retries`` retries (read now)."""
         return cls(total=int(conf.download_retries))
+
+    @classmethod
+    def for_api(cls):
+        """The API requests' policy: ``conf.request_retries`` retries of `TRANSIENT_STATUSES`
+        and transient connection failures, within ``conf.request_budget`` seconds (read now)."""
+        budget = float(conf.request_budget)
+        return cls(total=int(conf.request_retries), status_forcelist=TRANSIENT_STATUSES,
+                   budget=budget if budget > 0 else None)
 
     def is_retryable_status(self, status):
         """Whether an HTTP status is worth another try."""
@@ -173,23 +202,61 @@ class RetryState:
         """Seconds since the call began."""
         return self._clock() - self._started
 
-    def next_delay(self, retry_after=None):
-        """The wait before the next retry, or None when the retries or the budget are spent."""
+    def next_delay(self, retry_after=None, *, within=None):
+        """The wait before the next retry, or None when the retries or the budget are spent.
+
+        ``within`` (seconds since the call began) tightens the policy's budget for this
+        retry, e.g. ``policy.refused_budget`` for a refused connection.
+        """
         if self.retries >= self.policy.total:
             return None
         delay = self.policy.delay(self.retries + 1, retry_after, rand=self._rand)
-        if self.policy.budget is not None and self.elapsed + delay > self.policy.budget:
+        limits = [limit for limit in (self.policy.budget, within) if limit is not None]
+        if limits and self.elapsed + delay > min(limits):
             return None
         return delay
 
-    def wait(self, retry_after=None):
+    def wait(self, retry_after=None, *, within=None):
         """Sleep before the next retry and count it; False (no sleep) when none is left."""
-        delay = self.next_delay(retry_after)
+        delay = self.next_delay(retry_after, within=within)
         if delay is None:
             return False
         self.retries += 1
         self._sleep(delay)
         return True
+
+    def __repr__(self):
+        return f"<RetryState retries={self.retries}/{self.policy.total} elapsed={self.elapsed:.1f}s>"
+
+
+_CALL = contextvars.ContextVar("astroquery_casda_ext_retry_call", default=None)
+
+
+class _Call:
+    """The `RetryState` shared by every request sent inside one `one_call` block."""
+
+    def __init__(self):
+        self.state = None
+
+    def retry(self, retry_after=None):
+        """Wait before sending the call again; False when its retries or budget are spent."""
+        return self.state is not None and self.state.wait(retry_after)
+
+
+@contextlib.contextmanager
+def one_call():
+    """Count every request sent inside the block as one call: one `RetryState`, one budget.
+
+    For the few callers that must send a request again after its answer began to arrive
+    (a streamed TAP result that broke off): ``with one_call() as call: ... if call.retry():``
+    so that the adapter's retries and theirs share one count and one time budget.
+    """
+    call = _Call()
+    token = _CALL.set(call)
+    try:
+        yield call
+    finally:
+        _CALL.reset(token)
 
 
 #: Methods that may be sent twice (RFC 9110 idempotent methods).
@@ -217,23 +284,36 @@ def _streamed_query(request):
     """A synchronous query whose answer is parsed as it streams in (pyvo's TAP ``sync``).
 
     It is retried here until its headers arrive; a body that breaks off later is sent for
-    again by its caller (`~astroquery_casda_ext.discovery.Discovery`).
+    again by its caller (`~astroquery_casda_ext.discovery.Discovery`), inside `one_call`.
     """
     return request.method == "POST" and bool(_READING_POST.search(urlsplit(request.url).path))
+
+
+def _reason(exc):
+    return exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
 
 
 def _never_sent(exc):
     """True when the request cannot have reached the server (no connection was made)."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
-    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    return isinstance(_reason(exc), (NewConnectionError, ConnectTimeoutError))
 
 
 def _certificate_refused(exc):
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(exc, requests.exceptions.SSLError) and \
         any(isinstance(arg, ssl.SSLCertVerificationError) for arg in getattr(reason, "args", ()))
+
+
+def _host_unknown(exc):
+    text = str(exc).lower()
+    return isinstance(_reason(exc), NameResolutionError) or "failed to resolve" in text \
+        or "name or service not known" in text
+
+
+def _refused(exc):
+    return isinstance(exc, requests.exceptions.ConnectionError) and "refused" in str(exc).lower()
 
 
 _FAILURES = (   # (words in requests' message, what to tell the user)
@@ -264,10 +344,10 @@ def describe_failure(exc):
 
 
 def _worth_resending(exc, reads_only):
-    if _certificate_refused(exc) or isinstance(exc, (requests.exceptions.InvalidURL,
-                                                     requests.exceptions.InvalidSchema,
-                                                     requests.exceptions.MissingSchema)):
-        return False   # a refused certificate or a bad URL fails the same way every time
+    if isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.InvalidURL,
+                        requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)) \
+            or _host_unknown(exc):
+        return False   # a refused certificate, an unknown host or a bad URL fails the same way every time
     if not isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                             requests.exceptions.ChunkedEncodingError)):
         return False
@@ -277,64 +357,89 @@ def _worth_resending(exc, reads_only):
 class ApiRetryAdapter(HTTPAdapter):
     """An `~requests.adapters.HTTPAdapter` that sends API requests again when CASDA is busy.
 
-    See the module docstring for what is retried.
+    See the module docstring for what is retried.  Each request is one call with its own
+    `RetryState` (retries and time budget), unless it is sent inside `one_call`.
 
     Parameters
     ----------
     policy : `RetryPolicy`, optional
-        Retries and delays; by default ``RetryPolicy(total=conf.request_retries)``,
-        read at each request (so ``conf.set_temp`` works).
-    sleep : callable, optional
-        Waits between attempts (``time.sleep``; replaceable in tests).
+        Retries, delays and budget; by default `RetryPolicy.for_api` (``conf.request_retries``,
+        ``conf.request_budget``), read at each request (so ``conf.set_temp`` works).
+    sleep, clock, rand : callable, optional
+        ``time.sleep``, ``time.monotonic``, ``random.random``; replaceable in tests, which
+        then wait for no backoff.
     **kwargs
         Passed to `~requests.adapters.HTTPAdapter` (``pool_maxsize`` defaults to `POOL_SIZE`).
     """
 
-    def __init__(self, policy=None, *, sleep=time.sleep, **kwargs):
+    def __init__(self, policy=None, *, sleep=time.sleep, clock=time.monotonic, rand=random.random, **kwargs):
         kwargs.setdefault("pool_maxsize", POOL_SIZE)
         super().__init__(**kwargs)
         self.policy = policy
-        self._sleep = sleep
+        self._sleep, self._clock, self._rand = sleep, clock, rand
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.update(policy=self.policy, _sleep=self._sleep)
+        state.update(policy=self.policy, _sleep=self._sleep, _clock=self._clock, _rand=self._rand)
+        return state
+
+    def _state(self):
+        call = _CALL.get()
+        if call is not None and call.state is not None:
+            return call.state
+        policy = self.policy if self.policy is not None else RetryPolicy.for_api()
+        state = policy.start(sleep=self._sleep, clock=self._clock, rand=self._rand)
+        if call is not None:
+            call.state = state
         return state
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         if stream and not _streamed_query(request):
-            # a download: download.py retries it, resuming where it stopped
+            # a download: the downloader resumes it with Range under its own RetryState
             return super().send(request, stream, timeout, verify, cert, proxies)
-        policy = self.policy if self.policy is not None else RetryPolicy(total=int(conf.request_retries))
+        state = self._state()
         reads_only = _reads_only(request)
-        retry = 0
         while True:
             try:
                 response = super().send(request, stream, timeout, verify, cert, proxies)
                 if not stream:
                     response.content   # read here, so that a body cut short can be asked for again
             except requests.RequestException as exc:
-                if retry >= policy.total or not _worth_resending(exc, reads_only):
+                if not _worth_resending(exc, reads_only) or \
+                        not state.wait(within=state.policy.refused_budget if _refused(exc) else None):
+                    exc.casda_retries_spent = True   # see gave_up(): no caller sends it again
                     raise
-                retry += 1
-                delay, why = policy.delay(retry), type(exc).__name__
+                why = describe_failure(exc)
             else:
                 status = response.status_code
-                if (retry >= policy.total or status not in policy.status_forcelist
-                        or not (reads_only or status in _NOT_ACTED_ON)):
+                if status not in state.policy.status_forcelist or not (reads_only or status in _NOT_ACTED_ON):
                     return response
-                retry += 1
-                delay = policy.delay(retry, parse_retry_after(response.headers.get("Retry-After")))
+                if not state.wait(parse_retry_after(response.headers.get("Retry-After"))):
+                    return response
                 why = f"HTTP {status}"
                 response.close()
-            log.info("%s %s: %s; retry %d of %d in %.1f s", request.method, redact_url(request.url), why,
-                     retry, policy.total, delay)
-            self._sleep(delay)
+            log.info("%s %s: %s; sent again (retry %d of at most %d, %.1f s into the call)", request.method,
+                     redact_url(request.url), why, state.retries, state.policy.total, state.elapsed)
 
 
-def mount_api_retries(session, policy=None):
-    """Mount an `ApiRetryAdapter` on ``session`` for ``http://`` and ``https://``; returns it."""
-    adapter = ApiRetryAdapter(policy)
+def gave_up(exc):
+    """True when ``exc`` (or its cause) was raised by `ApiRetryAdapter` after deciding not to
+    retry: a caller that sends again after a broken-off body must not retry it a second time."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if getattr(exc, "casda_retries_spent", False):
+            return True
+        seen.add(id(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def mount_api_retries(session, policy=None, **kwargs):
+    """Mount an `ApiRetryAdapter` on ``session`` for ``http://`` and ``https://``; returns it.
+
+    ``kwargs`` (``sleep``, ``clock``, ``rand``) go to the adapter.
+    """
+    adapter = ApiRetryAdapter(policy, **kwargs)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return adapter

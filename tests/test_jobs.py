@@ -13,7 +13,8 @@ from astroquery_casda_ext.access import AccessToken
 from astroquery_casda_ext.errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredError,
                                          JobFailedError, JobNotFoundError, JobTimeoutError)
 from astroquery_casda_ext.jobs import (ACTIVE_PHASES, FINAL_PHASES, PollPolicy, SodaJob, is_final,
-                                       parse_job_document, product_id_of)
+                                       parse_job_document, product_id_of, wait_all)
+from astroquery_casda_ext.transport import mount_api_retries
 
 DATA = pathlib.Path(__file__).parent / "data"
 RECORDED = pathlib.Path(astroquery.__file__).parent / "casda" / "tests" / "data"
@@ -111,14 +112,44 @@ def test_phase_sets():
     assert is_final("ARCHIVED") and not is_final("UNKNOWN") and not is_final("HELD")
 
 
-@pytest.mark.parametrize("polls, expected", [(0, 1.0), (1, 1.5), (2, 2.25), (8, 20.0), (10_000, 20.0)])
-def test_policy_delay_grows_to_cap(polls, expected):
-    """Delays grow geometrically from `first` and stay at `cap` (no overflow for long waits)."""
-    assert PollPolicy().delay(polls) == pytest.approx(expected)
+@pytest.mark.parametrize("elapsed, expected", [(0, 0.5), (2.5, 0.5), (5, 1.0), (25, 5.0), (50, 10.0),
+                                               (1e300, 10.0)])
+def test_policy_delay_is_a_fifth_of_the_time_waited_between_first_and_cap(elapsed, expected):
+    assert PollPolicy().delay(elapsed) == pytest.approx(expected)
 
 
 def test_policy_factor_one_is_a_fixed_interval():
-    assert {PollPolicy(first=3, factor=1, cap=10).delay(n) for n in range(5)} == {3}
+    assert {PollPolicy(first=3, factor=1, cap=10).delay(t) for t in (0, 3, 60, 3600)} == {3}
+
+
+def _schedule(policy, until):
+    """The moments a job is looked at, waited for with ``policy`` until ``until`` seconds."""
+    moments, now = [], 0.0
+    while now < until:
+        now += policy.delay(now)
+        moments.append(now)
+    return moments
+
+
+@pytest.mark.parametrize("run_time", [0.01, 0.3, 0.5, 0.9, 1.7, 2.6, 3.1, 7.5, 13, 31, 49, 77, 300, 1234, 3599])
+def test_a_finished_job_is_seen_within_a_fifth_of_its_run_time_or_half_a_second(run_time):
+    """The target of issue 9: seen finished within max(0.5 s, 20 % of its run time)."""
+    seen = next(moment for moment in _schedule(PollPolicy(timeout=None), run_time + 20) if moment >= run_time)
+    assert seen - run_time <= max(0.5, 0.2 * run_time) + 1e-9
+
+
+def test_looks_at_a_one_hour_job():
+    """With the default 10 s cap a one-hour job is looked at about 380 times (astroquery with
+    POLL_INTERVAL=1: 3600); with the cap at a fifth of an hour, under 50 times."""
+    assert len(_schedule(PollPolicy(), 3600)) < 400
+    assert len(_schedule(PollPolicy(cap=720), 3600)) < 50
+
+
+def test_from_conf_takes_an_explicit_poll_interval_as_the_cap():
+    from astroquery_casda_ext import conf
+    with conf.set_temp("poll_interval", 7.0), conf.set_temp("poll_first", 0.5):
+        assert (PollPolicy.from_conf().cap, PollPolicy.from_conf(1).cap) == (7.0, 1.0)
+        assert PollPolicy.from_conf(0.2).first == 0.2   # first never above the cap
 
 
 @pytest.mark.parametrize("timeout, elapsed, remaining", [(None, 1e9, None), (0, 1e9, None), (10, 4, 6),
@@ -129,7 +160,7 @@ def test_policy_remaining(timeout, elapsed, remaining):
 
 
 @pytest.mark.parametrize("kwargs", [{"first": 0}, {"cap": -1}, {"factor": 0.5}, {"timeout": -1},
-                                    {"retries": -1}])
+                                    {"unknown_phase_polls": -1}])
 def test_policy_rejects_nonsense(kwargs):
     with pytest.raises(InvalidInputError):
         PollPolicy(**kwargs)
@@ -232,15 +263,15 @@ def test_wait_through_every_active_phase(mocked, fake_time):
     phase = job.wait(PollPolicy(first=1, factor=2, cap=5), sleep=fake_time.sleep, clock=fake_time.clock,
                      on_phase=lambda name, elapsed: seen.append((name, elapsed)))
     assert phase == "COMPLETED" == job.phase
-    assert seen == [("PENDING", 0), ("QUEUED", 1), ("SUSPENDED", 3), ("EXECUTING", 7), ("HELD", 12),
-                    ("EXECUTING", 17), ("COMPLETED", 22)]
-    assert fake_time.sleeps == [1, 2, 4, 5, 5, 5]
+    assert seen == [("PENDING", 0), ("QUEUED", 1), ("SUSPENDED", 2), ("EXECUTING", 4), ("HELD", 8),
+                    ("EXECUTING", 13), ("COMPLETED", 18)]
+    assert fake_time.sleeps == [1, 1, 2, 4, 5, 5]
 
 
 def test_wait_on_a_job_never_read_reads_it_first(mocked, fake_time):
     serve_phases(mocked, "job_executing.xml", "job_completed_plain.xml")
     job = SodaJob(requests.Session(), JOB)
-    assert job.wait(sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
+    assert job.wait(PollPolicy(first=1.0), sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
     assert fake_time.sleeps == [1.0]
 
 
@@ -270,7 +301,7 @@ def test_wait_times_out_with_resume_hint(mocked, fake_time):
         job.wait(PollPolicy(first=1, factor=2, cap=4, timeout=10), sleep=fake_time.sleep,
                  clock=fake_time.clock)
     assert info.value.job_url == JOB and info.value.phase == "EXECUTING"
-    assert sum(fake_time.sleeps) == 10 and fake_time.sleeps[-1] == 3   # the last sleep ends at the deadline
+    assert sum(fake_time.sleeps) == 10 and fake_time.sleeps == [1, 1, 2, 4, 2]   # the last ends at the deadline
 
 
 @pytest.mark.parametrize("timeout", [None, 0])
@@ -282,21 +313,77 @@ def test_wait_without_limit(mocked, fake_time, timeout):
     assert fake_time.now > 3600
 
 
-def test_wait_survives_transient_failures(mocked, fake_time):
-    job = loaded(mocked, "job_executing.xml")
+def retrying_session(fake_time):
+    """A session with the one retry layer, waiting on the fake clock."""
+    session = requests.Session()
+    mount_api_retries(session, sleep=fake_time.sleep, clock=fake_time.clock, rand=lambda: 0.5)
+    return session
+
+
+def test_transient_failures_while_polling_are_absorbed_by_the_transport(mocked, fake_time):
+    serve_phases(mocked, "job_executing.xml")
+    job = SodaJob.load(retrying_session(fake_time), JOB)
+    mocked.reset()
     mocked.get(JOB, status=503, body="FAILURE: busy")
     mocked.get(JOB, body=requests.ConnectionError("reset"))
     mocked.get(JOB, status=502, body="<html><body>Bad Gateway</body></html>")
     serve_phases(mocked, "job_completed_plain.xml")
-    assert job.wait(PollPolicy(retries=3), sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
+    assert job.wait(PollPolicy(first=1), sleep=fake_time.sleep, clock=fake_time.clock) == "COMPLETED"
+    assert len(mocked.calls) == 4 and fake_time.sleeps == [1, 0.5, 1.0, 2.0]   # one poll, three retries
 
 
-def test_wait_gives_up_after_too_many_failures(mocked, fake_time):
-    job = loaded(mocked, "job_executing.xml")
+def test_a_persistent_503_while_polling_ends_in_seconds_naming_the_job(mocked, fake_time):
+    serve_phases(mocked, "job_executing.xml")
+    job = SodaJob.load(retrying_session(fake_time), JOB)
+    mocked.reset()
     mocked.get(JOB, status=503, body="FAILURE: busy")
-    with pytest.raises(JobError, match="busy"):
-        job.wait(PollPolicy(retries=2), sleep=fake_time.sleep, clock=fake_time.clock)
-    assert len(mocked.calls) == 3
+    with pytest.raises(JobError, match="busy") as info:
+        job.wait(PollPolicy(first=1), sleep=fake_time.sleep, clock=fake_time.clock)
+    assert type(info.value) is JobError and info.value.job_url == JOB
+    assert f"Casda.load_job('{JOB}')" in str(info.value) and info.value.resume == f"Casda.load_job('{JOB}')"
+    assert len(mocked.calls) == 6 and sum(fake_time.sleeps) - 1 < 30   # 5 retries, within the budget
+
+
+def test_a_garbled_document_while_polling_keeps_the_job_url(mocked, fake_time):
+    job = loaded(mocked, "job_executing.xml")
+    mocked.get(JOB, body=b"<html>proxy error page</html>", content_type="text/html")
+    with pytest.raises(JobError, match="reading job .*UWS job document") as info:
+        job.wait(sleep=fake_time.sleep, clock=fake_time.clock)
+    assert info.value.job_url == JOB and f"load_job('{JOB}')" in str(info.value)
+
+
+def test_an_unknown_phase_is_logged_once_and_waited_through_up_to_the_limit(mocked, fake_time, caplog):
+    job = loaded(mocked, "job_executing.xml")
+    unknown = fixture("job_executing.xml").replace(b">EXECUTING<", b">MIGRATING<")
+    for _ in range(3):
+        mocked.get(JOB, body=unknown, content_type="application/xml")
+    serve_phases(mocked, "job_completed_plain.xml")
+    with caplog.at_level("WARNING", logger="astroquery_casda_ext.jobs"):
+        assert job.wait(PollPolicy(unknown_phase_polls=3), sleep=fake_time.sleep,
+                        clock=fake_time.clock) == "COMPLETED"
+    assert [record.getMessage().count("MIGRATING") for record in caplog.records] == [1]
+
+
+def test_an_unknown_phase_for_too_long_is_a_job_error_naming_it(mocked, fake_time):
+    job = loaded(mocked, "job_executing.xml")
+    mocked.get(JOB, body=fixture("job_executing.xml").replace(b">EXECUTING<", b">MIGRATING<"),
+               content_type="application/xml")
+    with pytest.raises(JobError, match="MIGRATING") as info:
+        job.wait(PollPolicy(unknown_phase_polls=2), sleep=fake_time.sleep, clock=fake_time.clock)
+    assert info.value.job_url == JOB and info.value.phase == "MIGRATING" and len(mocked.calls) == 3
+
+
+def test_several_jobs_are_polled_together(mocked, fake_time):
+    """One wait per round for all pending jobs, not one job after the other."""
+    other = ASYNC + "/second-job"
+    first, second = loaded(mocked, "job_executing.xml"), loaded(mocked, "job_executing.xml")
+    second.url = other
+    serve_phases(mocked, "job_executing.xml", "job_executing.xml", "job_completed_plain.xml")
+    serve_phases(mocked, "job_executing.xml", "job_completed_plain.xml", url=other)
+    assert wait_all([first, second], PollPolicy(first=1), sleep=fake_time.sleep,
+                    clock=fake_time.clock) == ["COMPLETED", "COMPLETED"]
+    assert fake_time.sleeps == [1, 1, 1]
+    assert [call.request.url for call in mocked.calls] == [JOB, other, JOB, other, JOB]
 
 
 @pytest.mark.parametrize("status, error", [(404, JobNotFoundError), (410, JobExpiredError)])
