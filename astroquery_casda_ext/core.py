@@ -521,7 +521,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         log.info(f"Aborted {len(jobs) - len(left)} job(s) of this call after the failure")
         tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
                 if left else f"; the {len(jobs)} job(s) already made were aborted")
-        return JobSubmissionError(what + tail, jobs=left, job_urls=[job.url for job in left],
+        return JobSubmissionError(what + tail, jobs=jobs, job_urls=[job.url for job in jobs],
                                   server_message=exc.server_message)
 
     def _finish(self, jobs, wait, verbose, policy):

@@ -184,8 +184,9 @@ class JobTimeoutError(JobError, TimeoutError):
 class JobSubmissionError(JobError):
     """Creating or starting one of a call's jobs failed.
 
-    With ``on_error="abort"`` (the default) the jobs already created were aborted; with
-    ``on_error="keep"`` they keep running and ``jobs`` (and ``job_urls``) hand them back.
+    ``jobs`` (and ``job_urls``) are the jobs made before the failure: aborted with
+    ``on_error="abort"`` (the default; the message names any that could not be), still
+    running with ``on_error="keep"``.
     """
 
     resumable = False
