@@ -274,6 +274,60 @@ def test_a_redirect_from_the_proxy_to_another_host_drops_the_credentials(target_
     assert [authorization for _, _, authorization in target.seen] == [None] * len(target.seen)
 
 
+def test_a_redirect_from_the_proxy_to_another_path_on_the_same_host_drops_the_credentials():
+    """requests keeps Authorization on a same-host redirect; the client must not: only the proxy
+    prefix may see the password, checked again at every hop."""
+    def answer(handler):
+        if handler.path.startswith(PROXY):
+            send(handler, 307, headers=[("Location", "/elsewhere" + handler.path)])
+        else:
+            send(handler, 200, AVAILABLE, [("Content-Type", "text/xml")])
+    with LocalServer(answer) as server:
+        client = CasdaClass(server=f"http://127.0.0.1:{server.port}/")
+        client.login(USER, password=PASSWORD)
+        with pytest.raises(CasdaError):
+            client.get_access_tokens(["cube-1001"])
+    on_proxy = [seen for seen in server.seen if seen[1].startswith(PROXY)]
+    off_proxy = [seen for seen in server.seen if not seen[1].startswith(PROXY)]
+    assert len(on_proxy) >= 2 and all(seen[2] == basic_header(PASSWORD) for seen in on_proxy)
+    assert len(off_proxy) == len(on_proxy)
+    assert [authorization for _, _, authorization in off_proxy] == [None] * len(off_proxy)
+
+
+def echo(status):
+    """A server that answers with everything it was sent, the Authorization header decoded too."""
+    def answer(handler):
+        header = handler.headers.get("Authorization") or ""
+        decoded = base64.b64decode(header.split()[-1]).decode() if header.startswith("Basic ") else ""
+        body = f"FAILURE: you sent Authorization: {header} ({decoded}) to {handler.path}".encode()
+        send(handler, status, body, [("Content-Type", "text/plain")])
+    return answer
+
+
+ECHOED_CALLS = {
+    "login, 401": (401, lambda client: client.login(USER, password=PASSWORD)),
+    "login, 500": (500, lambda client: client.login(USER, password=PASSWORD)),
+    "DataLink, 500": (500, lambda client: client.get_access_tokens(["cube-1001"])),
+    "authenticated TAP, 400": (400, lambda client: client.query_tap("SELECT 1", authenticated=True)),
+}
+
+
+@pytest.mark.parametrize("call", ECHOED_CALLS)
+def test_credentials_a_server_echoes_never_reach_an_exception(call, debug_logs):
+    status, make_call = ECHOED_CALLS[call]
+    with LocalServer(echo(status)) as server:
+        client = CasdaClass(server=f"http://127.0.0.1:{server.port}/")
+        client._credentials = Credentials(USER, PASSWORD)     # logged in (the login check is a call here)
+        with pytest.raises(CasdaError) as info:
+            make_call(client)
+    assert server.seen and all(seen[2] == basic_header(PASSWORD) for seen in server.seen), "it was sent"
+    error = info.value
+    text = "".join(traceback.format_exception(error)) + repr(error) + str(vars(error))
+    assert "you sent Authorization" in text, "the server's message is kept"
+    assert_no_secret(text, [], "the exception")
+    assert_no_secret(debug_logs.text, [], "the log")
+
+
 # --- TLS ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -330,6 +384,23 @@ def test_a_server_whose_certificate_does_not_verify_is_refused(https_server, tmp
         make_call(CasdaClass(server=base), base, tmp_path / "out")
     assert https_server.seen == [], "no HTTP request went over the unverified connection"
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("call", ["SIA2 query", "TAP query", "login"])
+def test_a_certificate_failure_is_attempted_once(https_server, call, monkeypatch):
+    """A refused certificate fails the same way every time: no retry, at once."""
+    attempts = []
+    connect = urllib3.util.connection.create_connection
+
+    def counting(address, *args, **kwargs):
+        attempts.append(address)
+        return connect(address, *args, **kwargs)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", counting)
+    base = f"https://127.0.0.1:{https_server.port}/"
+    make_call, error = HTTPS_CALLS[call]
+    with pytest.raises(error, match=CERTIFICATE):
+        make_call(CasdaClass(server=base), base, None)
+    assert len(attempts) == 1
 
 
 def test_the_same_server_is_used_once_its_certificate_is_trusted(https_server, self_signed, monkeypatch):
