@@ -31,10 +31,11 @@ from . import conf
 from .access import AccessToken, server_message
 from .errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
                      JobNotFoundError, JobTimeoutError, redact_url)
+from .soda_params import SodaRequest
 from .transport import describe_failure
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
-           "PollPolicy", "ResultFile", "SodaJob", "product_id_of", "wait_all"]
+           "PollPolicy", "ResultFile", "SodaJob", "product_id_of", "wait_all", "request_from_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +395,9 @@ class SodaJob:
             The server does not know the job (404) or it has expired (410).
         """
         job = cls(session, _validate_job_url(job_url), timeout=timeout, delete_on_exit=delete_on_exit)
-        return job.refresh()
+        job.refresh()
+        job.request = request_from_parameters(job.document.parameters)
+        return job
 
     @classmethod
     def from_json(cls, session, text, *, timeout=30):
@@ -636,6 +639,55 @@ class SodaJob:
     def result_urls(self):
         """astroquery's list: every data file URL followed by its checksum URL."""
         return [url for item in self.result_files() for url in (item.url, item.checksum_url) if url]
+
+
+@dataclass(frozen=True)
+class _RegionLabel:
+    """A region read back from a job document: only its label (what `label_results` shows)."""
+
+    label: str
+
+    def sia2_pos(self):
+        return self.label
+
+
+#: SODA parameter (lower-case, as CASDA lists them) -> the label's prefix ("" = the value says it).
+_REGION_PARAMETERS = {"circle": "CIRCLE ", "polygon": "POLYGON ", "pos": ""}
+
+
+def _values(text):
+    """CASDA's multi-values: ``{a,b}`` (Commons ``ArrayUtils.toString``) or one value."""
+    text = text.strip()
+    return [item.strip() for item in text[1:-1].split(",")] if text.startswith("{") else [text]
+
+
+def _bound(text):
+    value = float(text)
+    return None if math.isinf(value) else value
+
+
+def request_from_parameters(parameters):
+    """The `SodaRequest` a job was made with, read back from its document's parameters.
+
+    So that a job loaded by URL (another process, `SodaJob.load`) labels its cutouts as the
+    job that made it did.  None for a job without regions or windows (whole files).
+    """
+    regions, bands, channels, pols = [], [], [], []
+    try:
+        for name, value in parameters:
+            key = name.strip().lower()
+            if key in _REGION_PARAMETERS:
+                regions += [_RegionLabel(_REGION_PARAMETERS[key] + item) for item in _values(value)]
+            elif key == "band":
+                bands += [tuple(_bound(bound) for bound in item.split()) for item in _values(value)]
+            elif key == "channel":
+                channels += [tuple(int(bound) for bound in item.split()) for item in _values(value)]
+            elif key == "pol":
+                pols += _values(value)
+    except ValueError:
+        return None   # not what this client writes: the files are listed unlabelled
+    request = SodaRequest(tuple(regions), tuple(bands), tuple(channels), tuple(pols))
+    return request if request else None
 
 
 def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_phase=None):

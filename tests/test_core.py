@@ -357,3 +357,32 @@ def test_login_stores_a_password_that_worked_in_astroquerys_keyring_entry(emulat
     assert memory_keyring.passwords == {}
     client.login(emulator.username, password=emulator.password, store_password=True)
     assert memory_keyring.passwords == {("astroquery:casda.csiro.au", emulator.username): emulator.password}
+
+
+def test_a_cutout_job_loaded_by_url_labels_its_files_as_the_job_that_made_it(casda, emulator):
+    """The regions and windows live on the job (read back from its document), so load_job keeps them."""
+    images = casda.query_sbid_images(609, subtypes=("spectral.restored.3d",))[:1]
+    centre = f"{images[0]['s_ra']} {images[0]['s_dec']}"
+    [job] = casda.cutout(images, coordinates=[centre, "10.0 10.0"], radius=20 * u.arcsec,
+                         channel=[(1, 1), (2, 2)], wait=False)
+    job.wait()
+    made_here = casda.cutout_table(job)
+    resumed = CasdaClass(server=emulator.url).load_job(job.url)
+    assert len(made_here) == 2 and all(made_here["region"]) and set(made_here["window"]) == {
+        "CHANNEL 1 1", "CHANNEL 2 2"}
+    assert [list(row) for row in casda.cutout_table(resumed)] == [list(row) for row in made_here]
+
+
+def test_the_services_live_as_long_as_the_session_and_follow_the_login(emulator):
+    client = CasdaClass(server=emulator.url)
+    discovery, datalink = client._discovery, client._datalink()
+    client.query_tap("SELECT TOP 1 * FROM ivoa.obscore")
+    client.query_tap("SELECT TOP 2 * FROM ivoa.obscore")
+    assert client._discovery is discovery and client._datalink() is datalink
+    assert len(discovery._tap_services) == 1, "pyvo's TAP service was built once and reused"
+    client.login(emulator.username, password=emulator.password)
+    assert client._discovery is not discovery and client._datalink() is not datalink
+    logged_in = client._discovery
+    assert client._discovery is logged_in
+    client.logout()
+    assert client._discovery is not logged_in
