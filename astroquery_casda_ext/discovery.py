@@ -12,6 +12,7 @@ CASDA responses; UWS job documents are read by `astroquery_casda_ext.jobs`.
 """
 import http.client
 import io
+import logging
 import re
 import time as _time
 import warnings
@@ -40,6 +41,8 @@ from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions,
                       parse_coordinates, parse_pol, parse_radius)
 
 __all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
+
+_log = logging.getLogger(__name__)
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")
@@ -601,6 +604,7 @@ class Discovery:
             raise ServiceError(f"CASDA's TAP did not create a job (HTTP {submitted.status_code})",
                                url=tap_url, status=submitted.status_code)
         job_url = submitted.url.rstrip("/")
+        _log.info("Created TAP job %s", job_url)
         try:
             session.post(job_url + "/phase", data={"PHASE": "RUN"}, allow_redirects=False).raise_for_status()
             document = self._wait_for_job(session, job_url)
