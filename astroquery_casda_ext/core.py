@@ -529,10 +529,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             return jobs
         on_phase = (lambda job, phase, elapsed: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
             if verbose else None
-        wait_all(jobs, policy, on_phase=on_phase)
+        try:
+            wait_all(jobs, policy, on_phase=on_phase)
+            for job in jobs:
+                job.raise_if_error()
+        except JobError as exc:   # name every job of the call: none is lost with the error
+            exc.job_urls = list(dict.fromkeys([*exc.job_urls, *(job.url for job in jobs)]))
+            raise
         urls = []
         for job in jobs:
-            job.raise_if_error()
             _report_misses(job)
             urls.extend(job.result_urls())
         return urls

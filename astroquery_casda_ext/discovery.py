@@ -35,7 +35,7 @@ from pyvo.dal.tap import TAPQuery, escape
 
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
-from .transport import gave_up, one_call
+from .transport import describe_failure, gave_up, one_call
 from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
@@ -382,7 +382,7 @@ def _service_errors(url, service="TAP"):
 
 
 def _raise_unreachable(exc, url, service):
-    raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {type(exc).__name__}: {exc}",
+    raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {describe_failure(exc)}",
                        url=url) from None
 
 

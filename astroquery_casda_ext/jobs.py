@@ -736,7 +736,7 @@ def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_ph
             for job in pending:
                 job.refresh()
         except JobError as exc:
-            exc.job_urls = list(dict.fromkeys([exc.job_url, *urls]))
+            exc.job_urls = [url for url in dict.fromkeys([exc.job_url, *urls]) if url]
             raise
 
 

@@ -337,10 +337,13 @@ def test_jobs_handed_back_follow_the_configured_polling(casda, emulator, fake_ti
 
 
 @pytest.mark.parametrize("kind", ["reset", "truncate"])
-def test_a_tap_answer_that_breaks_off_mid_parse_is_asked_for_again(emulator, kind):
-    """TAP results stream into the parser; a body cut short is sent for again, whole."""
+def test_a_tap_answer_that_breaks_off_mid_parse_is_asked_for_again(emulator, kind, fake_time):
+    """TAP results stream into the parser; a body cut short is sent for again, whole, once,
+    after one backoff of the transport's policy (shared with the adapter: one call, one budget)."""
     from astroquery_casda_ext.emulator import FaultRule
+    from astroquery_casda_ext.transport import mount_api_retries
     client = CasdaClass(server=emulator.url)
+    mount_api_retries(client._session, sleep=fake_time.sleep, clock=fake_time.clock, rand=lambda: 0.5)
     query = "SELECT * FROM ivoa.obscore"
     expected = len(client.query_tap(query))
     start = len(emulator.request_log)
@@ -348,6 +351,7 @@ def test_a_tap_answer_that_breaks_off_mid_parse_is_asked_for_again(emulator, kin
     assert len(client.query_tap(query)) == expected
     sync_calls = [r for r in emulator.request_log[start:] if r.path.endswith("tap/sync")]
     assert len(sync_calls) == 2 and sync_calls[0].bytes_sent <= 20_000 < sync_calls[1].bytes_sent
+    assert fake_time.sleeps == [0.5]
 
 
 def test_login_stores_a_password_that_worked_in_astroquerys_keyring_entry(emulator, memory_keyring):

@@ -240,3 +240,17 @@ def test_datalink_503_is_a_public_error_after_one_layer_of_retries(casda, emulat
     with pytest.raises(DataLinkError, match="503"):
         casda.get_access_tokens(casda.query_sbid_images(609))
     assert len([e for e in emulator.request_log[start:] if "datalink" in e.path]) == 6
+
+
+def test_an_unknown_host_is_looked_up_once(monkeypatch, fake_time):
+    """A DNS failure fails the same way every time: raised at once, never retried."""
+    lookups = []
+
+    def no_such_host(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    client = on_fake_clock(CasdaClass(server="https://casda.invalid/"), fake_time)
+    with pytest.raises(ServiceError, match="host name not found"):
+        client.query_tap("SELECT TOP 1 * FROM ivoa.obscore")
+    assert lookups == ["casda.invalid"] and fake_time.sleeps == []
