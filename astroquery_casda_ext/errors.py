@@ -8,6 +8,7 @@ keep catching what they caught before.
 No exception text ever contains a password, an access token or the query string of a
 signed URL: messages name URLs through `redact_url`.
 """
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from astropy.utils.exceptions import AstropyWarning
@@ -40,6 +41,9 @@ def redact_url(url):
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = "..." if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+_SODA_JOB = re.compile(r"/data/async/[^/?#]+/?$")
 
 
 class CasdaError(Exception):
@@ -150,7 +154,8 @@ class JobError(CasdaError, ValueError):
 
     def __init__(self, message, *, job_url=None, phase=None, server_message=None, job_urls=None):
         self.job_url = job_url
-        self.resume = f"Casda.load_job({job_url!r})" if job_url else None
+        # only SODA jobs are picked up by load_job (a TAP job is the query's own business)
+        self.resume = f"Casda.load_job({job_url!r})" if job_url and _SODA_JOB.search(str(job_url)) else None
         if self.resume and self.resumable and "load_job(" not in message:
             message = f"{message.rstrip('. ')}; the job is kept on CASDA: resume it with {self.resume}"
         super().__init__(message)
