@@ -61,8 +61,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         BaseVOQuery.__init__(self)  # BaseQuery.__init__ does not chain to it
         # astroquery's response hook logs request headers (Authorization included) at DEBUG.
         self._session.hooks["response"] = [_log_response]
-        # queries, DataLink and job requests are sent again when CASDA is busy (429/5xx) or
-        # a connection breaks; downloads retry (and resume) on their own
+        # the one retry layer: queries, DataLink and job requests are sent again when CASDA is
+        # busy (429, 502-504) or a connection breaks, within conf.request_budget per request
         mount_api_retries(self._session)
         # the password goes only under the proxy prefix, checked again at every redirect hop
         guard_session(self._session, self._may_carry_credentials)
@@ -403,7 +403,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, STAGING_SERVICE, {}, verbose, on_error=on_error)
+        jobs = self._submit(table, STAGING_SERVICE, {}, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def cutout(self, table, *, coordinates=None, radius=1 * u.arcmin, height=None, width=None,
@@ -455,8 +455,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), verbose, request=request,
-                            on_error=on_error)
+        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
@@ -476,11 +475,10 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), verbose, request=request,
-                            on_error=on_error)
+        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
-    def _submit(self, table, service, params, verbose, request=None, on_error="abort"):
+    def _submit(self, table, service, params, request=None, on_error="abort"):
         """Create and run as few jobs as possible (``conf.job_batch_size`` products each).
 
         Each job URL is logged (INFO) the moment the job exists.  If job k of n cannot be

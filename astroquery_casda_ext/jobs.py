@@ -203,7 +203,8 @@ class PollPolicy:
         if self.timeout is not None and self.timeout < 0:
             raise InvalidInputError(f"PollPolicy timeout must be None, 0 or positive, got {self.timeout}")
         if self.unknown_phase_polls < 0:
-            raise InvalidInputError(f"PollPolicy unknown_phase_polls must be >= 0, got {self.unknown_phase_polls}")
+            raise InvalidInputError("PollPolicy unknown_phase_polls must be >= 0, "
+                                    f"got {self.unknown_phase_polls}")
 
     @classmethod
     def from_conf(cls, poll_interval=None):
@@ -353,7 +354,8 @@ class SodaJob:
     # construction ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False, request=None):
+    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False,
+               request=None):
         """Create a PENDING job for ``tokens`` (and optional SODA ``params``).
 
         Parameters
@@ -596,7 +598,8 @@ class SodaJob:
         return JobTimeoutError(
             f"job {self.url} is still {self.phase} after {elapsed:.0f} s (timeout {policy.timeout:g} s). "
             f"It keeps running on the server: resume with Casda.load_job('{self.url}') "
-            f"(or SodaJob.load(session, '{self.url}')).", job_url=self.url, phase=self.phase, job_urls=job_urls)
+            f"(or SodaJob.load(session, '{self.url}')).", job_url=self.url, phase=self.phase,
+            job_urls=job_urls)
 
     # outcome -----------------------------------------------------------------------------
 

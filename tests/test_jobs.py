@@ -131,7 +131,8 @@ def _schedule(policy, until):
     return moments
 
 
-@pytest.mark.parametrize("run_time", [0.01, 0.3, 0.5, 0.9, 1.7, 2.6, 3.1, 7.5, 13, 31, 49, 77, 300, 1234, 3599])
+@pytest.mark.parametrize("run_time", [0.01, 0.3, 0.5, 0.9, 1.7, 2.6, 3.1, 7.5, 13, 31, 49, 77, 300, 1234,
+                                      3599])
 def test_a_finished_job_is_seen_within_a_fifth_of_its_run_time_or_half_a_second(run_time):
     """The target of issue 9: seen finished within max(0.5 s, 20 % of its run time)."""
     seen = next(moment for moment in _schedule(PollPolicy(timeout=None), run_time + 20) if moment >= run_time)
@@ -301,7 +302,7 @@ def test_wait_times_out_with_resume_hint(mocked, fake_time):
         job.wait(PollPolicy(first=1, factor=2, cap=4, timeout=10), sleep=fake_time.sleep,
                  clock=fake_time.clock)
     assert info.value.job_url == JOB and info.value.phase == "EXECUTING"
-    assert sum(fake_time.sleeps) == 10 and fake_time.sleeps == [1, 1, 2, 4, 2]   # the last ends at the deadline
+    assert fake_time.sleeps == [1, 1, 2, 4, 2]   # the last ends at the deadline
 
 
 @pytest.mark.parametrize("timeout", [None, 0])
