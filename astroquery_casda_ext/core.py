@@ -490,13 +490,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         batches = [report.tokens[start:start + size] for start in range(0, len(report.tokens), size)]
         jobs = []
         for number, batch in enumerate(batches, 1):
-            job = None
             try:
                 job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
                                      params or None, timeout=conf.timeout, request=request)
                 jobs.append(job)
                 job.run()
             except JobError as exc:
+                if exc.job_url and all(made.url != exc.job_url for made in jobs):
+                    # made, but its first document was unusable: it is aborted or kept with the others
+                    jobs.append(SodaJob(self._session, exc.job_url, timeout=conf.timeout, request=request))
                 raise self._submission_failed(jobs, number, len(batches), exc, on_error) from exc
             log.info(f"Started {service} job {job.url} ({number} of {len(batches)}, "
                      f"{len(batch)} product(s))")
@@ -505,7 +507,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     @staticmethod
     def _submission_failed(jobs, number, total, exc, on_error):
         """The `JobSubmissionError` for job ``number`` of ``total``, after aborting or keeping the rest."""
-        what = f"job {number} of {total} could not be {'started' if exc.job_url else 'created'}: {exc}"
+        what = f"job {number} of {total} could not be {'started' if exc.job_url else 'created'}: {exc.reason}"
         if on_error == "keep" or not jobs:
             kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
             return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],

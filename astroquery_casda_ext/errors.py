@@ -153,6 +153,8 @@ class JobError(CasdaError, ValueError):
     resumable = True
 
     def __init__(self, message, *, job_url=None, phase=None, server_message=None, job_urls=None):
+        #: What went wrong, without the hint on resuming.
+        self.reason = message
         self.job_url = job_url
         # only SODA jobs are picked up by load_job (a TAP job is the query's own business)
         self.resume = f"Casda.load_job({job_url!r})" if job_url and _SODA_JOB.search(str(job_url)) else None

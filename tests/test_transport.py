@@ -254,3 +254,12 @@ def test_an_unknown_host_is_looked_up_once(monkeypatch, fake_time):
     with pytest.raises(ServiceError, match="host name not found"):
         client.query_tap("SELECT TOP 1 * FROM ivoa.obscore")
     assert lookups == ["casda.invalid"] and fake_time.sleeps == []
+
+
+def test_a_job_that_cannot_be_started_is_aborted_with_the_rest(casda, emulator, five_products):
+    emulator.add_fault(FaultRule(r"/phase$", "status", status=500, methods=("POST",), times=1))
+    with pytest.raises(JobSubmissionError, match="job 1 of 5 could not be started") as info:
+        casda.stage_data(five_products)
+    [created] = _created_jobs(emulator)
+    assert info.value.job_urls == [created] and _phase(created) == "ABORTED"
+    assert "resume it with" not in str(info.value), "an aborted job is not offered for resuming"
