@@ -213,7 +213,7 @@ def test_one_request_for_several_products_tokens_in_requested_order(mocked, clie
     mocked.get(DATALINK_URL, body=fixture("datalink_multi.xml"))
     report = client.tokens_for(["visibility-77", "cube-1002", "cube-1001"], "async_service")
     assert [token.product_id for token in report.tokens] == ["visibility-77", "cube-1002", "cube-1001"]
-    assert report.tokens[0].content_type == "application/x-tar"
+    assert report.tokens[0].content_type == "application/tar"   # as CASDA labels visibilities
     assert len(mocked.calls) == 1
     assert requested_ids(mocked.calls[0]) == ["visibility-77", "cube-1002", "cube-1001"]
 

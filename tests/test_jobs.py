@@ -84,6 +84,9 @@ def test_parse_default_namespace_tap_job():
     assert (document.job_id, document.phase) == ("1772417707412A", "COMPLETED")
     assert document.results == (("result", "https%3A%2F%2Fcasda.csiro.au%2Fcasda_vo_tools%2Ftap%2Fasync%2F"
                                            "1772417707412A%2Fresults%2Fresult"),)
+    # CASDA's UWS 4.1 library writes TAP job times in UTC without a zone (or milliseconds).
+    assert (document.start_time, document.destruction) == (datetime(2026, 3, 2, 2, 15, 7, tzinfo=timezone.utc),
+                                                           datetime(2026, 3, 2, 14, 15, 7, tzinfo=timezone.utc))
 
 
 def test_parse_uws_11_version():
