@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from . import workloads
@@ -76,20 +77,41 @@ def tap_scale_module():
                          "--only W1,W2,W3,W4,W7") from None
 
 
-def run_workloads(selected, scale, workdir):
-    """Run the selected workloads; {name: WorkloadResult} in W1..W7 order."""
+def failed(name, error):
+    """The result of a workload that could not finish: its error, in the table and the JSON."""
+    message = f"{type(error).__name__}: {error}"
+    row = workloads.Row(name, "FAILED (see note)", "", None, None, "-", None, "-", None, message[:2000])
+    return workloads.WorkloadResult(name, "failed", {}, {"error": message, "traceback":
+                                                         traceback.format_exc()}, [row])
+
+
+def run_workloads(selected, scale, workdir, progress=None):
+    """Run the selected workloads; {name: WorkloadResult} in W1..W7 order.
+
+    A workload that fails is reported as failed and the others still run; ``progress(results)``
+    is called after each one (the JSON is saved there, so an interrupted run keeps what it has).
+    """
     tap_scale = tap_scale_module() if set(TAP_SCALE) & set(selected) else None
     counted = COUNTED if selected == ("W4",) else tuple(name for name in COUNTED if name in selected)
     runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3}
-    results = {}
-    for name in ("W1", "W2", "W7", "W3"):
-        if name in selected or name in counted and "W4" in selected:
-            results[name] = runners[name](scale, workdir)
-    if "W4" in selected:
-        results["W4"] = workloads.run_w4(scale, results)
     for name in TAP_SCALE:
-        if name in selected:
-            results[name] = getattr(tap_scale, f"run_{name.lower()}")(scale, workdir)
+        runners[name] = (lambda scale_, workdir_, _name=name: getattr(tap_scale, f"run_{_name.lower()}")(
+            scale_, workdir_))
+    results = {}
+    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6"):
+        if name not in selected and not (name in counted and "W4" in selected):
+            continue
+        try:
+            if name == "W4":
+                usable = {key: value for key, value in results.items() if value.title != "failed"}
+                results[name] = workloads.run_w4(scale, usable)
+            else:
+                results[name] = runners[name](scale, workdir)
+        except Exception as error:  # noqa: BLE001 - one broken workload must not lose the others
+            print(f"  {name} failed: {type(error).__name__}: {error}", flush=True)
+            results[name] = failed(name, error)
+        if progress is not None:
+            progress({key: results[key] for key in ALL if key in results})
     return {name: results[name] for name in ALL if name in results}
 
 
@@ -172,15 +194,22 @@ def main(argv=None):
     if scale.repeats < 3:
         print("  fewer than 3 runs of each side: the verdicts below are not worth much", flush=True)
     started = time.perf_counter()
+
+    def progress(results):
+        save(results, args, scale, time.perf_counter() - started, args.output)
+
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="casda-bench-", dir=args.workdir))
-        results = run_workloads(args.only, scale, Path(scratch))
+        results = run_workloads(args.only, scale, Path(scratch), progress)
     elapsed = time.perf_counter() - started
     print()
     print(format_table(results))
     save(results, args, scale, elapsed, args.output)
     print(f"\n{elapsed:.0f} s in all; saved {args.output}")
-    return 0
+    broken = [name for name, result in results.items() if result.title == "failed"]
+    if broken:
+        print(f"FAILED: {', '.join(broken)} (the error is in the notes above and in the JSON)")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

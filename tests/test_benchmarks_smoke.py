@@ -129,3 +129,17 @@ def test_w5_and_w6_say_where_they_live_when_tap_scale_is_missing(monkeypatch, tm
     monkeypatch.setitem(sys.modules, "benchmarks.tap_scale", None)   # as if the file were not there
     with pytest.raises(SystemExit, match="tap_scale.py"):
         main(["--quick", "--only", "W5", "--output", str(tmp_path / "x.json")])
+
+
+def test_a_failing_workload_is_reported_and_fails_the_run(monkeypatch, tmp_path):
+    def broken(scale, workdir):
+        raise harness.BenchmarkError("downloads in x are wrong: y.fits: checksum a != the emulator's b")
+
+    monkeypatch.setattr("benchmarks.workloads.run_w3", broken)
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *args, **kwargs: printed.append(" ".join(map(str, args))))
+    status = main(["--quick", "--only", "W3", "--output", str(tmp_path / "x.json"), "--workdir", str(tmp_path)])
+    document = json.loads((tmp_path / "x.json").read_text())
+    assert status == 1
+    assert "checksum a != the emulator's b" in document["workloads"]["W3"]["measurements"]["error"]
+    assert any(line.startswith("FAILED: W3") for line in printed)
