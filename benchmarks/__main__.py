@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks                     # every workload at full scale (see README for the time)
     python -m benchmarks --quick             # small sizes (minutes on a busy machine)
     python -m benchmarks --only W1,W3        # some workloads (W4 counts the W1, W2, W7 runs of this run)
-    python -m benchmarks --repeats 5         # runs of each side (default 3; W3 keeps at least 5 at full scale)
+    python -m benchmarks --repeats 5         # runs of each side (default 3; W3: at least 5 at full scale)
     python -m benchmarks --output out.json   # JSON elsewhere than benchmarks/results/latest.json
 """
 import argparse

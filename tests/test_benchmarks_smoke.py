@@ -138,7 +138,8 @@ def test_a_failing_workload_is_reported_and_fails_the_run(monkeypatch, tmp_path)
     monkeypatch.setattr("benchmarks.workloads.run_w3", broken)
     printed = []
     monkeypatch.setattr("builtins.print", lambda *args, **kwargs: printed.append(" ".join(map(str, args))))
-    status = main(["--quick", "--only", "W3", "--output", str(tmp_path / "x.json"), "--workdir", str(tmp_path)])
+    status = main(["--quick", "--only", "W3", "--output", str(tmp_path / "x.json"),
+                   "--workdir", str(tmp_path)])
     document = json.loads((tmp_path / "x.json").read_text())
     assert status == 1
     assert "checksum a != the emulator's b" in document["workloads"]["W3"]["measurements"]["error"]

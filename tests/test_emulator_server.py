@@ -336,7 +336,8 @@ def test_control_path_serves_clears_and_resets_the_request_log(emulator):
     entries = requests.get(control + "log", timeout=10).json()
     # the log as LoggedRequest fields; control requests are not in it (only the one made while off)
     assert [(e["method"], e["path"], e["user"], e["status"]) for e in entries] == [
-        ("GET", "/_emulator/log", None, 404), ("GET", "/" + AVAILABILITY, None, 200), ("GET", "/" + PROXY_AVAILABILITY, emulator.username, 200)]
+        ("GET", "/_emulator/log", None, 404), ("GET", "/" + AVAILABILITY, None, 200),
+        ("GET", "/" + PROXY_AVAILABILITY, emulator.username, 200)]
     assert requests.delete(control + "log", timeout=10).status_code == 204
     assert requests.get(control + "log", timeout=10).json() == []
     requests.get(emulator.url + AVAILABILITY, timeout=10)
