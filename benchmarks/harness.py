@@ -212,6 +212,10 @@ class EmulatorProcess:
         response.raise_for_status()
         return response.json()
 
+    def clear_log(self):
+        """Forget the logged requests (jobs and tokens stay)."""
+        requests.delete(self.url + "_emulator/log", timeout=60).raise_for_status()
+
     def reset(self):
         """No jobs, tokens or log entries: the state a run starts from."""
         requests.post(self.url + "_emulator/reset", timeout=60).raise_for_status()

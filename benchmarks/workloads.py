@@ -25,6 +25,7 @@ import dataclasses
 import math
 import shutil
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from . import harness
-from .harness import Row, WorkloadResult, say
+# Row, WorkloadResult, say, vmhwm_mb and timed stay importable from here (tap_scale.py uses them).
+from .harness import REPO_ROOT, Row, WorkloadResult, say, vmhwm_mb  # noqa: F401
+from .harness import child_env as _child_env  # noqa: F401
 
 __all__ = ["Scale", "FULL", "QUICK", "Row", "WorkloadResult", "request_counts",
            "run_w1", "run_w2", "run_w3", "run_w4", "run_w7"]
@@ -110,6 +113,13 @@ FULL = Scale("full", repeats=3, w1_files=(5, 20, 80), product_size=5_000_000, jo
 QUICK = Scale("quick", repeats=3, w1_files=(3,), product_size=100_000, job_seconds=0.2, poll_interval=0.25,
               default_poll_files=None, positions=3, big_size=5_000_000, big_repeats=3, many_files=6,
               many_size=20_000, many_latency=0.01, rows=2_000, tap_repeat=3)
+
+
+def timed(function, *args, **kwargs):
+    """(seconds, value) of one call."""
+    start = time.perf_counter()
+    value = function(*args, **kwargs)
+    return time.perf_counter() - start, value
 
 
 def job_phases(seconds):
@@ -471,8 +481,10 @@ def run_w3(scale, workdir):
         savedir = workdir / "w3-save"
 
         def ours():              # no emulator reset between runs: the staged job's URLs must keep working
+            emulator.clear_log()
             figures = harness.run_child(f"{CHILD}:ours_download", {"url": emulator.url, "urls": urls,
                                                                     "savedir": str(savedir)}, cwd=workdir)
+            figures["requests"] = harness.request_counts(emulator.log())
             return figures | harness.verify_files(savedir, emulator_dir, [name])
 
         def curl():
