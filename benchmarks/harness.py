@@ -66,7 +66,8 @@ class Row:
     ``ours`` and ``baseline`` are the medians of the runs (counts: medians too); ``ratio`` is
     oriented so that bigger is better for speed-ups (baseline / ours) and throughput (ours /
     baseline); ``met`` is None when the line has no target.  ``ours_range`` and
-    ``baseline_range`` are (best, worst) of the runs, shown beside the medians.
+    ``baseline_range`` are (best, worst) of the runs, shown beside the medians;
+    ``ratio_by_round`` the ratio within each round of the interleaved runs (JSON only).
     """
 
     workload: str
@@ -82,6 +83,7 @@ class Row:
     ours_range: tuple | None = None
     baseline_range: tuple | None = None
     decided_by: str = "median"
+    ratio_by_round: list | None = None
 
 
 @dataclass
@@ -109,6 +111,12 @@ def spread(values, better="lower"):
     return statistics.median(values), best, worst
 
 
+def _by_round(numerators, denominators):
+    if len(numerators) != len(denominators) or not all(denominators):
+        return None
+    return [top / bottom for top, bottom in zip(numerators, denominators)]
+
+
 def _verdict(ratio, minimum):
     return None if minimum is None or ratio is None else ratio >= minimum
 
@@ -120,7 +128,8 @@ def time_row(workload, measure, ours_runs, baseline_runs, baseline_name, minimum
     ratio = base / ours if ours and base is not None else None
     target = f">= {minimum:g}x" if minimum is not None else "-"
     return Row(workload, measure, "s", ours, base, baseline_name, ratio, target, _verdict(ratio, minimum),
-               note, (ours_best, ours_worst), (base_best, base_worst) if base is not None else None)
+               note, (ours_best, ours_worst), (base_best, base_worst) if base is not None else None,
+               ratio_by_round=_by_round(baseline_runs, ours_runs) if base is not None else None)
 
 
 def rate_row(workload, measure, unit, ours_runs, baseline_runs, baseline_name, minimum, note=""):
@@ -130,7 +139,8 @@ def rate_row(workload, measure, unit, ours_runs, baseline_runs, baseline_name, m
     ratio = ours / base if base else None
     target = f">= {minimum:g}x {baseline_name.split()[0]}" if minimum is not None else "-"
     return Row(workload, measure, unit, ours, base, baseline_name, ratio, target, _verdict(ratio, minimum),
-               note, (ours_best, ours_worst), (base_best, base_worst) if base is not None else None)
+               note, (ours_best, ours_worst), (base_best, base_worst) if base is not None else None,
+               ratio_by_round=_by_round(ours_runs, baseline_runs) if base is not None else None)
 
 
 def count_row(workload, measure, ours_runs, baseline_runs, baseline_name, target="-", met_if=None, note=""):
@@ -407,7 +417,8 @@ def interleave(sides, repeats, label):
     for round_index, order in enumerate(rotations(sides, repeats)):
         for position, name in enumerate(order):
             figures = sides[name]()
-            figures.update(round=round_index, position=position)
+            # the load when the run ended: a busy machine shows here (see README, machine noise)
+            figures.update(round=round_index, position=position, load_average_1min=os.getloadavg()[0])
             runs[name].append(figures)
             say(f"{label} {name}, run {round_index + 1}/{repeats}: {figures['seconds']:.2f} s")
     return runs

@@ -52,6 +52,8 @@ def test_the_table_prints_the_medians_of_the_runs_in_the_json(quick_w1):
         assert f"{median:,.2f} s [{min(seconds):,.2f}, {max(seconds):,.2f}]" in printed
     assert time_row["ratio"] == pytest.approx(time_row["baseline"] / time_row["ours"])
     assert time_row["met"] == (time_row["ratio"] >= 1.0)
+    by_round = [theirs["seconds"] / ours["seconds"] for ours, theirs in zip(runs["ours"], runs[astroquery])]
+    assert time_row["ratio_by_round"] == pytest.approx(by_round)
     assert "\nW1 " in printed and "astroquery.casda, POLL_INTERVAL=" in printed
 
 
