@@ -288,7 +288,7 @@ def file_checksum(path, block=8 << 20):
     return f"{crc:08x} {sha1.hexdigest()} {size:x}"
 
 
-def verify_files(savedir, holdings_dir, names, *, sidecars=True, renamed=None):
+def verify_files(savedir, holdings_dir, names, *, renamed=None):
     """Check every downloaded file against the emulator's checksum of its source.
 
     Parameters
@@ -298,16 +298,17 @@ def verify_files(savedir, holdings_dir, names, *, sidecars=True, renamed=None):
     holdings_dir : path-like
         The emulator's data directory: ``NAME.checksum`` under it is the emulator's own record.
     names : iterable of str
-        The product files the client had to download.
-    sidecars : bool
-        The client also downloaded each ``NAME.checksum``: it must equal the emulator's.
+        The product files the client had to download.  A ``.checksum`` sidecar saved next to
+        one must equal the emulator's record too.
     renamed : dict, optional
         ``{saved name: product name}`` for a client that saved under another name (curl).
 
     Returns
     -------
     dict
-        ``{"files": n, "bytes": total}``; raises `BenchmarkError` on any missing or wrong file.
+        ``files_verified``, ``bytes_verified``, ``sidecars_verified`` and ``other_files``
+        (anything else the client left in ``savedir``: a manifest, a lock file);
+        raises `BenchmarkError` on any missing or wrong file.
     """
     savedir, holdings_dir = Path(savedir), Path(holdings_dir)
     saved = {path.name for path in savedir.iterdir() if path.is_file()}
@@ -317,26 +318,26 @@ def verify_files(savedir, holdings_dir, names, *, sidecars=True, renamed=None):
         for name in names:
             found = sorted(item for item in saved if item == name or item.endswith("-" + name))
             renamed[found[0] if len(found) == 1 else name] = name
-    source_of = dict(renamed)
-    expected = set(source_of) | ({f"{name}.checksum" for name in source_of} if sidecars else set())
-    problems = [f"missing {name}" for name in sorted(expected - saved)]
-    problems += [f"unexpected {name}" for name in sorted(saved - expected)]
     records = {path.name: path for path in holdings_dir.rglob("*.checksum")}
-    total = 0
-    for saved_name, product in sorted(source_of.items()):
+    problems, total, sidecars = [], 0, 0
+    for saved_name, product in sorted(renamed.items()):
         if saved_name not in saved:
+            problems.append(f"missing {saved_name}")
             continue
         record = records[f"{product}.checksum"].read_text(encoding="ascii").strip()
         actual = file_checksum(savedir / saved_name)
         total += (savedir / saved_name).stat().st_size
         if actual != record:
             problems.append(f"{saved_name}: checksum {actual} != the emulator's {record}")
-        sidecar = savedir / f"{saved_name}.checksum"
-        if sidecars and sidecar.exists() and sidecar.read_text(encoding="ascii").strip() != record:
-            problems.append(f"{sidecar.name} differs from the emulator's")
+        if f"{saved_name}.checksum" in saved:
+            sidecars += 1
+            if (savedir / f"{saved_name}.checksum").read_text(encoding="ascii").strip() != record:
+                problems.append(f"{saved_name}.checksum differs from the emulator's")
     if problems:
         raise BenchmarkError(f"downloads in {savedir} are wrong: " + "; ".join(problems[:10]))
-    return {"files_verified": len(source_of), "bytes_verified": total}
+    others = sorted(saved - set(renamed) - {f"{name}.checksum" for name in renamed})
+    return {"files_verified": len(renamed), "bytes_verified": total, "sidecars_verified": sidecars,
+            "other_files": others}
 
 
 # --- client runs in child processes --------------------------------------------------------------------

@@ -489,8 +489,7 @@ def run_w3(scale, workdir):
 
         def curl():
             figures = curl_run(data_url, savedir)
-            return figures | harness.verify_files(savedir, emulator_dir, [name], sidecars=False,
-                                                  renamed={"curl.out": name})
+            return figures | harness.verify_files(savedir, emulator_dir, [name], renamed={"curl.out": name})
 
         sides = {"ours": ours}
         if shutil.which("curl"):

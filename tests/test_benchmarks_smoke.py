@@ -66,6 +66,7 @@ def test_every_run_is_recorded_in_rotating_order_with_its_files_checked(quick_w1
         for run in side_runs:
             assert run["files_verified"] == products, side
             assert run["bytes_verified"] == products * QUICK.product_size, side
+            assert run["sidecars_verified"] == products, side
             assert run["peak_rss_mb"] > 0 and math.isfinite(run["seconds"])
     # two sides: ours first, then astroquery first, then ours first
     assert [run["position"] for run in runs["ours"]] == [0, 1, 0]
@@ -118,7 +119,12 @@ def test_downloads_are_checked_by_checksum_not_by_size(tmp_path):
     (holdings / "x.fits.checksum").write_text(record)
     (saved / "observations-9001-x.fits").write_bytes(b"blah blah")
     (saved / "observations-9001-x.fits.checksum").write_text(record)
-    assert harness.verify_files(saved, tmp_path, ["x.fits"]) == {"files_verified": 1, "bytes_verified": 9}
+    assert harness.verify_files(saved, tmp_path, ["x.fits"]) == {
+        "files_verified": 1, "bytes_verified": 9, "sidecars_verified": 1, "other_files": []}
+    (saved / "observations-9001-x.fits.checksum").write_text(record.replace("f412", "0412"))
+    with pytest.raises(harness.BenchmarkError, match="x.fits.checksum differs"):
+        harness.verify_files(saved, tmp_path, ["x.fits"])
+    (saved / "observations-9001-x.fits.checksum").write_text(record)
     (saved / "observations-9001-x.fits").write_bytes(b"blah blaH")      # same size, other bytes
     with pytest.raises(harness.BenchmarkError, match="checksum"):
         harness.verify_files(saved, tmp_path, ["x.fits"])
