@@ -6,9 +6,9 @@ The pieces a workload is built from (``workloads.py`` and ``tap_scale.py`` use t
   so the server never shares an interpreter (or its lock) with a client; the harness reads and
   resets its request log over HTTP (``/_emulator/log``, ``/_emulator/reset``).
 - `run_child`: one client run in a fresh child process (``python -m benchmarks.harness child
-  MODULE:FUNCTION PARAMS``).  ``FUNCTION(params)`` does the imports and the set-up and returns
-  the work; only the work is timed, and the child reports its time, CPU and peak memory
-  (VmHWM, see `vmhwm_mb`) beside whatever the work returned.
+  MODULE:FUNCTION``, the parameters as JSON on stdin).  ``FUNCTION(params)`` does the imports
+  and the set-up and returns the work; only the work is timed, and the child reports its time,
+  CPU and peak memory (VmHWM, see `vmhwm_mb`) beside whatever the work returned.
 - `interleave`: every side ``repeats`` times, the order rotated each round (A B C, B C A,
   C A B, ...), so no side always runs first, last or after the same neighbour.
 - `spread`, `time_row`, `rate_row`, `count_row`, `ceiling_row`: the **median** of the runs
@@ -360,10 +360,10 @@ def _cpu_seconds():
 
 def run_child(target, params, *, cwd=None, timeout=3600):
     """Run ``target`` (``"module:function"``) once in a fresh interpreter; its figures as a dict."""
-    command = [sys.executable, "-m", "benchmarks.harness", "child", target, json.dumps(params)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=child_env(),
-                              timeout=timeout)
+    command = [sys.executable, "-m", "benchmarks.harness", "child", target]
+    try:  # the parameters (the emulator's test login among them) go by stdin, not the command line
+        done = subprocess.run(command, input=json.dumps(params), capture_output=True, text=True, cwd=cwd,
+                              env=child_env(), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BenchmarkError(f"{target} took longer than {timeout} s") from None
     for line in reversed(done.stdout.splitlines()):
@@ -449,7 +449,7 @@ def scratch(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "child":
-        sys.exit("usage: python -m benchmarks.harness child MODULE:FUNCTION PARAMS_JSON "
+    if len(sys.argv) != 3 or sys.argv[1] != "child":
+        sys.exit("usage: python -m benchmarks.harness child MODULE:FUNCTION < PARAMS_JSON "
                  "(a child process of python -m benchmarks)")
-    sys.exit(child_main(sys.argv[2], sys.argv[3]))
+    sys.exit(child_main(sys.argv[2], sys.stdin.read()))
