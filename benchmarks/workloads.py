@@ -175,8 +175,9 @@ def estimated_at_default_poll(seconds, sleeps_per_job, poll_interval):
 
 
 def _aq_name(poll):
-    return f"astroquery.casda, POLL_INTERVAL={poll:g}" + (" (default)" if poll == ASTROQUERY_DEFAULT_POLL
-                                                           else "")
+    if poll == ASTROQUERY_DEFAULT_POLL:
+        return f"astroquery.casda, default poll {poll:g} s"
+    return f"astroquery.casda, POLL_INTERVAL={poll:g}"
 
 
 def _side_key(poll):
