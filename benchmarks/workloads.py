@@ -23,6 +23,7 @@ set-up, and return the work to time (see `harness.child_main`).
 import contextlib
 import dataclasses
 import math
+import resource
 import shutil
 import subprocess
 import time
@@ -465,8 +466,11 @@ def curl_run(url, savedir):
     """curl fetching ``url`` to disk (it verifies nothing); its own ``time_total``."""
     target = Path(savedir) / "curl.out"
     command = ["curl", "-sS", "--fail", "-o", str(target), "-w", "%{time_total}", url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return {"seconds": float(done.stdout.strip())}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": float(done.stdout.strip()), "cpu_seconds": cpu}
 
 
 def run_w3(scale, workdir):
