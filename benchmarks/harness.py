@@ -181,10 +181,12 @@ class EmulatorProcess:
         Phases of every SODA job after RUN.
     latency : float
         Seconds added to every request (a client far from the archive).
+    extra_args : sequence of str
+        More options of ``python -m astroquery_casda_ext.emulator`` (e.g. for tap_scale.py).
     """
 
     def __init__(self, data_dir, *, bulk_count=0, bulk_size=5_000_000, job_phases=None, latency=0.0,
-                 startup_timeout=1800):
+                 extra_args=(), startup_timeout=1800):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-u", "-m", "astroquery_casda_ext.emulator", "--port", "0", "--control",
@@ -192,6 +194,7 @@ class EmulatorProcess:
                    "--bulk-size", str(bulk_size), "--latency", str(latency)]
         if job_phases:
             command += ["--job-phases", ",".join(f"{name}={seconds:g}" for name, seconds in job_phases)]
+        command += list(extra_args)
         self.stderr_path = self.data_dir.parent / f"{self.data_dir.name}.stderr"
         self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
