@@ -24,6 +24,7 @@ import importlib
 import json
 import math
 import os
+import queue
 import re
 import resource
 import shutil
@@ -31,6 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -200,20 +202,31 @@ class EmulatorProcess:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                         env=child_env())
         self.url = self.username = self.password = None
+        lines = queue.Queue()
+        # a thread reads the emulator's output, so the wait is bounded even if it hangs
+        self._reader = threading.Thread(target=self._read, args=(lines,), daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + startup_timeout
         try:
-            for line in self.process.stdout:
+            while not (self.url and self.username):
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise BenchmarkError(f"the emulator did not start within {startup_timeout} s") from None
+                if not line:
+                    raise BenchmarkError("the emulator exited: " + self.stderr_path.read_text()[-2000:])
                 if match := re.search(r"serving (http://\S+)", line):
                     self.url = match.group(1)
                 if match := re.search(r"username '([^']+)', password '([^']+)'", line):
                     self.username, self.password = match.groups()
-                if (self.url and self.username) or time.monotonic() > deadline:
-                    break
-            if not (self.url and self.username):
-                raise BenchmarkError(f"the emulator did not start: {self.stderr_path.read_text()[-2000:]}")
         except BaseException:
             self.stop()
             raise
+
+    def _read(self, lines):
+        for line in self.process.stdout:
+            lines.put(line)
+        lines.put("")                        # its output ended: it exited
 
     @property
     def pid(self):
@@ -241,7 +254,8 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
-        if self.process.stdout:
+        self._reader.join(timeout=10)      # it ends at the emulator's end of output
+        if self.process.stdout and not self._reader.is_alive():
             self.process.stdout.close()
         self._stderr.close()
 
