@@ -1,11 +1,10 @@
 """Benchmarks of astroquery_casda_ext against astroquery.casda, pyvo and curl.
 
-Run them all with ``python -m benchmarks`` (``--quick`` for small sizes, ``--only W1,W3``
-to select workloads); see ``benchmarks/README.md``.  Every workload runs against the
-local CASDA emulator, with our client and the baseline side by side in the same run, and
-reports ratios, since absolute times depend on the machine.
+Run them with ``python -m benchmarks`` (``--quick`` for small sizes, ``--only W1,W3`` to
+select workloads, ``--repeats N``); see ``benchmarks/README.md`` for how to read them.
+Every workload runs against the local CASDA emulator in its own process, each client run
+in a child process, ours and the baseline interleaved in the same run; medians decide.
 
-Modules: `benchmarks.workloads` (the five workloads and what they measure),
-``benchmarks.__main__`` (command line, table, JSON), and the download helpers'
-``download_bench`` and ``emulator_download`` scripts, which W3 reuses.
+Modules: `benchmarks.harness` (how everything is measured), `benchmarks.workloads` (W1-W4,
+W7), ``benchmarks.tap_scale`` (W5, W6), ``benchmarks.__main__`` (command line, table, JSON).
 """

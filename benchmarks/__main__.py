@@ -2,14 +2,16 @@
 
 Usage::
 
-    python -m benchmarks                     # every workload at full scale (several minutes)
-    python -m benchmarks --quick             # small sizes, seconds (what the smoke test runs)
-    python -m benchmarks --only W1,W3        # some workloads (W4 needs W1 and W2: they run too)
+    python -m benchmarks                     # every workload at full scale (see README for the time)
+    python -m benchmarks --quick             # small sizes (minutes on a busy machine)
+    python -m benchmarks --only W1,W3        # some workloads (W4 counts the W1, W2, W7 runs of this run)
+    python -m benchmarks --repeats 5         # runs of each side (default 3; W3: at least 5 at full scale)
     python -m benchmarks --output out.json   # JSON elsewhere than benchmarks/results/latest.json
 """
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -18,14 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from . import workloads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("W1", "W2", "W3", "W4", "W5")
-COLUMNS = (("workload", 8), ("measure", 38), ("ours", 12), ("baseline", 12), ("baseline is", 37),
-           ("ratio", 8), ("target", 24), ("met", 3))
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+#: Workloads of ``benchmarks/tap_scale.py`` (catalogue-scale TAP), imported only when selected.
+TAP_SCALE = ("W5", "W6")
+#: W4 reads the request counts of these workloads' runs.
+COUNTED = ("W1", "W2", "W7")
+COLUMNS = (("workload", 8), ("measure", 40), ("ours: median [best, worst]", 30),
+           ("baseline: median [best, worst]", 30), ("baseline is", 46), ("ratio", 8), ("target", 24),
+           ("met", 3))
 
 
 def parse_only(text):
@@ -37,61 +45,110 @@ def parse_only(text):
     return names
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1, got {text}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: 3 products of 100 kB, 5 positions, a 5 MB file, 2 000 rows")
+                        help="small sizes: a few files of 100 kB, 3 positions, a 5 MB file, 2 000 rows")
     parser.add_argument("--only", type=parse_only, default=ALL, metavar="W1,W3",
                         help="comma-separated workloads to run (default: all)")
+    parser.add_argument("--repeats", type=positive, default=None,
+                        help="interleaved runs of each side (default 3; fewer than 3 decides nothing)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     return parser
 
 
-def run_workloads(selected, scale, workdir):
-    """Run the selected workloads; {name: WorkloadResult} in W1..W5 order."""
+def tap_scale_module():
+    """``benchmarks.tap_scale`` (W5, W6), or a `SystemExit` saying why it cannot be run."""
+    try:
+        return importlib.import_module("benchmarks.tap_scale")
+    except ModuleNotFoundError as error:
+        if error.name != "benchmarks.tap_scale":
+            raise
+        raise SystemExit("python -m benchmarks: W5 and W6 are in benchmarks/tap_scale.py (catalogue-scale "
+                         "TAP, issue 11), which this tree does not have yet; run the others with "
+                         "--only W1,W2,W3,W4,W7") from None
+
+
+def failed(name, error):
+    """The result of a workload that could not finish: its error, in the table and the JSON."""
+    message = f"{type(error).__name__}: {error}"
+    row = workloads.Row(name, "FAILED (see note)", "", None, None, "-", None, "-", None, message[:2000])
+    return workloads.WorkloadResult(name, "failed", {}, {"error": message, "traceback":
+                                                         traceback.format_exc()}, [row])
+
+
+def run_workloads(selected, scale, workdir, progress=None):
+    """Run the selected workloads; {name: WorkloadResult} in W1..W7 order.
+
+    A workload that fails is reported as failed and the others still run; ``progress(results)``
+    is called after each one (the JSON is saved there, so an interrupted run keeps what it has).
+    """
+    tap_scale = tap_scale_module() if set(TAP_SCALE) & set(selected) else None
+    counted = COUNTED if selected == ("W4",) else tuple(name for name in COUNTED if name in selected)
+    runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3}
+    for name in TAP_SCALE:
+        runners[name] = (lambda scale_, workdir_, _name=name: getattr(tap_scale, f"run_{_name.lower()}")(
+            scale_, workdir_))
     results = {}
-    needs_access = {"W1", "W2", "W4"} & set(selected)
-    if needs_access:
-        with workloads.access_emulator(scale, workdir) as emulator:
-            if {"W1", "W4"} & set(selected):
-                results["W1"] = workloads.run_w1(scale, workdir, emulator)
-            if {"W2", "W4"} & set(selected):
-                results["W2"] = workloads.run_w2(scale, workdir, emulator)
-        if "W4" in selected:
-            results["W4"] = workloads.run_w4(scale, results["W1"], results["W2"])
-    if "W3" in selected:
-        results["W3"] = workloads.run_w3(scale, workdir)
-    if "W5" in selected:
-        results["W5"] = workloads.run_w5(scale, workdir)
+    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6"):
+        if name not in selected and not (name in counted and "W4" in selected):
+            continue
+        try:
+            if name == "W4":
+                usable = {key: value for key, value in results.items() if value.title != "failed"}
+                results[name] = workloads.run_w4(scale, usable)
+            else:
+                results[name] = runners[name](scale, workdir)
+        except Exception as error:  # noqa: BLE001 - one broken workload must not lose the others
+            print(f"  {name} failed: {type(error).__name__}: {error}", flush=True)
+            results[name] = failed(name, error)
+        if progress is not None:
+            progress({key: results[key] for key in ALL if key in results})
     return {name: results[name] for name in ALL if name in results}
 
 
 def environment():
-    """What the figures were measured on."""
+    """What the figures were measured on (load average included: a busy machine shows there)."""
     import astropy
     import astroquery
     import pyvo
     import requests
+
     import astroquery_casda_ext
     curl = None
     if shutil.which("curl"):
         curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout
         curl = curl.split("\n")[0]
     return {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
             "astroquery_casda_ext": astroquery_casda_ext.__version__, "astroquery": astroquery.__version__,
             "pyvo": pyvo.__version__, "astropy": astropy.__version__, "requests": requests.__version__,
             "curl": curl}
 
 
-def _cell(value, unit=""):
-    if value is None:
-        return "-"
+def _number(value):
     if isinstance(value, bool):
         return "yes" if value else "NO"
-    if unit in ("requests", "jobs") or (isinstance(value, int)):
-        return f"{value:,}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 10):
+        return f"{value:,.0f}"
     return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _figure(value, spread, unit):
+    if value is None:
+        return "-"
+    text = _number(value) + ("" if unit in ("requests", "jobs") else f" {unit}")
+    if spread and None not in spread:
+        text += f" [{_number(spread[0])}, {_number(spread[1])}]"
+    return text
 
 
 def format_table(results):
@@ -101,19 +158,21 @@ def format_table(results):
     notes = []
     for result in results.values():
         for row in result.rows:
-            unit = f" {row.unit}" if row.unit not in ("requests", "jobs") else ""
-            cells = (row.workload, row.measure, _cell(row.ours, row.unit) + unit,
-                     _cell(row.baseline, row.unit) + (unit if row.baseline is not None else ""),
-                     row.baseline_name, _cell(row.ratio) + ("x" if row.ratio is not None else ""),
-                     row.target, _cell(row.met))
+            met = "-" if row.met is None else _number(row.met)
+            cells = (row.workload, row.measure, _figure(row.ours, row.ours_range, row.unit),
+                     _figure(row.baseline, row.baseline_range, row.unit), row.baseline_name,
+                     "-" if row.ratio is None else f"{row.ratio:.2f}x", row.target, met)
             lines.append("  ".join(str(cell).ljust(width) for cell, (_n, width) in zip(cells, COLUMNS)))
-            if row.note:
-                notes.append(f"{row.workload} {row.measure} vs {row.baseline_name}: {row.note}")
+            if row.note or getattr(row, "decided_by", "median") != "median":
+                decided = getattr(row, "decided_by", "median")
+                note = "; ".join(filter(None, [row.note, f"decided by the {decided}" if decided != "median"
+                                               else ""]))
+                notes.append(f"{row.workload} {row.measure} vs {row.baseline_name}: {note}")
     return "\n".join(lines + [""] + [f"  * {note}" for note in notes])
 
 
 def save(results, args, scale, seconds, output):
-    document = {"scale": scale.name, "selected": list(args.only),
+    document = {"scale": scale.name, "selected": list(args.only), "repeats": scale.repeats,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "elapsed_seconds": seconds, "environment": environment(),
                 "sizes": dataclasses.asdict(scale),
@@ -126,18 +185,31 @@ def save(results, args, scale, seconds, output):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     scale = workloads.QUICK if args.quick else workloads.FULL
-    print(f"benchmarks ({scale.name} scale): {', '.join(args.only)}", flush=True)
+    if args.repeats is not None:
+        scale = scale.with_repeats(args.repeats)
+    if set(TAP_SCALE) & set(args.only):
+        tap_scale_module()        # fail before anything runs, not after the other workloads
+    print(f"benchmarks ({scale.name} scale, {scale.repeats} runs of each side): {', '.join(args.only)}",
+          flush=True)
+    if scale.repeats < 3:
+        print("  fewer than 3 runs of each side: the verdicts below are not worth much", flush=True)
     started = time.perf_counter()
+
+    def progress(results):
+        save(results, args, scale, time.perf_counter() - started, args.output)
+
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="casda-bench-", dir=args.workdir))
-        stack.enter_context(workloads.quiet_log())
-        results = run_workloads(args.only, scale, Path(scratch))
+        results = run_workloads(args.only, scale, Path(scratch), progress)
     elapsed = time.perf_counter() - started
     print()
     print(format_table(results))
     save(results, args, scale, elapsed, args.output)
     print(f"\n{elapsed:.0f} s in all; saved {args.output}")
-    return 0
+    broken = [name for name, result in results.items() if result.title == "failed"]
+    if broken:
+        print(f"FAILED: {', '.join(broken)} (the error is in the notes above and in the JSON)")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -315,6 +315,37 @@ def test_file_body_reads_in_bounded_chunks(tmp_path):
     assert b"".join(chunks) == path.read_bytes()[10:3010]
 
 
+# --- what the benchmarks drive from another process: latency, the request log over HTTP ----------
+
+
+def test_request_latency_holds_back_every_request(emulator):
+    emulator.set_options(request_latency=0.3)
+    started = time.monotonic()
+    assert requests.get(emulator.url + AVAILABILITY, timeout=10).status_code == 200
+    assert time.monotonic() - started >= 0.3  # a lower bound: the latency was slept
+    with pytest.raises(ValueError, match="request_latency"):
+        EmulatorOptions(request_latency=-1)
+
+
+def test_control_path_serves_clears_and_resets_the_request_log(emulator):
+    control = emulator.url + "_emulator/"
+    assert requests.get(control + "log", timeout=10).status_code == 404  # off by default: CASDA has none
+    emulator.set_options(control_api=True)
+    requests.get(emulator.url + AVAILABILITY, timeout=10)
+    requests.get(emulator.url + PROXY_AVAILABILITY, auth=(emulator.username, emulator.password), timeout=10)
+    entries = requests.get(control + "log", timeout=10).json()
+    # the log as LoggedRequest fields; control requests are not in it (only the one made while off)
+    assert [(e["method"], e["path"], e["user"], e["status"]) for e in entries] == [
+        ("GET", "/_emulator/log", None, 404), ("GET", "/" + AVAILABILITY, None, 200),
+        ("GET", "/" + PROXY_AVAILABILITY, emulator.username, 200)]
+    assert requests.delete(control + "log", timeout=10).status_code == 204
+    assert requests.get(control + "log", timeout=10).json() == []
+    requests.get(emulator.url + AVAILABILITY, timeout=10)
+    assert requests.post(control + "reset", timeout=10).status_code == 204
+    assert emulator.request_log == [] and emulator.options.control_api is False  # options as constructed
+    assert requests.get(control + "log", timeout=10).status_code == 404
+
+
 # --- command line -----------------------------------------------------------------------------------
 
 
@@ -325,6 +356,13 @@ def test_command_line_options_map_to_emulator_options():
     assert options.datalink_flavour == "old"
     assert (options.href_style, options.range_support) == ("presigned", False)
     assert (options.holdings.bulk_count, options.holdings.bulk_size) == (2, 1000)
+    args = build_parser().parse_args(["--job-phases", "queued=0.5,EXECUTING=1.5", "--latency", "0.05",
+                                      "--rate", "1e6", "--control"])
+    options = options_from(args)
+    assert options.job_phases == (("QUEUED", 0.5), ("EXECUTING", 1.5))
+    assert (options.request_latency, options.transfer_rate, options.control_api) == (0.05, 1e6, True)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--job-phases", "QUEUED"])
 
 
 def test_command_line_serves_and_prints_url_and_login(tmp_path):

@@ -22,14 +22,37 @@ def build_parser():
     parser.add_argument("--bulk-count", type=int, default=0, help="extra large products (for benchmarks)")
     parser.add_argument("--bulk-size", type=int, default=HoldingsConfig.bulk_size,
                         help="size in bytes of each bulk product")
+    parser.add_argument("--job-phases", type=job_phases, default=None, metavar="PHASE=SECONDS,...",
+                        help="phases of every SODA job after RUN, e.g. QUEUED=0.5,EXECUTING=1.5")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="added to every request (a client far from the archive)")
+    parser.add_argument("--rate", type=float, default=None, metavar="BYTES_PER_S",
+                        help="per-connection cap on download speed")
+    parser.add_argument("--control", action="store_true",
+                        help="serve /_emulator/log and /_emulator/reset (for the benchmarks)")
     return parser
+
+
+def job_phases(text):
+    """``"QUEUED=0.5,EXECUTING=1.5"`` -> ``(("QUEUED", 0.5), ("EXECUTING", 1.5))``."""
+    try:
+        phases = tuple((name.strip().upper(), float(seconds))
+                       for name, seconds in (part.split("=") for part in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PHASE=SECONDS,..., got {text!r}") from None
+    if not phases or any(seconds < 0 for _name, seconds in phases):
+        raise argparse.ArgumentTypeError(f"expected PHASE=SECONDS,... with seconds >= 0, got {text!r}")
+    return phases
 
 
 def options_from(args):
     """The `EmulatorOptions` the command line asks for."""
     holdings = HoldingsConfig(bulk_count=args.bulk_count, bulk_size=args.bulk_size)
+    extra = {"job_phases": args.job_phases} if args.job_phases else {}
     return EmulatorOptions(holdings=holdings, datalink_flavour=args.datalink_flavour,
-                           href_style=args.href_style, range_support=not args.no_range)
+                           href_style=args.href_style, range_support=not args.no_range,
+                           request_latency=args.latency, transfer_rate=args.rate, control_api=args.control,
+                           **extra)
 
 
 def main(argv=None):

@@ -119,6 +119,13 @@ class EmulatorOptions:
         Per-connection cap on download speed in bytes per second; None is unlimited.
     datalink_size_limit_gb : float or None
         Files larger than this lose their web download rows in DataLink.
+    request_latency : float
+        Seconds every request waits before it is answered, as if the client were far from
+        the archive (each request pays one round trip; concurrent requests wait together).
+    control_api : bool
+        Serve ``/_emulator/`` (``GET /_emulator/log``: the request log as JSON; ``DELETE
+        /_emulator/log``; ``POST /_emulator/reset``), so another process (the benchmarks)
+        can read and reset the log.  Off by default: CASDA has no such path.
     """
 
     holdings: HoldingsConfig = field(default_factory=HoldingsConfig)
@@ -134,6 +141,8 @@ class EmulatorOptions:
     job_expiry_seconds: float = 72 * 3600
     transfer_rate: float | None = None
     datalink_size_limit_gb: float | None = None
+    request_latency: float = 0.0
+    control_api: bool = False
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
@@ -141,6 +150,8 @@ class EmulatorOptions:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.transfer_rate is not None and self.transfer_rate <= 0:
             raise ValueError("transfer_rate must be positive (bytes per second) or None")
+        if not 0 <= self.request_latency <= 60:
+            raise ValueError("request_latency must be between 0 and 60 seconds")
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (checked like the constructor)."""

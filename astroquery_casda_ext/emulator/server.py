@@ -1,6 +1,6 @@
 """The emulator's HTTP server: a threaded werkzeug server, OPAL auth, fault injection, request log.
 
-A request flows: werkzeug → `EmulatorApp` (fault rules taken, latency slept, the proxy's
+A request flows: werkzeug → `EmulatorApp` (fault rules taken, latencies slept, the proxy's
 HTTP Basic check, injected statuses) → ``routes.dispatch`` → a handler → a ``Response``,
 whose body `_Body` streams while counting the bytes written and applying byte-level
 faults (reset, truncate, corrupt, slow, stall).  Plain file downloads go out with
@@ -9,6 +9,8 @@ faults (reset, truncate, corrupt, slow, stall).  Plain file downloads go out wit
 `CasdaEmulator` is the object tests and scripts hold: it runs the server in a background
 thread on ``127.0.0.1`` (a free port by default) and exposes the backend's controls.
 """
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: The realm CASDA's OPAL proxy names in its 401 challenge.
 PROXY_REALM = "ATNF OPAL Login"
 _PROXY_PREFIX = "/casda_vo_proxy/vo/"
+#: Where `EmulatorOptions.control_api` serves the request log to other processes.
+_CONTROL_PREFIX = "/_emulator/"
 _RESET_KEY = "casda_emulator.reset"
 _BODY_FAULTS = ("reset", "truncate", "corrupt", "stall")
 #: Bytes handed to one ``os.sendfile`` call.
@@ -233,6 +237,8 @@ class EmulatorApp:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        if self.backend.options.control_api and request.path.startswith(_CONTROL_PREFIX):
+            return self._control(request)(environ, start_response)  # not logged, no faults
         self.backend.request_log.begin()
         try:
             exchange = _Exchange(request)
@@ -249,7 +255,23 @@ class EmulatorApp:
             raise
         return _Body(inner, _Shaping(rules), environ, exchange, self)
 
+    def _control(self, request):
+        """``GET|DELETE /_emulator/log`` and ``POST /_emulator/reset``, for the benchmarks."""
+        route = (request.method, request.path[len(_CONTROL_PREFIX):])
+        if route == ("GET", "log"):
+            entries = [dataclasses.asdict(entry) for entry in self.backend.request_log.snapshot()]
+            return Response(json.dumps(entries), content_type="application/json")
+        if route == ("DELETE", "log"):
+            self.backend.request_log.clear()
+        elif route == ("POST", "reset"):
+            self.backend.reset()
+        else:
+            return Response("not an emulator control request", status=404, content_type="text/plain")
+        return Response(status=204)
+
     def _respond(self, request, rules, exchange):
+        if self.backend.options.request_latency:
+            self.stopping.wait(self.backend.options.request_latency)
         for rule in rules:
             if rule.kind == "latency":
                 self.stopping.wait(rule.delay)
