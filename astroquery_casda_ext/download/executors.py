@@ -180,12 +180,16 @@ class Downloader:
     grace : float, optional
         Seconds a transfer may take before ``min_rate`` applies (default
         ``conf.download_grace``).
+    max_unannounced : int, optional
+        Most bytes accepted for a file whose size nothing announced (no ``.checksum``,
+        DataLink size or ``Content-Length``); default `TransferConfig.max_unannounced`.
     sleep, clock : callable, optional
         Replace the interruptible wait between retries and the monotonic clock (tests).
     """
 
     def __init__(self, session=None, *, workers=None, retry=None, executor=None, progress=None,
-                 timeout=None, chunk_size=CHUNK_SIZE, min_rate=None, grace=None, sleep=None, clock=None):
+                 timeout=None, chunk_size=CHUNK_SIZE, min_rate=None, grace=None, max_unannounced=None,
+                 sleep=None, clock=None):
         #: Whose settings (not credentials) the per-thread sessions copy.
         self.session = session if session is not None else requests.Session()
         #: Files transferred at once.
@@ -206,6 +210,8 @@ class Downloader:
         self.min_rate = float(min_rate if min_rate is not None else conf.download_min_rate)
         #: Seconds before ``min_rate`` applies.
         self.grace = float(grace if grace is not None else conf.download_grace)
+        #: Most bytes accepted when no size is announced.
+        self.max_unannounced = int(max_unannounced or TransferConfig.max_unannounced)
         self._sleep, self._clock = sleep, clock
 
     def __repr__(self):
@@ -217,7 +223,7 @@ class Downloader:
         spare_cores = min(self.workers, transfers) < (os.cpu_count() or 1)
         return TransferConfig(self.retry, self.timeout, self.chunk_size,
                               SessionSpec.from_session(self.session, self.workers), spare_cores,
-                              self.min_rate, self.grace)
+                              self.min_rate, self.grace, self.max_unannounced)
 
     def download(self, items, savedir=".", *, verify=True, names=None, labels=None, no_wait=False,
                  save_manifest=False):
