@@ -52,7 +52,7 @@ class Conf(_config.ConfigNamespace):
     job_batch_size = _config.ConfigItem(
         500, 'Most products put into one SODA job; larger selections are split over several jobs.')
     download_workers = _config.ConfigItem(
-        4, 'Files downloaded in parallel.')
+        8, 'Files downloaded in parallel (8 keep a high-latency link busy with small files).')
     download_retries = _config.ConfigItem(
         5, 'Retries per file on connection errors, timeouts, 429 and 5xx responses.')
     download_min_rate = _config.ConfigItem(

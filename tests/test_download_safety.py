@@ -403,3 +403,29 @@ def test_a_rerun_keeps_verified_rows_labels_and_one_row_per_path(safety_emulator
     for item, name in ((first, "src-A.fits"), (second, "src-B.fits")):
         assert (world.savedir / name).read_bytes() == product_bytes(safety_emulator, item)
     world.assert_nothing_written_outside()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def test_the_command_line_says_when_only_sizes_were_checked(safety_emulator, files, world, capsys):
+    from astroquery_casda_ext import cli
+    code = cli.main(["download", files[0].url, str(world.savedir), "--server", safety_emulator.url])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK, err
+    assert "1 file(s) had no CASDA .checksum: only their size was checked" in out + err
+    saved = Manifest.read(world.savedir / MANIFEST_NAME).table
+    assert list(saved["checksum_status"]) == ["size-only"]
+    assert (world.savedir / files[0].filename).read_bytes() == product_bytes(safety_emulator, files[0])
+    world.assert_nothing_written_outside()
+
+
+def test_the_command_line_no_wait_fails_at_once_on_a_busy_folder(safety_emulator, files, world, capsys):
+    from astroquery_casda_ext import cli
+    from astroquery_casda_ext.download import FolderLock
+    with FolderLock(world.savedir):
+        code = cli.main(["download", "--no-wait", "--quiet", files[0].url, files[0].checksum_url,
+                         str(world.savedir), "--server", safety_emulator.url])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_DOWNLOAD and "another download is writing into" in err
+    assert os.listdir(world.savedir) == []
+    world.assert_nothing_written_outside()

@@ -30,8 +30,8 @@ from .verify import matches
 
 __all__ = []
 
-#: Bytes per read and write: 4 MiB measured fastest on loopback and disk (1 MiB costs ~10 %).
-CHUNK_SIZE = 4 << 20
+#: Bytes per read and write: 8 MiB blocks cost the least CPU per GB in measurements (1, 4, 8 MiB).
+CHUNK_SIZE = 8 << 20
 
 
 # --- progress -----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class TransferConfig:
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | tuple = 30.0        #: seconds to connect and between bytes read
-    chunk_size: int = 4 << 20            #: bytes read and written per step (bounds memory)
+    chunk_size: int = 8 << 20            #: bytes read and written per step (bounds memory)
     session: SessionSpec = field(default_factory=SessionSpec)   #: for workers without our session
     #: Hash on a helper thread, overlapping the transfer: worth it only with an idle core.
     hash_in_thread: bool = True
