@@ -265,7 +265,8 @@ def common_options(func):
 def job_options(func):
     """The options of commands that follow SODA jobs (and download what they made)."""
     func = click.option("--no-wait", is_flag=True,
-                        help="If another download is writing into DEST, fail at once instead of waiting.")(func)
+                        help="If another download is writing into DEST, fail at once "
+                             "instead of waiting.")(func)
     return click.option("--poll-interval", type=click.FloatRange(min=0.05), metavar="SECONDS",
                         help="Longest wait between two looks at a running job "
                              "(default: the configuration's poll_interval, 20 s).")(func)

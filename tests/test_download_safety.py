@@ -29,7 +29,7 @@ from astroquery_casda_ext.download import LOCK_NAME, MANIFEST_NAME, Downloader, 
 from astroquery_casda_ext.download import plan_downloads, read_checksum, transfer_file
 from astroquery_casda_ext.emulator import CasdaEmulator, EmulatorOptions, FaultRule
 from astroquery_casda_ext.emulator.holdings import HoldingsConfig
-from astroquery_casda_ext.errors import DownloadError, FolderBusyError, UnsafeFilenameError
+from astroquery_casda_ext.errors import FolderBusyError, UnsafeFilenameError
 from astroquery_casda_ext.transport import RetryPolicy
 
 from test_download import stage
@@ -93,10 +93,6 @@ def product_bytes(emulator, item):
 def downloader(**options):
     options.setdefault("retry", RetryPolicy(total=3, jitter=0.0))
     return Downloader(requests.Session(), progress=False, sleep=lambda seconds: None, **options)
-
-
-def rows_by_name(manifest):
-    return {Path(row["path"]).name or row["url"].rsplit("/", 1)[-1]: row for row in manifest.table}
 
 
 def served_path(emulator, url):
@@ -163,7 +159,8 @@ def test_a_link_at_the_lock_or_the_manifest_is_refused(safety_emulator, files, w
 
 # --- name clashes ---------------------------------------------------------------------------------
 
-def test_a_server_name_equal_to_another_files_name_is_an_error_not_an_overwrite(safety_emulator, files, world):
+def test_a_server_name_equal_to_another_files_name_is_an_error_not_an_overwrite(safety_emulator, files,
+                                                                                world):
     first, second = files
     safety_emulator.add_fault(FaultRule(r"/" + second.filename.replace(".", r"\.") + "$", "disposition",
                                         filename=first.filename))
@@ -203,7 +200,8 @@ def test_a_file_named_like_another_files_temporary_is_an_error(safety_emulator, 
     rows = {row["product_id"]: row for row in manifest.table}
     assert (rows[first.product_id]["status"], rows[first.product_id]["checksum_status"]) == ("COMPLETE",
                                                                                            "verified")
-    assert rows[second.product_id]["status"] == "ERROR" and "'x.fits.part'" in rows[second.product_id]["message"]
+    refused = rows[second.product_id]
+    assert refused["status"] == "ERROR" and "'x.fits.part'" in refused["message"]
     assert (world.savedir / "x.fits").read_bytes() == product_bytes(safety_emulator, first)
     assert sorted(os.listdir(world.savedir)) == ["x.fits", "x.fits.checksum"]
     world.assert_nothing_written_outside()
@@ -215,7 +213,8 @@ CHILD = """
 import sys
 import requests
 from astroquery_casda_ext.download import Downloader
-Downloader(requests.Session(), workers=2, progress=False).download(sys.argv[2:], sys.argv[1], save_manifest=True)
+downloader = Downloader(requests.Session(), workers=2, progress=False)
+downloader.download(sys.argv[2:], sys.argv[1], save_manifest=True)
 """
 
 
@@ -254,7 +253,7 @@ def test_two_processes_on_one_folder_take_turns_and_the_second_skips_what_is_ver
     for item in files:
         assert (world.savedir / item.filename).read_bytes() == product_bytes(safety_emulator, item)
     saved = Manifest.read(world.savedir / MANIFEST_NAME).table
-    assert sorted(saved["path"]) == sorted(str(world.savedir / item.filename) for item in files)   # one row each
+    assert sorted(saved["path"]) == sorted(str(world.savedir / item.filename) for item in files)  # a row each
     assert sorted(os.listdir(world.savedir)) == sorted(
         [MANIFEST_NAME] + [name for item in files for name in (item.filename, item.filename + ".checksum")])
     world.assert_nothing_written_outside()

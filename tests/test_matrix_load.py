@@ -110,7 +110,8 @@ from astroquery_casda_ext.download import Downloader
 savedir, deadline, urls = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 runs = 0
 while time.time() < deadline:
-    manifest = Downloader(requests.Session(), workers=2, progress=False).download(urls, savedir, save_manifest=True)
+    downloader = Downloader(requests.Session(), workers=2, progress=False)
+    manifest = downloader.download(urls, savedir, save_manifest=True)
     manifest.raise_for_errors()
     for path in manifest.paths:
         os.unlink(path)
@@ -136,7 +137,8 @@ def test_eight_threads_query_cut_out_and_download_without_loss_or_error(emulator
     started = time.monotonic()
     deadline = started + SECONDS
     neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(tmp_path / SHARED),
-                                  str(time.time() + SECONDS), *neighbour_urls], stdout=subprocess.PIPE, text=True)
+                                  str(time.time() + SECONDS), *neighbour_urls],
+                                 stdout=subprocess.PIPE, text=True)
     with conf.set_temp("poll_first", 0.1), conf.set_temp("poll_interval", 1):
         threads = [threading.Thread(target=worker, args=(number, client, products, deadline, tmp_path, tally),
                                     name=f"load-{number}", daemon=True) for number in range(THREADS)]

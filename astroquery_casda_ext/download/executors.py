@@ -128,7 +128,8 @@ def _verified_before(savedir):
         table = Table.read(path, format="ascii.ecsv")
     except Exception:  # noqa: BLE001 - an unreadable manifest only costs the shortcut
         return {}
-    ok = (table["status"] != FileStatus.ERROR.value) & (table["checksum_status"] == ChecksumStatus.VERIFIED.value)
+    ok = ((table["status"] != FileStatus.ERROR.value)
+          & (table["checksum_status"] == ChecksumStatus.VERIFIED.value))
     return {str(row["path"]): row for row in table[ok]}
 
 
@@ -316,8 +317,9 @@ class Downloader:
         """Fetch every sidecar first (tiny, in parallel): tasks with ``expected``, and failures."""
         ready, failures = [task for task in tasks if not task.checksum_url], []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="casda-checksum") as pool:
-            futures = {pool.submit(lambda task: read_checksum(task, config, sessions.get(), hooks), task): task
-                       for task in tasks if task.checksum_url}
+            def read(task):
+                return read_checksum(task, config, sessions.get(), hooks)
+            futures = {pool.submit(read, task): task for task in tasks if task.checksum_url}
             for future, task in _completed(futures, hooks):
                 try:
                     checked = future.result()
@@ -334,8 +336,9 @@ class Downloader:
             futures = {self.executor.submit(transfer_file, task, config): task for task in tasks}
             return self._collect(futures, hooks, progress)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="casda-download") as pool:
-            futures = {pool.submit(lambda task: transfer_file(task, config, sessions.get(), hooks), task): task
-                       for task in tasks}
+            def transfer(task):
+                return transfer_file(task, config, sessions.get(), hooks)
+            futures = {pool.submit(transfer, task): task for task in tasks}
             return self._collect(futures, hooks, progress)
 
     @staticmethod

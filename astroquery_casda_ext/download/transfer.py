@@ -439,7 +439,8 @@ class _Transfer:
             # from, and its Content-Length counts compressed bytes.
             self.range_ok, total = False, None
         if expected is not None and total is not None and total != expected.size:
-            raise Fatal(f"{self.final.name}: the server announces {total} bytes, its .checksum {expected.size}")
+            raise Fatal(f"{self.final.name}: the server announces {total} bytes, "
+                        f"its .checksum {expected.size}")
         self.total = total
         self._use_server_name(response)
         self._skip_if_present(total)
@@ -470,7 +471,8 @@ class _Transfer:
         if expected is not None:
             if self.server_named and matches(self.final, expected):
                 raise _AlreadyHere(ChecksumStatus.VERIFIED)
-        elif total is not None and naming.is_regular_file(self.final) and os.lstat(self.final).st_size == total:
+        elif (total is not None and naming.is_regular_file(self.final)
+              and os.lstat(self.final).st_size == total):
             raise _AlreadyHere(ChecksumStatus.SIZE_ONLY)
 
     def _prepare_part(self, offset):
@@ -623,8 +625,8 @@ def read_checksum(task, config, session, hooks=None):
         raise
     except OSError as exc:        # the local disk: full, read-only, no permission
         reason = "it exists as a link or another file" if exc.errno == errno.EEXIST else exc
-        raise DownloadError(f"{task.name}: cannot write {task.checksum_name}: {reason}", url=task.checksum_url,
-                            path=task.checksum_path) from None
+        raise DownloadError(f"{task.name}: cannot write {task.checksum_name}: {reason}",
+                            url=task.checksum_url, path=task.checksum_path) from None
     return replace(task, expected=expected)
 
 

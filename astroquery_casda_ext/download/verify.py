@@ -66,7 +66,8 @@ class Sink:
         for _ in range(depth if threaded else 1):
             self._free.put(memoryview(bytearray(config.chunk_size)))
         self._work = queue.SimpleQueue() if threaded else None
-        self._thread = threading.Thread(target=self._run, name="casda-hash", daemon=True) if threaded else None
+        self._thread = (threading.Thread(target=self._run, name="casda-hash", daemon=True)
+                        if threaded else None)
         self._failure = None
 
     def __enter__(self):
