@@ -248,7 +248,7 @@ def place(source, target, *, replace):
         os.replace(source, target)
         return
     try:
-        os.link(source, target, follow_symlinks=False)
+        os.link(source, target)           # source is our own .part, never a link
     except FileExistsError:
         raise
     except OSError:                       # no hard links here (FAT, some network file systems)

@@ -25,12 +25,19 @@ def hash_prefix(fd, length):
     accumulator = ChecksumAccumulator()
     position = 0
     while position < length:
-        block = os.pread(fd, min(HASH_BLOCK, length - position), position)
+        block = _pread(fd, min(HASH_BLOCK, length - position), position)
         if not block:
             break
         accumulator.update(block)
         position += len(block)
     return accumulator
+
+
+def _pread(fd, size, offset):
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)      # Windows has no pread; the Sink seeks before writing
+    return os.read(fd, size)
 
 
 def matches(path, expected):
