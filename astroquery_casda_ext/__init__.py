@@ -53,9 +53,14 @@ class Conf(_config.ConfigNamespace):
     job_batch_size = _config.ConfigItem(
         500, 'Most products put into one SODA job; larger selections are split over several jobs.')
     download_workers = _config.ConfigItem(
-        4, 'Files downloaded in parallel.')
+        8, 'Files downloaded in parallel (8 keep a high-latency link busy with small files).')
     download_retries = _config.ConfigItem(
         5, 'Retries per file on connection errors, timeouts, 429 and 5xx responses.')
+    download_min_rate = _config.ConfigItem(
+        1000.0, 'Slowest average rate (bytes per second) a file transfer may keep once '
+        'download_grace seconds have passed; a slower one stops with an error (0 = no limit).')
+    download_grace = _config.ConfigItem(
+        60.0, 'Seconds a file transfer may take before download_min_rate applies.')
     request_retries = _config.ConfigItem(
         5, 'Retries of a query, DataLink or job request when CASDA answers 429/5xx or the '
         'connection breaks (requests that are not safe to repeat are retried only on 429/503).')

@@ -202,6 +202,8 @@ class Options:
     environment: str | None = None
     #: ``--poll-interval``: the longest wait between two looks at a running job.
     poll_interval: float | None = None
+    #: ``--no-wait``: fail at once if another download is writing into DEST.
+    no_wait: bool = False
 
     @property
     def policy(self):
@@ -246,7 +248,7 @@ def common_options(func):
     def wrapper(*args, server, user, password_file, quiet, json_mode, verbose, debug, **kwargs):
         environment = server.lower() if server and not server.lower().startswith("http") else None
         options = Options(None if environment else server, user, password_file, quiet, json_mode, verbose,
-                          debug, environment, kwargs.pop("poll_interval", None))
+                          debug, environment, kwargs.pop("poll_interval", None), kwargs.pop("no_wait", False))
         with _logging_for(options), contextlib.ExitStack() as stack:
             if environment is not None:
                 # a named environment (prod, at, test, dev) picks CASDA's own hosts for this command only
@@ -258,7 +260,10 @@ def common_options(func):
 
 
 def job_options(func):
-    """The option of commands that follow SODA jobs."""
+    """The options of commands that follow SODA jobs (and download what they made)."""
+    func = click.option("--no-wait", is_flag=True,
+                        help="If another download is writing into DEST, fail at once "
+                             "instead of waiting.")(func)
     return click.option("--poll-interval", type=click.FloatRange(min=0.05), metavar="SECONDS",
                         help="Longest wait between two looks at a running job "
                              "(default: the configuration's poll_interval, 10 s).")(func)
@@ -453,7 +458,7 @@ def download_into(casda, sources, dest, options, console):
     """Download, verify, save the manifest; raise `DownloadError` if any file failed."""
     from .recipes import download_jobs
     console.say(f"Downloading into {dest} and verifying checksums ...")
-    return download_jobs(casda, sources, str(dest), progress=_progress(options))
+    return download_jobs(casda, sources, str(dest), progress=_progress(options), no_wait=options.no_wait)
 
 
 def manifest_summary(manifest):
@@ -463,7 +468,8 @@ def manifest_summary(manifest):
     verified = int(np.sum(data["checksum_status"] == "verified")) if len(data) else 0
     errors = manifest.error_files
     return {"files": len(data), "bytes": int(np.sum(data["size"])) if len(data) else 0,
-            "verified": verified, "failed": len(manifest.failed), "error_files": len(errors),
+            "verified": verified, "size_only": len(manifest.size_only), "failed": len(manifest.failed),
+            "error_files": len(errors),
             "error_messages": [str(m) for m in errors["message"]] if len(errors) else [],
             "paths": manifest.paths, "manifest": os.path.join(manifest.savedir, _manifest_name())}
 
@@ -483,6 +489,9 @@ def _size(nbytes):
 def _summary_text(summary, elapsed, what="file(s)"):
     text = (f"{summary['files']} {what} ({_size(summary['bytes'])}), {summary['verified']} verified "
             f"against CASDA checksums, in {elapsed:.1f} s; manifest: {summary['manifest']}")
+    if summary.get("size_only"):
+        text += (f"\n{summary['size_only']} file(s) had no CASDA .checksum: only their size was checked "
+                 "('size-only' in the manifest)")
     if summary["error_files"]:
         text += f"\n{summary['error_files']} region(s) had no data in some image (CASDA error files):"
         text += "".join(f"\n  {_one_line(message, 200)}" for message in summary["error_messages"][:5])

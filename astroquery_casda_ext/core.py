@@ -554,12 +554,14 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                           retry=RetryPolicy(total=int(conf.download_retries)), executor=executor,
                           progress=progress, timeout=conf.timeout)
 
-    def download_files(self, urls, *, savedir="", workers=None, progress=None, executor=None):
+    def download_files(self, urls, *, savedir="", workers=None, progress=None, executor=None, names=None,
+                       labels=None, no_wait=False):
         """Download files (e.g. the URLs `stage_data` or `cutout` returned), in parallel.
 
         Files are written as ``<name>.part``, resumed after an interruption, verified against
         their ``.checksum`` and only then renamed; files already present and verified are
-        skipped.
+        skipped.  One download at a time writes into a folder (others wait, or fail at once
+        with ``no_wait``).
 
         Parameters
         ----------
@@ -572,6 +574,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             Show progress bars (default: when the terminal is interactive).
         executor : `concurrent.futures.Executor`, optional
             Run transfers on this executor (e.g. a dask.distributed client's).
+        names : dict, optional
+            ``{data URL: local file name}`` for files you name yourself (the ``.checksum``
+            becomes ``<name>.checksum``).
+        labels : dict, optional
+            ``{data URL: {column: value}}``: extra columns of the manifest for those files
+            (e.g. source name, ra, dec, region, spectral window).
+        no_wait : bool, optional
+            Raise `~astroquery_casda_ext.errors.FolderBusyError` at once if another download
+            is writing into ``savedir``, instead of waiting for it.
 
         Returns
         -------
@@ -583,10 +594,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         astroquery_casda_ext.errors.DownloadError
             If any file could not be downloaded and verified (the others are kept).
         """
-        return self._downloader(workers, progress, executor).download_files(list(urls), savedir=savedir or ".")
+        return self._downloader(workers, progress, executor).download_files(
+            list(urls), savedir=savedir or ".", names=names, labels=labels, no_wait=no_wait)
 
     def download(self, source, savedir=".", *, workers=None, progress=None, executor=None,
-                 save_manifest=True):
+                 save_manifest=True, names=None, labels=None, no_wait=False):
         """Download what a job produced, or a list of URLs, and return the manifest.
 
         Parameters
@@ -599,6 +611,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         -------
         `~astroquery_casda_ext.download.Manifest`
             One row per file: product, URL, local path, size, checksum status, error.
+            With ``save_manifest`` it is saved into ``savedir``, merged with the manifest of
+            earlier runs there; ``names``, ``labels`` and ``no_wait`` are as in `download_files`.
         """
         jobs = [source] if isinstance(source, SodaJob) else list(source)
         items = []
@@ -608,10 +622,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                 items.extend(item.error_files())
             else:
                 items.append(item)
-        manifest = self._downloader(workers, progress, executor).download(items, savedir)
-        if save_manifest:
-            manifest.save()
-        return manifest
+        return self._downloader(workers, progress, executor).download(
+            items, savedir, names=names, labels=labels, no_wait=no_wait, save_manifest=save_manifest)
 
 
 def _check_on_error(on_error):

@@ -21,7 +21,7 @@ __all__ = [
     "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
     "JobSubmissionError", "scrub_secrets",
-    "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError",
+    "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
 ]
 
@@ -232,6 +232,10 @@ class ChecksumMismatchError(DownloadError):
 
 class UnsafeFilenameError(DownloadError, InvalidInputError):
     """A server-supplied file name would have escaped the download directory."""
+
+
+class FolderBusyError(DownloadError):
+    """Another download is writing into the same folder (raised at once with ``no_wait``)."""
 
 
 # --- warnings ---------------------------------------------------------------------------------

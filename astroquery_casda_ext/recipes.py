@@ -79,7 +79,7 @@ def wait_for_jobs(jobs, *, policy=None, on_phase=None, sleep=None):
         job.raise_if_error()
 
 
-def download_jobs(casda, jobs, savedir, *, progress=None):
+def download_jobs(casda, jobs, savedir, *, progress=None, no_wait=False):
     """Download and verify what finished jobs produced; write the manifest into ``savedir``.
 
     Parameters
@@ -91,6 +91,8 @@ def download_jobs(casda, jobs, savedir, *, progress=None):
         Created if needed.
     progress : bool, optional
         Progress bars (default: when standard error is a terminal).
+    no_wait : bool, optional
+        Fail at once if another download is writing into ``savedir`` (default: wait).
 
     Returns
     -------
@@ -102,7 +104,7 @@ def download_jobs(casda, jobs, savedir, *, progress=None):
         If any file could not be downloaded and verified (the others are kept).
     """
     Path(savedir).mkdir(parents=True, exist_ok=True)
-    manifest = casda.download(jobs, savedir, progress=progress)
+    manifest = casda.download(jobs, savedir, progress=progress, no_wait=no_wait)
     manifest.raise_for_errors()
     return manifest
 

@@ -1,6 +1,6 @@
 """pytest plugin: the reliability and security matrix, one summary line per category.
 
-Tests join the matrix with ``@pytest.mark.matrix("faults")`` (or ``"bad-input"``,
+Tests join the matrix with ``@pytest.mark.matrix("faults")`` (or ``"bad-input"``, ``"data-safety"``,
 ``"security"``, ``"load"``).  At the end of the run one line per category that had tests
 is printed, e.g. ``matrix faults: 31 passed, 0 failed``; skipped tests, and tests that
 were collected but never ran (``-x``, Ctrl-C), are added when there are any.
@@ -12,7 +12,7 @@ Registered from the root ``conftest.py``::
 import pytest
 
 #: The categories, in the order the summary lists them.
-CATEGORIES = ("faults", "bad-input", "security", "load")
+CATEGORIES = ("faults", "bad-input", "security", "data-safety", "load")
 
 
 def pytest_configure(config):

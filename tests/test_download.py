@@ -197,15 +197,28 @@ def test_planning_defaults_to_the_current_directory(tmp_path, monkeypatch):
 
 # --- sessions, pools, pickling --------------------------------------------------------------------
 
-def test_the_connection_pool_is_sized_to_the_workers():
-    session = requests.Session()
-    Downloader(session, workers=16, progress=False)
-    for scheme in ("http://", "https://"):
-        assert session.get_adapter(scheme + "example.org")._pool_maxsize >= 16
+def test_each_worker_thread_gets_its_own_pooled_session_with_the_transports_adapter():
+    """A requests.Session is not promised to be thread-safe: the façade's is never shared."""
+    from astroquery_casda_ext.download.http import SessionPool
+    from astroquery_casda_ext.transport import ApiRetryAdapter
+    pool = SessionPool(SessionSpec(pool_size=16))
+    sessions = {}
+    threads = [threading.Thread(target=lambda n=n: sessions.__setitem__(n, pool.get())) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(session) for session in sessions.values()}) == 3
+    for session in sessions.values():
+        for scheme in ("http://", "https://"):
+            adapter = session.get_adapter(scheme + "example.org")
+            assert isinstance(adapter, ApiRetryAdapter) and adapter._pool_maxsize >= 16
+    assert pool.get() is pool.get()                                  # one per thread, reused
+    pool.close()
 
 
-def test_an_adapter_already_mounted_is_kept_and_its_pool_enlarged():
-    """The façade mounts its own adapter (API retries); the downloader must not replace it."""
+def test_the_callers_session_and_its_adapter_are_left_alone():
+    """The façade mounts its own adapter (API retries); the downloader must not touch it."""
     class CustomAdapter(requests.adapters.HTTPAdapter):
         pass
     session = requests.Session()
@@ -213,8 +226,7 @@ def test_an_adapter_already_mounted_is_kept_and_its_pool_enlarged():
     session.mount("https://", adapter)
     Downloader(session, workers=8, progress=False)
     assert session.get_adapter("https://casda.csiro.au/") is adapter
-    assert adapter._pool_maxsize >= 8 and adapter.max_retries.total == 3
-    assert adapter.poolmanager.connection_pool_kw["maxsize"] >= 8
+    assert adapter._pool_maxsize == 2 and adapter.max_retries.total == 3
 
 
 def test_worker_sessions_never_carry_credentials():

@@ -14,7 +14,7 @@ from .holdings import HoldingsConfig
 __all__ = ["EmulatorOptions", "FaultRule", "FAULT_KINDS"]
 
 #: The fault kinds `FaultRule.kind` accepts.
-FAULT_KINDS = ("latency", "status", "reset", "truncate", "corrupt", "slow", "stall")
+FAULT_KINDS = ("latency", "status", "reset", "truncate", "corrupt", "slow", "stall", "endless", "disposition")
 
 _CHOICES = {
     "datalink_flavour": ("current", "old"),
@@ -41,7 +41,11 @@ class FaultRule:
         ``"corrupt"`` send the whole body with every byte from ``after_bytes`` on inverted;
         ``"slow"`` send the body at ``rate`` bytes per second;
         ``"stall"`` send the headers and ``after_bytes``, then stop for ``delay`` seconds
-        (long enough to trip a client's read timeout), then send the rest.
+        (long enough to trip a client's read timeout), then send the rest;
+        ``"endless"`` send the body with no ``Content-Length`` and keep sending after it
+        (``after_bytes`` of it, then filler) until the client hangs up;
+        ``"disposition"`` answer normally but name the file ``filename`` in
+        ``Content-Disposition`` (a server-chosen name).
     status : int
         HTTP status of a ``"status"`` fault.
     retry_after : float or None
@@ -57,6 +61,8 @@ class FaultRule:
         None means every matching request.
     methods : tuple of str
         HTTP methods the rule applies to.
+    filename : str or None
+        The name a ``"disposition"`` fault sends.
     """
 
     path: str
@@ -68,6 +74,7 @@ class FaultRule:
     rate: float | None = None
     times: int | None = None
     methods: tuple[str, ...] = ("GET", "POST", "HEAD", "DELETE")
+    filename: str | None = None
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS:

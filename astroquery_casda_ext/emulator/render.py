@@ -12,6 +12,7 @@ import re
 from urllib.parse import quote
 
 import numpy as np
+from werkzeug.http import http_date
 from werkzeug.wrappers import Response
 
 from .schema import adql_datatype
@@ -670,9 +671,23 @@ class FileBody:
                 yield chunk
 
 
-def _byte_range(ctx, size):
-    """(status, start, length, extra headers) for the request's Range against ``size`` bytes."""
+def _validators(path):
+    """``ETag`` and ``Last-Modified`` of a file, as a static file server or S3 sends them."""
+    info = path.stat()
+    return {"ETag": f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{info.st_size:x}"',
+            "Last-Modified": http_date(info.st_mtime)}
+
+
+def _byte_range(ctx, size, validators):
+    """(status, start, length, extra headers) for the request's Range against ``size`` bytes.
+
+    An ``If-Range`` that no longer matches the file's ETag (or Last-Modified) gets the
+    whole file (RFC 9110 13.1.5): the file changed since the client's partial copy.
+    """
     if not ctx.options.range_support or ctx.request.range is None:
+        return 200, 0, size, {}
+    if_range = ctx.request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() not in (validators["ETag"], validators["Last-Modified"]):
         return 200, 0, size, {}
     requested = ctx.request.range
     if requested.units != "bytes" or len(requested.ranges) != 1:
@@ -703,8 +718,9 @@ def stream_file(ctx, path, *, download_name, content_type=None):
         Overrides the type chosen from the extension.
     """
     size = path.stat().st_size
-    status, start, length, extra = _byte_range(ctx, size)
-    headers = {"Content-Disposition": f"attachment; filename={download_name}", **extra}
+    validators = _validators(path)
+    status, start, length, extra = _byte_range(ctx, size, validators)
+    headers = {"Content-Disposition": f"attachment; filename={download_name}", **validators, **extra}
     if ctx.options.range_support:
         headers["Accept-Ranges"] = "bytes"
     if status == 416:

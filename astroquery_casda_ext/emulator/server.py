@@ -40,7 +40,9 @@ _PROXY_PREFIX = "/casda_vo_proxy/vo/"
 #: Where `EmulatorOptions.control_api` serves the request log to other processes.
 _CONTROL_PREFIX = "/_emulator/"
 _RESET_KEY = "casda_emulator.reset"
-_BODY_FAULTS = ("reset", "truncate", "corrupt", "stall")
+_BODY_FAULTS = ("reset", "truncate", "corrupt", "stall", "endless")
+#: Bytes of filler per chunk an ``endless`` fault sends after the body.
+_ENDLESS_CHUNK = b"\x00" * (64 << 10)
 #: Bytes handed to one ``os.sendfile`` call.
 _SENDFILE_BLOCK = 8 << 20
 _INVERT = bytes(255 - value for value in range(256))
@@ -184,6 +186,9 @@ class _Body:
             if shaping.kind == "corrupt" and end > shaping.after_bytes:
                 cut = max(0, shaping.after_bytes - position)
                 chunk = chunk[:cut] + chunk[cut:].translate(_INVERT)
+            elif shaping.kind == "endless" and shaping.after_bytes and end > shaping.after_bytes:
+                yield from self._out(chunk[:max(0, shaping.after_bytes - position)], pacer)
+                break
             elif shaping.kind in ("reset", "truncate", "stall") and not fired and end > shaping.after_bytes:
                 cut = shaping.after_bytes - position
                 yield from self._out(chunk[:cut], pacer)
@@ -192,6 +197,8 @@ class _Body:
                 chunk = chunk[cut:]
             yield from self._out(chunk, pacer)
             position = end
+        while shaping.kind == "endless" and not self._app.stopping.is_set():
+            yield from self._out(_ENDLESS_CHUNK, pacer)   # until the client hangs up
 
     def _strike(self):
         """The moment a reset, truncate or stall fault happens."""
@@ -247,7 +254,13 @@ class EmulatorApp:
 
             def start(status, headers, exc_info=None):
                 exchange.status = int(status.split(None, 1)[0])
+                if any(rule.kind == "endless" for rule in rules):   # no length: the body may go on
+                    headers = [(key, value) for key, value in headers if key.lower() != "content-length"]
                 return start_response(status, headers, exc_info)
+
+            for rule in rules:
+                if rule.kind == "disposition":
+                    response.headers["Content-Disposition"] = f"attachment; filename={rule.filename}"
 
             inner = response(environ, start)
         except BaseException:
