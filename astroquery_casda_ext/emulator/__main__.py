@@ -22,6 +22,8 @@ def build_parser():
     parser.add_argument("--bulk-count", type=int, default=0, help="extra large products (for benchmarks)")
     parser.add_argument("--bulk-size", type=int, default=HoldingsConfig.bulk_size,
                         help="size in bytes of each bulk product")
+    parser.add_argument("--catalogue-rows", type=int, default=0,
+                        help="rows of the large TAP table casda.bulk_continuum_component (e.g. 1000000)")
     return parser
 
 
@@ -29,7 +31,8 @@ def options_from(args):
     """The `EmulatorOptions` the command line asks for."""
     holdings = HoldingsConfig(bulk_count=args.bulk_count, bulk_size=args.bulk_size)
     return EmulatorOptions(holdings=holdings, datalink_flavour=args.datalink_flavour,
-                           href_style=args.href_style, range_support=not args.no_range)
+                           href_style=args.href_style, range_support=not args.no_range,
+                           catalogue_rows=args.catalogue_rows)
 
 
 def main(argv=None):

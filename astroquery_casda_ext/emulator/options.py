@@ -119,6 +119,9 @@ class EmulatorOptions:
         Per-connection cap on download speed in bytes per second; None is unlimited.
     datalink_size_limit_gb : float or None
         Files larger than this lose their web download rows in DataLink.
+    catalogue_rows : int
+        Rows of the large deterministic TAP table ``casda.bulk_continuum_component``
+        (0: no such table); generated once into the data directory (``catalogue.py``).
     """
 
     holdings: HoldingsConfig = field(default_factory=HoldingsConfig)
@@ -134,11 +137,15 @@ class EmulatorOptions:
     job_expiry_seconds: float = 72 * 3600
     transfer_rate: float | None = None
     datalink_size_limit_gb: float | None = None
+    catalogue_rows: int = 0
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if isinstance(self.catalogue_rows, bool) or not isinstance(self.catalogue_rows, int) \
+                or self.catalogue_rows < 0:
+            raise ValueError("catalogue_rows must be a whole number of rows (0: none)")
         if self.transfer_rate is not None and self.transfer_rate <= 0:
             raise ValueError("transfer_rate must be positive (bytes per second) or None")
 
