@@ -299,11 +299,10 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     # --- catalogue-scale TAP (tap.py) ------------------------------------------------------
 
     def _tap_client(self, authenticated):
-        from .discovery import _PerRequestAuthSession
-        from .tap import TapClient
+        from .tap import AuthSession, TapClient
         url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
         auth = self._proxy_auth() if authenticated else None
-        return TapClient(_PerRequestAuthSession(self._session, auth, conf.timeout), url, timeout=conf.timeout)
+        return TapClient(AuthSession(self._session, auth), url, timeout=conf.timeout)
 
     def query_tap_partitioned(self, query, *, by, parts=8, output, bounds=None, executor=None, max_running=4,
                               part_retries=2, verify_counts=False, authenticated=None, progress=None):

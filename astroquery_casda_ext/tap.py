@@ -44,7 +44,7 @@ from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInpu
 from .discovery import _result_url, _tap_result_href
 from .jobs import is_final, parse_job_document
 
-__all__ = ["TapClient", "StreamedResult", "PartitionedResult", "relaxed_votable",
+__all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
            "read_casda_csv", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
 
 #: CASDA's ``tap.max.records``: the most rows any query returns (protocol section 8.1).
@@ -188,6 +188,12 @@ class _BodyReader(io.RawIOBase):
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]
         return size
+
+    def at_end(self):
+        """Whether the body has nothing more."""
+        if not self._buffer:
+            self.readinto(bytearray(0))
+        return not self._buffer
 
     def readline_bytes(self):
         """The first line (the header), read before the CSV parser takes over."""
@@ -423,13 +429,35 @@ def _adql_number(value, integer):
 
 # --- the client ------------------------------------------------------------------------------
 
+class AuthSession:
+    """A `requests.Session` used with credentials chosen per URL (``auth(url)``, only ever
+    for the OPAL proxy: see ``credentials.ProxyAuth``); bodies stream when asked to."""
+
+    def __init__(self, session, auth=None):
+        self.session, self.auth = session, auth
+
+    def request(self, method, url, **kwargs):
+        if self.auth is not None and kwargs.get("auth") is None:
+            kwargs["auth"] = self.auth(url)
+        return self.session.request(method, url, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url, data=None, **kwargs):
+        return self.request("POST", url, data=data, **kwargs)
+
+    def delete(self, url, **kwargs):
+        return self.request("DELETE", url, **kwargs)
+
+
 class TapClient:
     """Large TAP results from CASDA, typed, streamed, and in parallel parts.
 
     Parameters
     ----------
-    session : requests.Session-like
-        What the requests go through (the façade's per-URL-auth session wrapper).
+    session : AuthSession
+        What the requests go through (the façade's session, credentials per URL).
     tap_url : str
         The TAP base (``.../casda_vo_tools/tap`` or the proxy's).
     timeout : float
@@ -542,8 +570,9 @@ class TapClient:
         if [name.strip('"') for name in names] != [name.lower() for name in schema.names]:
             raise ServiceError(f"CASDA's CSV columns {names} are not the query's {schema.names}", url=url)
         rows, truncated = 0, False
-        stream = io.BufferedReader(body, _CHUNK)
-        for batch in read_casda_csv(stream, schema, separator=separator):
+        batches = () if body.at_end() else read_casda_csv(io.BufferedReader(body, _CHUNK), schema,
+                                                           separator=separator)
+        for batch in batches:       # (pyarrow refuses an empty CSV: a header alone is no rows)
             if rows + batch.num_rows > limit:
                 batch, truncated = batch.slice(0, limit - rows), True
             rows += batch.num_rows
@@ -671,11 +700,9 @@ class TapClient:
         limit = self._limit(maxrec)
         response, url, job_url = self._answer(query, limit, async_job)
         try:
-            with response, open(temporary, "xb") as sink:
-                writer = _writer(fmt, sink, schema, template)
+            with response, open(temporary, "xb") as sink, _writer(fmt, sink, schema, template) as writer:
                 for batch in self._batches(response, url, schema, limit, meter, tally := {}):
                     writer.write(batch)
-                writer.close()
         finally:
             if job_url:
                 self._delete(job_url)
@@ -817,7 +844,7 @@ class TapClient:
                         rows = future.result()
                     except Exception as exc:          # one part's failure must not stop the others
                         if attempts[index] <= part_retries and not isinstance(exc, (QueryError, InvalidInputError)):
-                            pending.append(index)     # bounded: part_retries more tries of this part alone
+                            pending.insert(0, index)  # at once, alone; bounded by part_retries
                         else:
                             failed[index] = exc
                         continue
@@ -875,6 +902,13 @@ class _EcsvWriter:
         self.header_done = True
         self.sink.write(text.encode("utf-8"))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+
     def close(self):
         if not self.header_done:
             empty = Table([MaskedColumn([], dtype=c.dtype if c.dtype.kind != "O" else str, name=c.name,
@@ -911,11 +945,10 @@ def run_part(task):
     temporary = _atomic_target(path)
     response, url, job_url = client._answer(task.query, SERVER_MAX_RECORDS, async_job=True)
     try:
-        with response, open(temporary, "xb") as sink:
-            writer = pa.parquet.ParquetWriter(sink, schema, compression="zstd")
+        with response, open(temporary, "xb") as sink, \
+                pa.parquet.ParquetWriter(sink, schema, compression="zstd") as writer:
             for batch in client._batches(response, url, schema, SERVER_MAX_RECORDS, None, tally := {}):
                 writer.write(batch)
-            writer.close()
         rows, truncated = tally["rows"], tally["truncated"]
         if truncated:
             raise IncompleteResultError(f"part {task.index} reached CASDA's {SERVER_MAX_RECORDS:,}-row limit: "
