@@ -310,3 +310,14 @@ def test_split_select_finds_clauses_outside_strings_and_parentheses():
 def _jobs_created(emulator):
     return sum(1 for entry in emulator.request_log
                if entry.method == "POST" and entry.path.rstrip("/").endswith("/tap/async"))
+
+
+def test_cli_tap_streams_to_parquet(catalogue_emulator, tmp_path, capsys):
+    from astroquery_casda_ext import cli
+    output = tmp_path / "components.parquet"
+    code = cli.main(["tap", ALL_ROWS, "-o", str(output), "--json", "--server", catalogue_emulator.url])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert pyarrow.parquet.read_metadata(output).num_rows == ROWS
+    assert '"rows": 2000' in out
+    assert cli.main(["tap", ALL_ROWS, "-o", str(output), "--server", catalogue_emulator.url]) != 0
