@@ -572,14 +572,21 @@ class TapClient:
         rows, truncated = 0, False
         batches = () if body.at_end() else read_casda_csv(io.BufferedReader(body, _CHUNK), schema,
                                                            separator=separator)
-        for batch in batches:       # (pyarrow refuses an empty CSV: a header alone is no rows)
-            if rows + batch.num_rows > limit:
-                batch, truncated = batch.slice(0, limit - rows), True
-            rows += batch.num_rows
-            if progress is not None:
-                progress.update(rows=rows)
-            if batch.num_rows:
-                yield batch
+        try:
+            for batch in batches:       # (pyarrow refuses an empty CSV: a header alone is no rows)
+                if rows + batch.num_rows > limit:
+                    batch, truncated = batch.slice(0, limit - rows), True
+                rows += batch.num_rows
+                if progress is not None:
+                    progress.update(rows=rows)
+                if batch.num_rows:
+                    yield batch
+        except _pyarrow().ArrowInvalid as exc:
+            if body.tail != b"\r\n":     # a last row cut short fails to parse before we see the end
+                raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
+                                            f"{body.bytes_read:,} bytes; nothing was kept: run the query again",
+                                            url=url) from exc
+            raise ServiceError(f"CASDA's CSV from {redact_url(url)} could not be read: {exc}", url=url) from exc
         if body.bytes_read > len(header) and body.tail != b"\r\n":
             raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
                                         f"{body.bytes_read:,} bytes; nothing was kept: run the query again",
@@ -977,7 +984,11 @@ class _Manifest:
         if path.is_symlink():
             raise InvalidInputError(f"{path} is a symbolic link: refusing to use it")
         if path.exists():
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                raise InvalidInputError(f"{path} is not a readable manifest: remove the directory to start "
+                                        "again") from None
             if {key: data.get(key) for key in identity} != identity:
                 raise InvalidInputError(f"{directory} holds another partitioned query ({data.get('query')!r} by "
                                         f"{data.get('by')!r} in {data.get('parts')} parts): use another directory")

@@ -321,3 +321,43 @@ def test_cli_tap_streams_to_parquet(catalogue_emulator, tmp_path, capsys):
     assert pyarrow.parquet.read_metadata(output).num_rows == ROWS
     assert '"rows": 2000' in out
     assert cli.main(["tap", ALL_ROWS, "-o", str(output), "--server", catalogue_emulator.url]) != 0
+
+
+@pytest.fixture
+def cutting_server(catalogue_emulator):
+    """A real HTTP/1.0 server in front of the emulator that ends CSV answers cleanly, mid-row
+    (a close-delimited body: no transport error tells the client it is short)."""
+    import http.server
+    import threading
+    from urllib.parse import parse_qs
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            upstream = requests.post(catalogue_emulator.url.rstrip("/") + self.path, data=body, timeout=30,
+                                     headers={"Content-Type": self.headers["Content-Type"]})
+            content = upstream.content
+            if parse_qs(body.decode()).get("FORMAT") == ["csv"]:
+                content = content[:content.index(b"\r\n", 20_000) + 30]      # 30 bytes into a row
+            self.send_response(200)
+            self.send_header("Content-Type", upstream.headers["Content-Type"])
+            self.end_headers()
+            self.wfile.write(content)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_result_ending_cleanly_mid_row_is_an_error(cutting_server, tmp_path):
+    casda = CasdaClass(server=cutting_server)
+    with pytest.raises(IncompleteResultError, match="mid-row"):
+        casda.query_tap(ALL_ROWS, result_format="csv")
+    with pytest.raises(IncompleteResultError, match="mid-row"):
+        casda.query_tap(ALL_ROWS, output=tmp_path / "cut.parquet")
+    assert list(tmp_path.iterdir()) == []
