@@ -800,7 +800,7 @@ def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, 
 @click.option("--auth", is_flag=True, help="Query through the OPAL proxy (needs a login): includes "
                                            "embargoed rows of your projects.")
 @click.option("-o", "--output", metavar="FILE",
-              help="Write the table: .xml/.vot (VOTable), .csv, .ecsv, or .parquet (streamed at flat memory).")
+              help="Write the table: .xml/.vot (VOTable), .csv, .ecsv, or .parquet (streamed, flat memory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--columns", help="Columns to show on screen (comma-separated).")
 @common_options

@@ -291,8 +291,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
             client = self._tap_client(authenticated)
             if output is not None:
-                return client.stream_to(query, output, maxrec=maxrec, async_job=async_job, overwrite=overwrite,
-                                        progress=progress)
+                return client.stream_to(query, output, maxrec=maxrec, async_job=async_job,
+                                        overwrite=overwrite, progress=progress)
             return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
         return self._discovery.tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
 
@@ -362,8 +362,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         elif authenticated:
             self._require_login()
         return self._tap_client(authenticated).partitioned(
-            query, by=by, parts=parts, output=output, bounds=bounds, executor=executor, max_running=max_running,
-            part_retries=part_retries, verify_counts=verify_counts, progress=progress)
+            query, by=by, parts=parts, output=output, bounds=bounds, executor=executor,
+            max_running=max_running, part_retries=part_retries, verify_counts=verify_counts, progress=progress)
 
     def _logged_in(self):
         """Helpers query through the OPAL proxy once logged in, to see the user's embargoed rows."""

@@ -405,8 +405,8 @@ def split_select(adql):
     masked = _masked(text)
     head = re.match(r"\s*SELECT\s+", masked, re.IGNORECASE)
     marks = {m.group(1).split()[0].upper(): m for m in _CLAUSES.finditer(masked)}
-    if not head or "FROM" not in marks or re.match(r"\s*(TOP|DISTINCT)\b", masked[head.end():], re.IGNORECASE) \
-            or "GROUP" in marks or "HAVING" in marks:
+    limited = head and re.match(r"\s*(TOP|DISTINCT)\b", masked[head.end():], re.IGNORECASE)
+    if not head or "FROM" not in marks or limited or "GROUP" in marks or "HAVING" in marks:
         raise InvalidInputError("a partitioned or counted query must be 'SELECT ... FROM ... [WHERE ...]' "
                                 "without TOP, DISTINCT, GROUP BY or HAVING")
     ends = sorted(m.start() for m in marks.values()) + [len(text)]
@@ -583,10 +583,11 @@ class TapClient:
                     yield batch
         except _pyarrow().ArrowInvalid as exc:
             if body.tail != b"\r\n":     # a last row cut short fails to parse before we see the end
-                raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
-                                            f"{body.bytes_read:,} bytes; nothing was kept: run the query again",
-                                            url=url) from exc
-            raise ServiceError(f"CASDA's CSV from {redact_url(url)} could not be read: {exc}", url=url) from exc
+                raise IncompleteResultError(
+                    f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after {body.bytes_read:,} "
+                    "bytes; nothing was kept: run the query again", url=url) from exc
+            raise ServiceError(f"CASDA's CSV from {redact_url(url)} could not be read: {exc}",
+                               url=url) from exc
         if body.bytes_read > len(header) and body.tail != b"\r\n":
             raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
                                         f"{body.bytes_read:,} bytes; nothing was kept: run the query again",
@@ -648,8 +649,8 @@ class TapClient:
         table = _repair_units(_fields_of(votable)[0])
         table.meta["complete"] = status != "OVERFLOW"
         if status == "OVERFLOW":
-            warnings.warn(IncompleteResultWarning(f"CASDA's TAP stopped at {len(table):,} rows: there are more"),
-                          stacklevel=2)
+            warnings.warn(IncompleteResultWarning(
+                f"CASDA's TAP stopped at {len(table):,} rows: there are more"), stacklevel=2)
         return table
 
     # --- streaming to a file
@@ -794,7 +795,8 @@ class TapClient:
                     bounds = (float(found["lo"][0]), float(found["hi"][0]))
         low, high = (float(value) for value in bounds)
         edges = np.linspace(low, high, parts + 1)[1:-1]
-        edges = sorted(set(np.ceil(edges).astype(np.int64).tolist())) if integer else [float(e) for e in edges]
+        edges = sorted(set(np.ceil(edges).astype(np.int64).tolist())) if integer else \
+            [float(edge) for edge in edges]
         ranges = [None] + list(edges) + [None]
         queries = []
         for start, stop in zip(ranges[:-1], ranges[1:]):
@@ -850,7 +852,8 @@ class TapClient:
                     try:
                         rows = future.result()
                     except Exception as exc:          # one part's failure must not stop the others
-                        if attempts[index] <= part_retries and not isinstance(exc, (QueryError, InvalidInputError)):
+                        final = isinstance(exc, (QueryError, InvalidInputError))   # trying again won't help
+                        if attempts[index] <= part_retries and not final:
                             pending.insert(0, index)  # at once, alone; bounded by part_retries
                         else:
                             failed[index] = exc
@@ -918,8 +921,9 @@ class _EcsvWriter:
 
     def close(self):
         if not self.header_done:
-            empty = Table([MaskedColumn([], dtype=c.dtype if c.dtype.kind != "O" else str, name=c.name,
-                                        unit=c.unit, description=c.description) for c in self.template.itercols()])
+            empty = Table([MaskedColumn([], dtype=str if c.dtype.kind == "O" else c.dtype, name=c.name,
+                                        unit=c.unit, description=c.description)
+                           for c in self.template.itercols()])
             self.sink.write(self._text(empty).encode("utf-8"))
 
 
@@ -958,10 +962,11 @@ def run_part(task):
                 writer.write(batch)
         rows, truncated = tally["rows"], tally["truncated"]
         if truncated:
-            raise IncompleteResultError(f"part {task.index} reached CASDA's {SERVER_MAX_RECORDS:,}-row limit: "
-                                        "use more parts", url=url)
+            raise IncompleteResultError(f"part {task.index} reached CASDA's {SERVER_MAX_RECORDS:,}-row "
+                                        "limit: use more parts", url=url)
         if task.verify_count and client.count(task.query) != rows:
-            raise IncompleteResultError(f"part {task.index}: {rows:,} rows received but COUNT(*) differs", url=url)
+            raise IncompleteResultError(f"part {task.index}: {rows:,} rows received but COUNT(*) differs",
+                                        url=url)
         os.replace(temporary, path)
     finally:
         client._delete(job_url)
@@ -990,8 +995,9 @@ class _Manifest:
                 raise InvalidInputError(f"{path} is not a readable manifest: remove the directory to start "
                                         "again") from None
             if {key: data.get(key) for key in identity} != identity:
-                raise InvalidInputError(f"{directory} holds another partitioned query ({data.get('query')!r} by "
-                                        f"{data.get('by')!r} in {data.get('parts')} parts): use another directory")
+                raise InvalidInputError(
+                    f"{directory} holds another partitioned query ({data.get('query')!r} by "
+                    f"{data.get('by')!r} in {data.get('parts')} parts): use another directory")
             return cls(directory, data)
         if any(not entry.name.startswith(".") for entry in directory.iterdir()):
             raise InvalidInputError(f"{directory} is not empty and holds no partitioned query: use an empty "

@@ -20,7 +20,7 @@ __all__ = ["BULK_CATALOGUE", "bulk_catalogue_table", "build_bulk_catalogue"]
 
 #: ``schema.name`` of the large catalogue.
 BULK_CATALOGUE = ("casda", "bulk_continuum_component")
-_VERSION = 1
+_VERSION = 2
 _TABLE = "casda_bulk_continuum_component"     # adql._sqlite_name of the table
 
 # Uniform numbers in [0, 1) from the row index (Knuth's multiplicative hashing).
@@ -32,21 +32,22 @@ base AS (
          360.0 * {_U.format(i="i", offset=0, prime=2654435761)} AS ra,
          -90.0 + 120.0 * {_U.format(i="i", offset=12345, prime=2246822519)} AS dec,
          {_U.format(i="i", offset=777, prime=3266489917)} AS u
-  FROM n)
+  FROM n),
+sexagesimal AS (SELECT *, ra / 15 AS hours, abs(dec) AS degrees FROM base)
 SELECT 5000 + i / 100000, sbid,
        CASE WHEN i % 7 = 0 THEN (sbid + 1) || ',' || (sbid + 2) ELSE '' END,
-       'AS9' || printf('%02d', i % 5), 'SB' || sbid || '_island_' || i, 'SB' || sbid || '_component_' || i || 'a',
+       'AS9' || printf('%02d', i % 5), 'SB' || sbid || '_island_' || i,
+       'SB' || sbid || '_component_' || i || 'a',
        printf('J%07.3f%+08.3f', ra, dec),
-       printf('%02d:%02d:%06.3f', CAST(ra / 15 AS INTEGER), CAST((ra / 15 - CAST(ra / 15 AS INTEGER)) * 60 AS INTEGER),
-              ((ra / 15 - CAST(ra / 15 AS INTEGER)) * 60 - CAST((ra / 15 - CAST(ra / 15 AS INTEGER)) * 60 AS INTEGER)) * 60),
-       printf('%s%02d:%02d:%05.2f', CASE WHEN dec < 0 THEN '-' ELSE '+' END, CAST(abs(dec) AS INTEGER),
-              CAST((abs(dec) - CAST(abs(dec) AS INTEGER)) * 60 AS INTEGER),
-              ((abs(dec) - CAST(abs(dec) AS INTEGER)) * 60 - CAST((abs(dec) - CAST(abs(dec) AS INTEGER)) * 60 AS INTEGER)) * 60),
-       ra, dec, 0.1 + u, 0.1 + u / 2, 887.5, 0.2 + 500.0 * u * u * u, 0.05 + u / 10, 0.25 + 600.0 * u * u * u,
-       0.06 + u / 8, 12.0 + 8.0 * u, 10.0 + 6.0 * u, 180.0 * u - 90.0,
-       CASE WHEN i % 11 = 0 THEN NULL ELSE -0.7 + (u - 0.5) END, 0.2 + u / 5, CASE WHEN i % 3 = 0 THEN 1 ELSE 0 END,
-       '2020-01-01T00:00:00.000Z', sbid
-FROM base
+       printf('%02d:%02d:%06.3f', CAST(hours AS INTEGER), CAST(hours * 60 AS INTEGER) % 60,
+              hours * 3600 - CAST(hours * 60 AS INTEGER) * 60),
+       printf('%s%02d:%02d:%05.2f', CASE WHEN dec < 0 THEN '-' ELSE '+' END, CAST(degrees AS INTEGER),
+              CAST(degrees * 60 AS INTEGER) % 60, degrees * 3600 - CAST(degrees * 60 AS INTEGER) * 60),
+       ra, dec, 0.1 + u, 0.1 + u / 2, 887.5, 0.2 + 500.0 * u * u * u, 0.05 + u / 10,
+       0.25 + 600.0 * u * u * u, 0.06 + u / 8, 12.0 + 8.0 * u, 10.0 + 6.0 * u, 180.0 * u - 90.0,
+       CASE WHEN i % 11 = 0 THEN NULL ELSE -0.7 + (u - 0.5) END, 0.2 + u / 5,
+       CASE WHEN i % 3 = 0 THEN 1 ELSE 0 END, '2020-01-01T00:00:00.000Z', sbid
+FROM sexagesimal
 """
 
 
