@@ -124,7 +124,8 @@ def test_types_units_and_nulls_equal_the_votable_paths(casda, query):
         mask = getattr(theirs, "mask", np.zeros(len(theirs), bool))
         assert list(ours.mask) == list(mask) == list(same.mask), name
         if kind == "f":
-            assert np.array_equal(ours.filled(np.nan), np.asarray(theirs.filled(np.nan)), equal_nan=True), name
+            assert np.array_equal(ours.filled(np.nan), np.asarray(theirs.filled(np.nan)),
+                                  equal_nan=True), name
         else:
             assert [str(v) for v in ours.filled()] == [str(v) for v in theirs.filled()], name
     if query == ALL_ROWS:
@@ -152,7 +153,8 @@ def test_a_result_cut_at_maxrec_is_reported_incomplete(casda, tmp_path):
     assert pyarrow.parquet.read_metadata(tmp_path / "cut.parquet").num_rows == 10
 
 
-def test_a_sync_result_broken_off_mid_stream_is_an_error_and_leaves_no_file(casda, catalogue_emulator, tmp_path):
+def test_a_sync_result_broken_off_mid_stream_is_an_error_and_leaves_no_file(casda, catalogue_emulator,
+                                                                             tmp_path):
     # the MAXREC=0 metadata answer is short: only the long CSV answer is reset
     catalogue_emulator.add_fault(FaultRule(path="/tap/sync$", kind="reset", after_bytes=60_000))
     with pytest.raises(IncompleteResultError, match="broke off"):
@@ -231,7 +233,8 @@ def test_a_failed_part_is_retried_alone_and_a_rerun_resumes(casda, catalogue_emu
     directory = tmp_path / "parts"
     # one part at a time: the first part's result breaks off three times (its first try and
     # both retries), so it fails; the other parts are written
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000, times=3))
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000,
+                                           times=3))
     with pytest.raises(PartitionedQueryError, match="1 of 6 parts failed") as failure:
         casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=6, output=directory, max_running=1)
     assert list(failure.value.failed) == [0]
@@ -244,8 +247,10 @@ def test_a_failed_part_is_retried_alone_and_a_rerun_resumes(casda, catalogue_emu
     assert checksum(pyarrow.dataset.dataset(directory).to_table()) == reference
 
 
-def test_a_part_that_fails_once_is_retried_and_the_run_completes(casda, catalogue_emulator, tmp_path, reference):
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000, times=1))
+def test_a_part_that_fails_once_is_retried_and_the_run_completes(casda, catalogue_emulator, tmp_path,
+                                                                  reference):
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000,
+                                           times=1))
     before = _jobs_created(catalogue_emulator)
     result = casda.query_tap_partitioned(ALL_ROWS, by="flux_peak", parts=4, output=tmp_path / "p",
                                          verify_counts=True)
