@@ -163,6 +163,8 @@ def run_child(*args, timeout=7200):
 
 def _ours(url):
     from astroquery_casda_ext import CasdaClass
+    from astroquery_casda_ext.tap import _pyarrow
+    _pyarrow()          # pyarrow is imported on first use: an import, kept out of the timing like pyvo's
     return CasdaClass(server=url)
 
 
