@@ -45,7 +45,7 @@ from .discovery import _result_url, _tap_result_href
 from .jobs import is_final, parse_job_document
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
-           "read_casda_csv", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
+           "read_casda_csv", "split_select", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
 
 #: CASDA's ``tap.max.records``: the most rows any query returns (protocol section 8.1).
 SERVER_MAX_RECORDS = 20_000_000
@@ -756,7 +756,10 @@ class TapClient:
     # --- partitioned queries
 
     def count(self, query):
-        """``COUNT(*)`` of a plain ``SELECT ... FROM ... [WHERE ...]`` query."""
+        """The number of rows of ``query``, by asking CASDA for its ``COUNT(*)``.
+
+        ``query`` must be a plain SELECT (see `split_select`).
+        """
         _, source, where, _ = split_select(query)
         adql = f"SELECT COUNT(*) AS n FROM {source}" + (f" WHERE {where}" if where else "")
         return int(self.table(adql)["n"][0])
