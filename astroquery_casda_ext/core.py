@@ -262,17 +262,20 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             Returns a `~astroquery_casda_ext.tap.StreamedResult`.
         overwrite : bool, optional
             Replace an existing ``output``.
-        result_format : {'votable', 'csv'}, optional
-            How the Table travels.  ``'csv'`` (needs pyarrow) reads CASDA's CSV typed by the
-            query's own FIELDs: many times faster and smaller for large results, same types,
-            units and masks.  Default ``'votable'`` (through pyvo).
+        result_format : {'csv', 'votable'}, optional
+            How the Table travels and is read.  Default: CASDA's VOTable through pyvo, as
+            astroquery reads it (text columns at CASDA's fixed widths, e.g. 255 characters).
+            ``'csv'`` (needs pyarrow): CASDA's CSV typed by the query's own FIELDs, many times
+            faster and smaller for large results, with the same types, units and masks.
+            ``'votable'``: the VOTable with text columns read as variable length (they cost
+            what they hold).
         progress : bool, optional
             Show rows and bytes while streaming (default: when stderr is a terminal).
 
         Warns
         -----
         astroquery_casda_ext.errors.IncompleteResultWarning
-            (``output`` or ``result_format='csv'``) the result stopped at ``maxrec`` or the
+            (``output`` or ``result_format``) the result stopped at ``maxrec`` or the
             server's limit.
         """
         if not isinstance(query, str) or not query.strip():
@@ -286,13 +289,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         if get_query_payload:
             payload = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
             return payload | ({"MAXREC": str(maxrec)} if maxrec is not None else {})
-        if output is not None or result_format == "csv":
+        if output is not None or result_format is not None:
             if maxrec is not None and (isinstance(maxrec, bool) or not isinstance(maxrec, int) or maxrec < 1):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
             client = self._tap_client(authenticated)
             if output is not None:
                 return client.stream_to(query, output, maxrec=maxrec, async_job=async_job,
                                         overwrite=overwrite, progress=progress)
+            if result_format == "votable":
+                return client.votable_table(query, maxrec=maxrec, async_job=async_job)
             return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
         return self._discovery.tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
 

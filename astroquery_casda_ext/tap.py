@@ -638,11 +638,21 @@ class TapClient:
         table.meta["complete"] = self._warn_if_cut(rows, truncated, maxrec)
         return table
 
-    def votable_table(self, query, *, maxrec=None):
-        """The result through the VOTable, with text columns relaxed to variable length."""
-        response, url = self._sync(query, "votable", maxrec)
-        with response:
-            votable = relaxed_votable(response.iter_content(_CHUNK))
+    def votable_table(self, query, *, maxrec=None, async_job=False):
+        """The result through CASDA's VOTable, text columns relaxed to variable length."""
+        if async_job:
+            response, url = self._async(query, "votable", maxrec)
+        else:
+            response, url = self._sync(query, "votable", maxrec)
+        try:
+            with response:
+                votable = relaxed_votable(response.iter_content(_CHUNK))
+        except (requests.RequestException, OSError) as exc:
+            raise IncompleteResultError(f"CASDA's VOTable from {redact_url(url)} broke off ({exc}): run the "
+                                        "query again", url=url) from exc
+        finally:
+            if async_job:
+                self._delete(url)
         status, message = _votable_status(votable)
         if status == "ERROR":
             raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)

@@ -110,7 +110,7 @@ def test_awkward_values_round_trip_and_equal_the_votable_path(casda):
 def test_types_units_and_nulls_equal_the_votable_paths(casda, query):
     table = casda.query_tap(query, result_format="csv")
     through_pyvo = casda.query_tap(query)
-    relaxed = casda._tap_client(False).votable_table(query)
+    relaxed = casda.query_tap(query, result_format="votable")
     assert table.colnames == through_pyvo.colnames == relaxed.colnames
     assert len(table) == len(through_pyvo) > 0
     for name in table.colnames:
@@ -366,3 +366,26 @@ def test_a_result_ending_cleanly_mid_row_is_an_error(cutting_server, tmp_path):
     with pytest.raises(IncompleteResultError, match="mid-row"):
         casda.query_tap(ALL_ROWS, output=tmp_path / "cut.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_async_csv_equals_sync(casda):
+    query = f"{ALL_ROWS} WHERE dec_deg_cont > 0"
+    later = casda.query_tap(query, result_format="csv", async_job=True)
+    now = casda.query_tap(query, result_format="csv")
+    assert len(later) == len(now) > 0 and list(later["component_id"]) == list(now["component_id"])
+
+
+def test_parts_run_on_a_process_pool(casda, tmp_path, reference):
+    import concurrent.futures
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
+        result = casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=3, output=tmp_path / "p",
+                                             executor=pool)
+    assert result.rows == ROWS
+    assert checksum(pyarrow.dataset.dataset(tmp_path / "p").to_table()) == reference
+
+
+def test_the_emulator_command_line_takes_the_catalogue_size():
+    from astroquery_casda_ext.emulator.__main__ import build_parser, options_from
+    assert options_from(build_parser().parse_args(["--catalogue-rows", "1000000"])).catalogue_rows == 1_000_000
+    with pytest.raises(ValueError, match="catalogue_rows"):
+        CasdaEmulator(catalogue_rows=-1)
