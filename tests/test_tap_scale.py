@@ -389,3 +389,11 @@ def test_the_emulator_command_line_takes_the_catalogue_size():
     assert options_from(build_parser().parse_args(["--catalogue-rows", "1000000"])).catalogue_rows == 1_000_000
     with pytest.raises(ValueError, match="catalogue_rows"):
         CasdaEmulator(catalogue_rows=-1)
+
+
+def test_an_abandoned_answer_does_not_hold_the_emulators_database(catalogue_emulator):
+    data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": ALL_ROWS, "FORMAT": "csv"}
+    with requests.post(catalogue_emulator.url + "casda_vo_tools/tap/sync", data=data, stream=True,
+                       timeout=30) as response:
+        assert len(response.raw.read(1000)) == 1000       # then hang up mid-answer
+    assert sync(catalogue_emulator, f"SELECT COUNT(*) AS n FROM {CATALOGUE}", "csv").text == f"n\r\n{ROWS}\r\n"

@@ -686,7 +686,9 @@ class TapDatabase:
         data_tables = list(tables)
         self.tables = data_tables + tap_schema_tables(data_tables)
         self._by_name = self._name_index()
-        self._lock = threading.Lock()
+        # re-entrant: a streamed result abandoned mid-way may be finalised by the garbage collector
+        # in a thread that holds the lock, and its cursor is closed under the lock
+        self._lock = threading.RLock()
         self._caps_ready = set()
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         # ADQL's LIKE is case-sensitive (PostgreSQL at CASDA); SQLite's is not by default.
