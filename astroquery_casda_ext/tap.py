@@ -230,7 +230,7 @@ def _arrow_schema(fields):
     return pa.schema(items)
 
 
-def read_casda_csv(stream, schema, *, separator=","):
+def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 22, use_threads=True):
     """Record batches of a CASDA CSV/TSV body (after its header line), typed by ``schema``.
 
     Empty cells of numeric and boolean columns are nulls, as are ``NaN`` floats (astropy's
@@ -240,7 +240,8 @@ def read_casda_csv(stream, schema, *, separator=","):
     pa = _pyarrow()
     reader = pa.csv.open_csv(
         stream,
-        read_options=pa.csv.ReadOptions(column_names=schema.names, block_size=1 << 22),
+        read_options=pa.csv.ReadOptions(column_names=schema.names, block_size=block_size,
+                                        use_threads=use_threads),
         parse_options=pa.csv.ParseOptions(delimiter=separator, double_quote=False, newlines_in_values=True),
         convert_options=pa.csv.ConvertOptions(column_types={f.name: f.type for f in schema},
                                               null_values=["", "NaN"], strings_can_be_null=False,
@@ -470,6 +471,11 @@ class TapClient:
         Injected by tests.
     """
 
+    #: Bytes of CSV parsed at a time: memory per running stream is a small multiple of it.
+    block_size = 1 << 22
+    #: The same for each part of a partitioned query (up to 4 run at once).
+    part_block_size = 1 << 20
+
     def __init__(self, session, tap_url, *, timeout=60.0, poll_first=0.2, poll_cap=5.0, job_timeout=36000.0,
                  sleep=_time.sleep):
         self.session = session
@@ -558,9 +564,10 @@ class TapClient:
 
     # --- reading a CSV answer
 
-    def _batches(self, response, url, schema, limit, progress, tally, separator=","):
+    def _batches(self, response, url, schema, limit, progress, tally, separator=",", lean=False):
         """Typed record batches of a CSV answer, at most ``limit`` rows; fills ``tally``
-        (a dict: rows, bytes, truncated) when the answer has ended as it should."""
+        (a dict: rows, bytes, truncated) when the answer has ended as it should.  ``lean``: small
+        blocks parsed in this thread (several parts stream at once: their memory adds up)."""
         body = _BodyReader(response, url, progress)
         header = body.readline_bytes()
         if not header.endswith(b"\r\n"):
@@ -570,8 +577,9 @@ class TapClient:
         if [name.strip('"') for name in names] != [name.lower() for name in schema.names]:
             raise ServiceError(f"CASDA's CSV columns {names} are not the query's {schema.names}", url=url)
         rows, truncated = 0, False
-        batches = () if body.at_end() else read_casda_csv(io.BufferedReader(body, _CHUNK), schema,
-                                                           separator=separator)
+        batches = () if body.at_end() else read_casda_csv(
+            io.BufferedReader(body, _CHUNK), schema, separator=separator, use_threads=not lean,
+            block_size=self.part_block_size if lean else self.block_size)
         try:
             for batch in batches:       # (pyarrow refuses an empty CSV: a header alone is no rows)
                 if rows + batch.num_rows > limit:
@@ -971,7 +979,8 @@ def run_part(task):
     try:
         with response, open(temporary, "xb") as sink, \
                 pa.parquet.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in client._batches(response, url, schema, SERVER_MAX_RECORDS, None, tally := {}):
+            for batch in client._batches(response, url, schema, SERVER_MAX_RECORDS, None, tally := {},
+                                         lean=True):
                 writer.write(batch)
         rows, truncated = tally["rows"], tally["truncated"]
         if truncated:
