@@ -545,17 +545,24 @@ class TapClient:
 
     # --- metadata
 
-    def metadata(self, query):
+    def metadata(self, query, async_job=False):
         """(empty astropy Table, arrow schema) of ``query``, from its FIELDs (``MAXREC=0``).
+
+        ``async_job``: ask through an async job (a query too slow for the sync limit may be
+        slow even for no rows, e.g. when it sorts).
 
         Raises
         ------
         QueryError
             CASDA refused the query (its ``QUERY_STATUS=ERROR`` text is kept).
         """
-        response, url = self._sync(query, "votable", 0)
-        with response:
-            votable = relaxed_votable(response.iter_content(_CHUNK))
+        response, url = self._async(query, "votable", 0) if async_job else self._sync(query, "votable", 0)
+        try:
+            with response:
+                votable = relaxed_votable(response.iter_content(_CHUNK))
+        finally:
+            if async_job:
+                self._delete(url)
         status, message = _votable_status(votable)
         if status == "ERROR":
             raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
@@ -629,7 +636,7 @@ class TapClient:
         numeric cells are masked.  See `CasdaClass.query_tap`.
         """
         pa = _pyarrow()
-        template, schema = self.metadata(query)
+        template, schema = self.metadata(query, async_job)
         limit = self._limit(maxrec)
         response, url, job_url = self._answer(query, limit, async_job)
         meter = _Progress("TAP") if progress else None
@@ -722,7 +729,7 @@ class TapClient:
         return StreamedResult(path, rows, bytes_read, complete)
 
     def _stream_rows(self, query, temporary, fmt, maxrec, async_job, meter):
-        template, schema = self.metadata(query)
+        template, schema = self.metadata(query, async_job)
         limit = self._limit(maxrec)
         response, url, job_url = self._answer(query, limit, async_job)
         try:
@@ -809,7 +816,7 @@ class TapClient:
                 bounds = (-90.0, 90.0)
             else:
                 found = self.table(f"SELECT MIN({by}) AS lo, MAX({by}) AS hi FROM {source}"
-                                   + (f" WHERE {where}" if where else ""))
+                                   + (f" WHERE {where}" if where else ""), async_job=True)   # a full scan
                 if np.ma.is_masked(found["lo"][0]):
                     bounds = (0, 0)      # no rows: one range, anything goes
                 else:
@@ -848,8 +855,7 @@ class TapClient:
         if manifest.edges is None:
             queries, edges = self.partition_queries(query, by, parts, bounds)
             manifest.start(queries, edges)
-        template, schema = self.metadata(manifest.queries[0])
-        del template
+        schema = self.metadata(manifest.queries[0], async_job=True)[1]
         todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
         resumed = len(manifest.queries) - len(todo)
         show = sys.stderr.isatty() if progress is None else progress

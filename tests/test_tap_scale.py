@@ -232,9 +232,11 @@ def test_partitioned_query_writes_one_dataset_pyarrow_and_dask_open(casda, tmp_p
 def test_a_failed_part_is_retried_alone_and_a_rerun_resumes(casda, catalogue_emulator, tmp_path, reference):
     directory = tmp_path / "parts"
     # one part at a time: the first part's result breaks off three times (its first try and
-    # both retries), so it fails; the other parts are written
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000,
-                                           times=3))
+    # both retries), so it fails; the other parts are written.  (The rule also counts the three
+    # short answers before the parts, MIN/MAX's FIELDs and rows and the query's FIELDs, which
+    # end before 20 000 bytes.)
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=20_000,
+                                           times=3 + 3))
     with pytest.raises(PartitionedQueryError, match="1 of 6 parts failed") as failure:
         casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=6, output=directory, max_running=1)
     assert list(failure.value.failed) == [0]
@@ -243,19 +245,19 @@ def test_a_failed_part_is_retried_alone_and_a_rerun_resumes(casda, catalogue_emu
     jobs_before = _jobs_created(catalogue_emulator)
     result = casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=6, output=directory)
     assert (result.rows, result.resumed) == (ROWS, 5)
-    assert _jobs_created(catalogue_emulator) - jobs_before == 1
+    assert _jobs_created(catalogue_emulator) - jobs_before == 1 + 1      # the FIELDs, the missing part
     assert checksum(pyarrow.dataset.dataset(directory).to_table()) == reference
 
 
 def test_a_part_that_fails_once_is_retried_and_the_run_completes(casda, catalogue_emulator, tmp_path,
                                                                   reference):
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=2_000,
-                                           times=1))
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="truncate", after_bytes=20_000,
+                                           times=3 + 1))      # MIN/MAX and the FIELDs pass, then one part
     before = _jobs_created(catalogue_emulator)
     result = casda.query_tap_partitioned(ALL_ROWS, by="flux_peak", parts=4, output=tmp_path / "p",
                                          verify_counts=True)
     assert result.rows == ROWS
-    assert _jobs_created(catalogue_emulator) - before == 4 + 1
+    assert _jobs_created(catalogue_emulator) - before == 3 + 4 + 1      # MIN/MAX (2), FIELDs; parts; a retry
     assert checksum(pyarrow.dataset.dataset(tmp_path / "p").to_table()) == reference
 
 
@@ -266,7 +268,7 @@ def test_a_damaged_part_is_fetched_again_on_rerun(casda, catalogue_emulator, tmp
     before = _jobs_created(catalogue_emulator)
     result = casda.query_tap_partitioned(ALL_ROWS, by="dec_deg_cont", parts=4, output=directory)
     assert (result.rows, result.resumed) == (ROWS, 3)
-    assert _jobs_created(catalogue_emulator) - before == 1
+    assert _jobs_created(catalogue_emulator) - before == 1 + 1          # the FIELDs, the damaged part
     assert checksum(pyarrow.dataset.dataset(directory).to_table()) == reference
 
 
@@ -386,7 +388,8 @@ def test_parts_run_on_a_process_pool(casda, tmp_path, reference):
 
 def test_the_emulator_command_line_takes_the_catalogue_size():
     from astroquery_casda_ext.emulator.__main__ import build_parser, options_from
-    assert options_from(build_parser().parse_args(["--catalogue-rows", "1000000"])).catalogue_rows == 1_000_000
+    options = options_from(build_parser().parse_args(["--catalogue-rows", "1000000"]))
+    assert options.catalogue_rows == 1_000_000
     with pytest.raises(ValueError, match="catalogue_rows"):
         CasdaEmulator(catalogue_rows=-1)
 
@@ -396,4 +399,5 @@ def test_an_abandoned_answer_does_not_hold_the_emulators_database(catalogue_emul
     with requests.post(catalogue_emulator.url + "casda_vo_tools/tap/sync", data=data, stream=True,
                        timeout=30) as response:
         assert len(response.raw.read(1000)) == 1000       # then hang up mid-answer
-    assert sync(catalogue_emulator, f"SELECT COUNT(*) AS n FROM {CATALOGUE}", "csv").text == f"n\r\n{ROWS}\r\n"
+    counted = sync(catalogue_emulator, f"SELECT COUNT(*) AS n FROM {CATALOGUE}", "csv")
+    assert counted.text == f"n\r\n{ROWS}\r\n"
