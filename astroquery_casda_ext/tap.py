@@ -163,6 +163,7 @@ class _BodyReader(io.RawIOBase):
         self._chunks = response.iter_content(_CHUNK)
         self._url = url
         self._buffer = b""
+        self._offset = 0            # into _buffer: slicing a 1 MB chunk per small read would copy it
         self.bytes_read = 0
         self.tail = b""
         self.progress = progress
@@ -171,7 +172,8 @@ class _BodyReader(io.RawIOBase):
         return True
 
     def readinto(self, target):
-        if not self._buffer:
+        if self._offset >= len(self._buffer):
+            self._buffer, self._offset = b"", 0
             try:
                 self._buffer = next(self._chunks, b"")
             except (requests.RequestException, OSError) as exc:
@@ -181,31 +183,28 @@ class _BodyReader(io.RawIOBase):
                     url=self._url) from exc
             if self._buffer:
                 self.bytes_read += len(self._buffer)
-                self.tail = (self.tail + self._buffer)[-2:]
+                self.tail = (self.tail + self._buffer[-2:])[-2:]
                 if self.progress is not None:
                     self.progress.update(bytes_read=self.bytes_read)
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
+        size = min(len(target), len(self._buffer) - self._offset)
+        target[:size] = memoryview(self._buffer)[self._offset:self._offset + size]
+        self._offset += size
         return size
 
     def at_end(self):
         """Whether the body has nothing more."""
-        if not self._buffer:
+        if self._offset >= len(self._buffer):
             self.readinto(bytearray(0))
-        return not self._buffer
+        return self._offset >= len(self._buffer)
 
     def readline_bytes(self):
         """The first line (the header), read before the CSV parser takes over."""
         line = b""
-        while b"\n" not in line:
-            if not self._buffer:
-                self.readinto(bytearray(0))       # refill
-                if not self._buffer:
-                    break
-            cut = self._buffer.find(b"\n")
-            take = len(self._buffer) if cut < 0 else cut + 1
-            line, self._buffer = line + self._buffer[:take], self._buffer[take:]
+        while b"\n" not in line and not self.at_end():
+            cut = self._buffer.find(b"\n", self._offset)
+            end = len(self._buffer) if cut < 0 else cut + 1
+            line += self._buffer[self._offset:end]
+            self._offset = end
         return line
 
 
