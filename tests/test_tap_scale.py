@@ -401,3 +401,14 @@ def test_an_abandoned_answer_does_not_hold_the_emulators_database(catalogue_emul
         assert len(response.raw.read(1000)) == 1000       # then hang up mid-answer
     counted = sync(catalogue_emulator, f"SELECT COUNT(*) AS n FROM {CATALOGUE}", "csv")
     assert counted.text == f"n\r\n{ROWS}\r\n"
+
+
+def test_logged_in_streams_go_through_the_proxy_as_the_user(catalogue_emulator, tmp_path):
+    casda = CasdaClass(server=catalogue_emulator.url)
+    casda.login(username=catalogue_emulator.username, password=catalogue_emulator.password)
+    before = len(catalogue_emulator.request_log)
+    casda.query_tap(f"SELECT TOP 5 * FROM {CATALOGUE}", output=tmp_path / "mine.parquet")
+    casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=2, output=tmp_path / "mine")
+    served = catalogue_emulator.request_log[before:]
+    assert served and all(entry.path.startswith("/casda_vo_proxy/") for entry in served)
+    assert {entry.user for entry in served} == {catalogue_emulator.username}
