@@ -805,13 +805,16 @@ def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, 
 @click.option("--maxrec", type=click.IntRange(min=1), help="Most rows to return.")
 @click.option("--auth", is_flag=True, help="Query through the OPAL proxy (needs a login): includes "
                                            "embargoed rows of your projects.")
-@click.option("-o", "--output", metavar="FILE", help="Write the table: .xml/.vot (VOTable), .csv or .ecsv.")
+@click.option("-o", "--output", metavar="FILE",
+              help="Write the table: .xml/.vot (VOTable), .csv, .ecsv, or .parquet (streamed, flat memory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--columns", help="Columns to show on screen (comma-separated).")
 @common_options
 def tap(options, adql, async_job, maxrec, auth, output, overwrite, columns):
     """Run an ADQL query on CASDA's TAP service ('-' reads it from standard input)."""
     console = options.console
+    if output and Path(output).suffix.lower() in (".parquet", ".pq"):
+        return _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite)
     output_format = _check_output(output, overwrite)
     if adql == "-":
         adql = sys.stdin.read()
@@ -824,6 +827,25 @@ def tap(options, adql, async_job, maxrec, auth, output, overwrite, columns):
     table = casda.query_tap(adql, async_job=async_job, maxrec=maxrec, authenticated=auth)
     return show_table(table, options, console, output=output, output_format=output_format, columns=columns,
                       command="tap")
+
+
+def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
+    """``casda tap ... -o x.parquet``: the result streamed to Parquet (tap.py), never held whole."""
+    console, started = options.console, time.monotonic()
+    if os.path.exists(output) and not overwrite:
+        raise click.BadParameter(f"{output} exists; add --overwrite to replace it", param_hint="--output")
+    adql = sys.stdin.read() if adql == "-" else adql
+    if not adql.strip():
+        raise click.UsageError("the ADQL query is empty")
+    casda = make_client(options)
+    if auth:
+        log_in(casda, options, console)
+    written = casda.query_tap(adql, async_job=async_job, maxrec=maxrec, authenticated=auth, output=output,
+                              overwrite=overwrite)
+    console.say(f"{written.rows} row(s) written to {output}" + ("" if written.complete else " (incomplete)"))
+    summary = {"command": "tap", "rows": written.rows, "output": str(output), "complete": written.complete,
+               "bytes_read": written.bytes_read}
+    return _finish(console, options, started, summary, "")
 
 
 # --- cutout workflows -----------------------------------------------------------------------------

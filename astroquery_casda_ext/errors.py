@@ -12,7 +12,7 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from astropy.utils.exceptions import AstropyWarning
-from astroquery.exceptions import InvalidQueryError, LoginError
+from astroquery.exceptions import InvalidQueryError, LoginError, MaxResultsWarning
 
 __all__ = [
     "CasdaError", "InvalidInputError", "InvalidRegionError", "InvalidSpectralRangeError",
@@ -23,6 +23,7 @@ __all__ = [
     "JobSubmissionError", "scrub_secrets",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
+    "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
 ]
 
 
@@ -114,6 +115,31 @@ class ServiceError(CasdaError):
 
 class QueryError(ServiceError, InvalidQueryError):
     """A TAP or SIA2 query came back with ``QUERY_STATUS=ERROR``."""
+
+
+# --- catalogue-scale TAP (tap.py) -------------------------------------------------------------
+
+class IncompleteResultError(ServiceError):
+    """A TAP result broke off before its end (CASDA's CSV has no end marker: we check).
+
+    Nothing partial is kept: the output file is not created.  Run the query again; a
+    partitioned query resumes from its finished parts.
+    """
+
+
+class PartitionedQueryError(ServiceError):
+    """Some parts of a partitioned TAP query failed; ``failed`` maps part number -> error.
+
+    The finished parts are kept and recorded: the same call again resumes from them.
+    """
+
+    def __init__(self, message, *, failed=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.failed = dict(failed or {})
+
+
+class IncompleteResultWarning(MaxResultsWarning):
+    """A TAP result stopped at MAXREC (or the server's limit): there are more rows."""
 
 
 class DataLinkError(ServiceError):

@@ -30,6 +30,8 @@ def build_parser():
                         help="per-connection cap on download speed")
     parser.add_argument("--control", action="store_true",
                         help="serve /_emulator/log and /_emulator/reset (for the benchmarks)")
+    parser.add_argument("--catalogue-rows", type=int, default=0,
+                        help="rows of the large TAP table casda.bulk_continuum_component (e.g. 1000000)")
     return parser
 
 
@@ -52,6 +54,7 @@ def options_from(args):
     return EmulatorOptions(holdings=holdings, datalink_flavour=args.datalink_flavour,
                            href_style=args.href_style, range_support=not args.no_range,
                            request_latency=args.latency, transfer_rate=args.rate, control_api=args.control,
+                           catalogue_rows=args.catalogue_rows,
                            **extra)
 
 

@@ -53,6 +53,9 @@ from .schema import Column, TableDef, adql_datatype, tap_schema_tables
 
 __all__ = ["AdqlError", "QueryResult", "TapDatabase"]
 
+#: Rows fetched from SQLite at a time by a streamed query.
+_STREAM_BATCH = 5000
+
 
 class AdqlError(Exception):
     """A query was refused or failed; ``message`` is the text for ``QUERY_STATUS=ERROR``."""
@@ -683,7 +686,9 @@ class TapDatabase:
         data_tables = list(tables)
         self.tables = data_tables + tap_schema_tables(data_tables)
         self._by_name = self._name_index()
-        self._lock = threading.Lock()
+        # re-entrant: a streamed result abandoned mid-way may be finalised by the garbage collector
+        # in a thread that holds the lock, and its cursor is closed under the lock
+        self._lock = threading.RLock()
         self._caps_ready = set()
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         # ADQL's LIKE is case-sensitive (PostgreSQL at CASDA); SQLite's is not by default.
@@ -706,6 +711,10 @@ class TapDatabase:
 
     def _load(self, table):
         name = _sqlite_name(table)
+        if table.sqlite_file:
+            # a large table stays in its file: SQLite finds unqualified names in attached databases
+            self._connection.execute("ATTACH DATABASE ? AS ?", (table.sqlite_file, name + "_file"))
+            return
         columns = ", ".join(f'"{c.name.lower()}" {_SQLITE_AFFINITY.get(c.datatype, "TEXT")}'
                             for c in table.columns)
         hidden = [f'"{c.name.lower()}{suffix}" REAL' for c in table.columns if adql_datatype(c) == "REGION"
@@ -765,7 +774,7 @@ class TapDatabase:
         inner = sqlglot.parse_one(f'SELECT * FROM "{name}" WHERE {visible}', read="sqlite")
         return exp.Subquery(this=inner, alias=alias)
 
-    def execute(self, adql, *, maxrec=None, projects=frozenset(), admin=False):
+    def execute(self, adql, *, maxrec=None, projects=frozenset(), admin=False, stream=False):
         """Run an ADQL query.
 
         Parameters
@@ -778,6 +787,9 @@ class TapDatabase:
             OPAL codes of the user's projects: their embargoed catalogue rows are visible.
         admin : bool
             An administrator sees every row.
+        stream : bool
+            ``rows`` is an iterator read from SQLite as it is consumed (flat memory for
+            millions of rows); ``overflow`` is known once it is exhausted.
 
         Returns
         -------
@@ -798,19 +810,46 @@ class TapDatabase:
         if maxrec is not None:
             limit = maxrec + 1 if limit is None else min(limit, maxrec + 1)
         sql = compiler.sql(projects=frozenset(projects or ()), admin=admin, limit=limit)
+        table_name = compiler.sources[0].table.full_name if len(compiler.sources) == 1 else None
+        if stream:
+            result = QueryResult(columns, [], False, table_name)
+            cursor, first = self._run(sql, compiler.region_columns, stream=True)
+            result.rows = self._streamed(cursor, first, maxrec, result)
+            return result
         rows = self._run(sql, compiler.region_columns)
         overflow = maxrec is not None and len(rows) > maxrec
-        table_name = compiler.sources[0].table.full_name if len(compiler.sources) == 1 else None
         return QueryResult(columns, rows[:maxrec] if overflow else rows, overflow, table_name)
 
-    def _run(self, sql, region_columns=()):
+    def _streamed(self, cursor, batch, maxrec, result):
+        """Rows of a streamed query, fetched a batch at a time under the lock (other
+        queries run in between); sets ``result.overflow`` on meeting row ``maxrec + 1``."""
+        sent = 0
+        try:
+            while batch:
+                for row in batch:
+                    if maxrec is not None and sent >= maxrec:
+                        result.overflow = True
+                        return
+                    yield row
+                    sent += 1
+                with self._lock:
+                    batch = cursor.fetchmany(_STREAM_BATCH)
+        finally:
+            with self._lock:
+                cursor.close()
+
+    def _run(self, sql, region_columns=(), stream=False):
         _function_errors.message = None
         with self._lock:
             try:
                 for table_name, column_name in region_columns:
                     if (table_name, column_name) not in self._caps_ready:
                         self._compute_caps(table_name, column_name)
+                if stream:   # the first rows now, so that errors come before the answer starts
+                    cursor = self._connection.execute(sql)
+                    return cursor, cursor.fetchmany(_STREAM_BATCH)
                 return self._connection.execute(sql).fetchall()
             except sqlite3.Error as exc:
                 reason = getattr(_function_errors, "message", None) or str(exc)
                 raise AdqlError(f"Unable to run query '{reason}'") from None
+

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import schema
 from .adql import TapDatabase
+from .catalogue import bulk_catalogue_table
 from .datalink_state import TokenStore
 from .holdings import build_holdings
 from .options import EmulatorOptions, FaultRule
@@ -359,9 +360,12 @@ class EmulatorBackend:
 
     def _tables(self):
         holdings = self.holdings
-        return [schema.obscore_table(product.obscore for product in holdings.products),
-                schema.continuum_component_table(holdings.components),
-                schema.observation_table(holdings.observations)]
+        tables = [schema.obscore_table(product.obscore for product in holdings.products),
+                  schema.continuum_component_table(holdings.components),
+                  schema.observation_table(holdings.observations)]
+        if self.options.catalogue_rows:
+            tables.append(bulk_catalogue_table(self.data_dir, self.options.catalogue_rows))
+        return tables
 
     # ----- users
     def _add_account(self, user, password):

@@ -133,6 +133,9 @@ class EmulatorOptions:
         Serve ``/_emulator/`` (``GET /_emulator/log``: the request log as JSON; ``DELETE
         /_emulator/log``; ``POST /_emulator/reset``), so another process (the benchmarks)
         can read and reset the log.  Off by default: CASDA has no such path.
+    catalogue_rows : int
+        Rows of the large deterministic TAP table ``casda.bulk_continuum_component``
+        (0: no such table); generated once into the data directory (``catalogue.py``).
     """
 
     holdings: HoldingsConfig = field(default_factory=HoldingsConfig)
@@ -150,11 +153,15 @@ class EmulatorOptions:
     datalink_size_limit_gb: float | None = None
     request_latency: float = 0.0
     control_api: bool = False
+    catalogue_rows: int = 0
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if isinstance(self.catalogue_rows, bool) or not isinstance(self.catalogue_rows, int) \
+                or self.catalogue_rows < 0:
+            raise ValueError("catalogue_rows must be a whole number of rows (0: none)")
         if self.transfer_rate is not None and self.transfer_rate <= 0:
             raise ValueError("transfer_rate must be positive (bytes per second) or None")
         if not 0 <= self.request_latency <= 60:

@@ -221,7 +221,8 @@ def run_tap_query(backend, params, *, user, place, started):
     fmt, maxrec = validate_tap(params)
     projects, admin = (frozenset(), False) if user is None else (frozenset(user.projects), bool(user.admin))
     try:
-        result = backend.database.execute(params["query"], maxrec=maxrec, projects=projects, admin=admin)
+        result = backend.database.execute(params["query"], maxrec=maxrec, projects=projects, admin=admin,
+                                          stream=True)
     except AdqlError as exc:
         raise TapJobFailed(exc.message) from exc
     return fmt, _result_chunks(backend, result, fmt, place=place, query_name="Query",

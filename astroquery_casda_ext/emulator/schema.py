@@ -53,6 +53,8 @@ class TableDef:
     rows: list[dict] = field(default_factory=list)
     release_column: str | None = None
     project_column: str | None = None
+    #: A SQLite file holding the rows (a large table, attached rather than loaded); see catalogue.py.
+    sqlite_file: str | None = None
 
     @property
     def full_name(self):

@@ -1,0 +1,435 @@
+"""W5 and W6: catalogue-scale TAP, ours against pyvo, each client in its own child process.
+
+W5  ``SELECT * FROM ivoa.obscore``, 100 000 rows returned as an astropy Table:
+    ``query_tap(query, maxrec=N, result_format="csv")`` against pyvo's
+    ``TAPService.run_sync(query, maxrec=N).to_table()``.  Targets: peak memory <= 600 MB,
+    >= 3x faster than pyvo.
+W6  ``SELECT * FROM casda.bulk_continuum_component`` (the emulator's ``catalogue_rows``):
+    a) 1 000 000 rows to Parquet: ``query_tap(query, output="x.parquet")`` against pyvo's
+       ``run_sync(query).to_table().write("x.parquet")``.  Targets: <= 300 MB, >= 5x faster.
+    b) 10 000 000 rows with ``query_tap_partitioned(query, by="ra_deg_cont", parts=8)``: the
+       child is killed (SIGKILL) once half the parts are written, then run again; it must
+       finish from the written parts with the row count and column sums of a single
+       aggregate query on the server.  Target: <= 400 MB.
+
+How it is measured
+    * every client run is a fresh child process (``python -m benchmarks.tap_scale child ...``),
+      timed after its imports; its peak memory is VmHWM (`workloads.vmhwm_mb`, which says why
+      not ru_maxrss);
+    * >= 3 repeats, interleaved, the order rotating each repeat; the MEDIAN is the figure,
+      best and worst are shown in the note;
+    * W5 and W6a: the emulator renders results in Python (about 10 000 rows/s), far slower
+      than CASDA's server and than either client, so its answers are recorded once (during an
+      untimed warm-up run of each client) by a small recording proxy and replayed, byte for
+      byte, to the timed runs: both clients then wait on the same fast server.  W6b talks to
+      the emulator itself (async jobs).
+
+``python -m benchmarks.tap_scale [--quick | --medium]`` runs both and prints the rows.
+`run_w5` and `run_w6` return `benchmarks.workloads.WorkloadResult`.
+"""
+import argparse
+import contextlib
+import hashlib
+import http.server
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from . import workloads
+from .workloads import Row, WorkloadResult, say, vmhwm_mb
+
+__all__ = ["run_w5", "run_w6", "SIZES", "RecordingProxy", "main"]
+
+W5_QUERY = "SELECT * FROM ivoa.obscore"
+W6_TABLE = "casda.bulk_continuum_component"
+W6_QUERY = f"SELECT * FROM {W6_TABLE}"
+W6_BY = "ra_deg_cont"
+#: Sizes by run: "quick" (the smoke run), "medium" (one run on a busy machine), "full" (the targets').
+SIZES = {
+    "quick": {"w5_rows": 2_000, "w6_rows": 20_000, "w6_partitioned_rows": 40_000, "parts": 8, "repeat": 3},
+    "medium": {"w5_rows": 20_000, "w6_rows": 100_000, "w6_partitioned_rows": 1_000_000, "parts": 8,
+               "repeat": 3},
+    "full": {"w5_rows": 100_000, "w6_rows": 1_000_000, "w6_partitioned_rows": 10_000_000, "parts": 8,
+             "repeat": 3},
+}
+
+
+def _size(scale, size):
+    return SIZES[size or ("quick" if scale.name == "quick" else "full")], size or scale.name
+
+
+# --- a recording proxy: the emulator's answers, served again at disk speed ----------------------
+
+class RecordingProxy:
+    """An HTTP proxy in front of the emulator that stores each distinct answer and replays it.
+
+    The key is the method, path, query string and form body.  Only ``tap/sync`` answers are
+    recorded (they are what W5 and W6a time); anything else is passed through.
+    """
+
+    def __init__(self, target, directory):
+        self.target, self.directory = target.rstrip("/"), Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                proxy.answer(self, "GET")
+
+            def do_POST(self):
+                proxy.answer(self, "POST")
+
+            def do_DELETE(self):
+                proxy.answer(self, "DELETE")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self._locks, self._guard = {}, threading.Lock()
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, handler, method):
+        import requests
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        request = repr((method, handler.path, sorted(parse_qsl(body.decode()))))
+        key = hashlib.sha256(request.encode()).hexdigest()
+        recorded = handler.path.split("?")[0].endswith("/tap/sync")
+        path = self.directory / key
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if not (recorded and path.exists()):
+                upstream = requests.request(method, self.target + handler.path, data=body or None,
+                                            stream=True, allow_redirects=False, timeout=3600,
+                                            headers={"Content-Type": handler.headers.get("Content-Type", "")})
+                headers = {name: value for name, value in upstream.headers.items()
+                           if name.lower() in ("content-type", "content-disposition", "location")}
+                temporary = path.with_suffix(".tmp")
+                with open(temporary, "wb") as sink:
+                    for chunk in upstream.iter_content(1 << 20):
+                        sink.write(chunk)
+                (path.with_suffix(".json")).write_text(json.dumps([upstream.status_code, headers]))
+                os.replace(temporary, path)
+        status, headers = json.loads(path.with_suffix(".json").read_text())
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(path.stat().st_size))
+        handler.end_headers()
+        with open(path, "rb") as source:
+            while chunk := source.read(1 << 20):
+                handler.wfile.write(chunk)
+        if not recorded:
+            path.unlink()
+
+
+# --- child processes ------------------------------------------------------------------------------
+
+def _child_env():
+    path = os.pathsep.join(filter(None, [str(workloads.REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path)
+
+
+def run_child(*args, timeout=7200):
+    """Run ``python -m benchmarks.tap_scale child ARGS``; its JSON line."""
+    command = [sys.executable, "-m", "benchmarks.tap_scale", "child", *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, env=_child_env(), timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} {args[1]} failed: " + (done.stderr.strip().splitlines() or ["?"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ours(url):
+    from astroquery_casda_ext import CasdaClass
+    from astroquery_casda_ext.tap import _pyarrow
+    _pyarrow()          # pyarrow is imported on first use: an import, kept out of the timing like pyvo's
+    return CasdaClass(server=url)
+
+
+def _pyvo(url):
+    import pyvo
+    return pyvo.dal.TAPService(url + "casda_vo_tools/tap")
+
+
+def child_main(argv):
+    """One client run: ``table CLIENT URL QUERY MAXREC``, ``parquet CLIENT URL QUERY PATH`` or
+    ``partitioned ours URL QUERY BY PARTS DIR``; prints seconds, rows and peak memory."""
+    import warnings
+    warnings.simplefilter("ignore")            # VOTable unit warnings: the same for every client
+    import astropy.units.cds  # noqa: F401     (astropy loads CDS units lazily: a cost outside the timing)
+    mode, client, url, query, *rest = argv
+    if mode == "table":
+        maxrec = int(rest[0])
+        if client == "ours":
+            casda = _ours(url)
+            work = (lambda: len(casda.query_tap(query, maxrec=maxrec, result_format="csv")))
+        else:
+            service = _pyvo(url)
+            work = (lambda: len(service.run_sync(query, maxrec=maxrec).to_table()))
+    elif mode == "parquet":
+        path = rest[0]
+        if client == "ours":
+            casda = _ours(url)
+            work = (lambda: casda.query_tap(query, output=path, overwrite=True, progress=False).rows)
+        else:
+            service = _pyvo(url)
+
+            def work():
+                table = service.run_sync(query).to_table()
+                for column in table.itercols():   # astropy's Parquet writer refuses object columns
+                    if column.dtype.kind == "O":
+                        table[column.name] = column.astype(str)
+                table.write(path, format="parquet", overwrite=True)
+                return len(table)
+    elif mode == "partitioned":
+        by, parts, directory = rest[0], int(rest[1]), rest[2]
+        casda = _ours(url)
+        outcome = {}
+
+        def work():
+            result = casda.query_tap_partitioned(query, by=by, parts=parts, output=directory, progress=False)
+            outcome["resumed"] = result.resumed
+            return result.rows
+    else:
+        raise SystemExit(f"unknown child mode {mode!r}")
+    before = vmhwm_mb()
+    start = time.perf_counter()
+    rows = work()
+    seconds = time.perf_counter() - start
+    figures = {"seconds": seconds, "rows": rows, "peak_rss_mb_before": before, "peak_rss_mb": vmhwm_mb()}
+    if mode == "partitioned":
+        figures["resumed"] = outcome["resumed"]
+    print(json.dumps(figures))
+    return 0
+
+
+# --- repeats ---------------------------------------------------------------------------------------
+
+def interleaved(clients, run_one, repeat):
+    """``run_one(client)`` for each client, ``repeat`` times, the order rotating each time."""
+    runs = {client: [] for client in clients}
+    for index in range(repeat):
+        order = clients[index % len(clients):] + clients[:index % len(clients)]
+        for client in order:
+            runs[client].append(run_one(client))
+            say(f"{client}: {runs[client][-1]['seconds']:.2f} s, {runs[client][-1]['peak_rss_mb']:.0f} MB")
+    return runs
+
+
+def summary(runs, key):
+    values = [run[key] for run in runs]
+    return {"median": statistics.median(values), "best": min(values), "worst": max(values), "all": values}
+
+
+def _spread(stats, unit="s"):
+    return f"best {stats['best']:.2f} {unit}, worst {stats['worst']:.2f} {unit}"
+
+
+def comparison_rows(workload, label, runs, *, speedup, memory_limit):
+    """Time (median, speed-up target) and memory rows of ours against pyvo."""
+    ours_t, pyvo_t = summary(runs["ours"], "seconds"), summary(runs["pyvo"], "seconds")
+    ours_m, pyvo_m = summary(runs["ours"], "peak_rss_mb"), summary(runs["pyvo"], "peak_rss_mb")
+    ratio = pyvo_t["median"] / ours_t["median"]
+    return [
+        Row(workload, f"{label}: time (median)", "s", ours_t["median"], pyvo_t["median"], "pyvo", ratio,
+            f">= {speedup:g}x", ratio >= speedup,
+            f"ratio = pyvo / ours; {len(runs['ours'])} interleaved runs each; ours {_spread(ours_t)}; "
+            f"pyvo {_spread(pyvo_t)}"),
+        Row(workload, f"{label}: peak memory", "MB", ours_m["median"], pyvo_m["median"], "pyvo",
+            ours_m["median"] / pyvo_m["median"], f"<= {memory_limit} MB", ours_m["worst"] <= memory_limit,
+            f"VmHWM of each client process; met on the worst of ours ({ours_m['worst']:.0f} MB)"),
+    ]
+
+
+# --- W5 --------------------------------------------------------------------------------------------
+
+def run_w5(scale, workdir, size=None):
+    """W5: ObsCore rows returned as a Table, ours (CSV typed from the FIELDs) against pyvo."""
+    from astroquery_casda_ext.emulator import CasdaEmulator
+    sizes, size_name = _size(scale, size)
+    rows, workdir = sizes["w5_rows"], Path(workdir)
+    emulator = CasdaEmulator(workdir / "emulator-w5")
+    workloads.fill_obscore(emulator, rows)
+    with emulator, RecordingProxy(emulator.url, workdir / "w5-recordings") as proxy:
+        say(f"W5: {rows:,} ObsCore rows; warm-up (records the answers)")
+        for client in ("ours", "pyvo"):
+            run_child("table", client, proxy.url, W5_QUERY, rows)
+        runs = interleaved(["ours", "pyvo"],
+                           lambda client: run_child("table", client, proxy.url, W5_QUERY, rows),
+                           sizes["repeat"])
+    for client, found in runs.items():
+        assert all(run["rows"] == rows for run in found), f"W5 {client}: wrong row count"
+    parameters = {"size": size_name, "rows": rows, "query": W5_QUERY, "repeats": sizes["repeat"],
+                  "ours": f"CasdaClass.query_tap(query, maxrec={rows}, result_format='csv')",
+                  "pyvo": f"TAPService(...).run_sync(query, maxrec={rows}).to_table()",
+                  "server": "the emulator's answers recorded once, replayed to every timed run"}
+    rows_out = comparison_rows("W5", f"{rows:,} ObsCore rows as a Table", runs, speedup=3, memory_limit=600)
+    return WorkloadResult("W5", "a large TAP result as a Table", parameters, {"runs": runs}, rows_out)
+
+
+# --- W6 --------------------------------------------------------------------------------------------
+
+def _aggregate_reference(url):
+    """Row count and column sums of the catalogue from one aggregate query on the server."""
+    casda = _ours(url)
+    table = casda.query_tap(f"SELECT COUNT(*) AS n, SUM(first_sbid) AS s_sbid, SUM(has_siblings) AS s_sib, "
+                            f"SUM({W6_BY}) AS s_ra FROM {W6_TABLE}")
+    return {"rows": int(table["n"][0]), "sum_first_sbid": int(table["s_sbid"][0]),
+            "sum_has_siblings": int(table["s_sib"][0]), "sum_ra": float(table["s_ra"][0])}
+
+
+def _dataset_checksum(directory):
+    """The same figures from the written dataset (exact sums: integers, and math.fsum)."""
+    import pyarrow.dataset
+    dataset = pyarrow.dataset.dataset(directory, format="parquet")
+    figures = {"rows": 0, "sum_first_sbid": 0, "sum_has_siblings": 0, "ra": []}
+    for batch in dataset.to_batches(columns=["first_sbid", "has_siblings", W6_BY]):
+        figures["rows"] += batch.num_rows
+        figures["sum_first_sbid"] += sum(batch.column(0).to_pylist())
+        figures["sum_has_siblings"] += sum(batch.column(1).to_pylist())
+        figures["ra"].append(math.fsum(batch.column(2).to_pylist()))
+    figures["sum_ra"] = math.fsum(figures.pop("ra"))
+    return figures
+
+
+def _checksums_equal(ours, reference):
+    """Counts and integer sums exactly; the sum of doubles to 1e-9: the server's SUM rounds at
+    each of its n additions (error up to about n * 1e-16 of the total), ours is exact (fsum)."""
+    return all(ours[key] == reference[key] for key in ("rows", "sum_first_sbid", "sum_has_siblings")) \
+        and math.isclose(ours["sum_ra"], reference["sum_ra"], rel_tol=1e-9)
+
+
+def _partitioned_with_kill(url, directory, parts):
+    """The partitioned child, SIGKILLed once half its parts are written, then run again."""
+    command = [sys.executable, "-m", "benchmarks.tap_scale", "child", "partitioned", "ours", url, W6_QUERY,
+               W6_BY, str(parts), str(directory)]
+    manifest = Path(directory) / "_casda_partitions.json"
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env())
+    written_at_kill = None
+    while process.poll() is None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            written = len(json.loads(manifest.read_text())["written"])
+            if written >= parts // 2:
+                process.send_signal(signal.SIGKILL)
+                written_at_kill = written
+                break
+        time.sleep(0.1)
+    process.communicate()
+    killed_after = time.perf_counter() - start
+    if written_at_kill is None:
+        raise RuntimeError("W6b: the partitioned run ended before half its parts were written")
+    second = run_child("partitioned", "ours", url, W6_QUERY, W6_BY, parts, directory)
+    return {"killed_after_seconds": killed_after, "parts_written_at_kill": written_at_kill, "rerun": second}
+
+
+def run_w6(scale, workdir, size=None):
+    """W6: the catalogue to Parquet (ours against pyvo) and partitioned with a kill half way."""
+    from astroquery_casda_ext.emulator import CasdaEmulator
+    sizes, size_name = _size(scale, size)
+    workdir = Path(workdir)
+    rows, big, parts = sizes["w6_rows"], sizes["w6_partitioned_rows"], sizes["parts"]
+    measurements = {}
+    say(f"W6a: {rows:,} catalogue rows to Parquet")
+    started = time.perf_counter()
+    with CasdaEmulator(workdir / "emulator-w6a", catalogue_rows=rows) as emulator, \
+            RecordingProxy(emulator.url, workdir / "w6-recordings") as proxy:
+        measurements["catalogue_generation_seconds"] = time.perf_counter() - started
+        output = workdir / "w6a"
+        output.mkdir(exist_ok=True)
+        for client in ("ours", "pyvo"):
+            run_child("parquet", client, proxy.url, W6_QUERY, output / f"warm-{client}.parquet")
+        runs = interleaved(["ours", "pyvo"],
+                           lambda client: run_child("parquet", client, proxy.url, W6_QUERY,
+                                                    output / f"{client}.parquet"), sizes["repeat"])
+    for client, found in runs.items():
+        assert all(run["rows"] == rows for run in found), f"W6a {client}: wrong row count"
+    measurements["to_parquet"] = runs
+    table_rows = comparison_rows("W6", f"{rows:,} catalogue rows to Parquet", runs, speedup=5,
+                                 memory_limit=300)
+
+    say(f"W6b: {big:,} catalogue rows in {parts} parts, killed half way, run again")
+    started = time.perf_counter()
+    with CasdaEmulator(workdir / "emulator-w6b", catalogue_rows=big) as emulator:
+        measurements["partitioned_catalogue_generation_seconds"] = time.perf_counter() - started
+        reference = _aggregate_reference(emulator.url)
+        outcome = _partitioned_with_kill(emulator.url, workdir / "w6b-dataset", parts)
+    written = _dataset_checksum(workdir / "w6b-dataset")
+    equal = _checksums_equal(written, reference)
+    measurements.update(partitioned=outcome, reference=reference, dataset=written)
+    rerun = outcome["rerun"]
+    table_rows += [
+        Row("W6", f"{big:,} rows in {parts} parts: peak memory", "MB", rerun["peak_rss_mb"], None, "-", None,
+            "<= 400 MB", rerun["peak_rss_mb"] <= 400,
+            f"VmHWM of the rerun child (the killed run is not measured); it resumed {rerun['resumed']} of "
+            f"{parts} parts written before the SIGKILL at {outcome['killed_after_seconds']:.1f} s"),
+        Row("W6", f"{big:,} rows in {parts} parts: resumed run", "s", rerun["seconds"], None, "-", None,
+            "rows and checksum = reference", equal and rerun["rows"] == reference["rows"],
+            f"{written['rows']:,} rows in the dataset vs {reference['rows']:,} by COUNT(*); sums of "
+            f"first_sbid, has_siblings and {W6_BY} vs one aggregate query: "
+            f"{'equal' if equal else 'DIFFERENT'}"),
+    ]
+    parameters = {"size": size_name, "rows_to_parquet": rows, "rows_partitioned": big, "parts": parts,
+                  "query": W6_QUERY, "by": W6_BY, "repeats": sizes["repeat"],
+                  "ours": "CasdaClass.query_tap(query, output='x.parquet')",
+                  "pyvo": "TAPService(...).run_sync(query).to_table().write('x.parquet') (its object "
+                          "columns made str first: astropy's Parquet writer refuses them)",
+                  "partitioned": f"CasdaClass.query_tap_partitioned(query, by={W6_BY!r}, parts={parts}, "
+                                 "output=DIR)"}
+    return WorkloadResult("W6", "a catalogue to Parquet, whole and in resumable parts", parameters,
+                          measurements, table_rows)
+
+
+# --- standalone ------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tap_scale",
+                                     description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    group.add_argument("--medium", action="store_true", help="W5 20 000 rows, W6 100 000 and 1 000 000 rows")
+    parser.add_argument("--only", choices=("W5", "W6"), help="one of the two")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args(argv)
+    scale = workloads.QUICK if args.quick else workloads.FULL
+    size = "quick" if args.quick else "medium" if args.medium else "full"
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="casda-tap-bench-", dir=args.workdir) as scratch, \
+            workloads.quiet_log():
+        if args.only in (None, "W5"):
+            results["W5"] = run_w5(scale, Path(scratch), size)
+        if args.only in (None, "W6"):
+            results["W6"] = run_w6(scale, Path(scratch), size)
+    from .__main__ import format_table
+    print()
+    print(format_table(results))
+    print(json.dumps({name: result.as_json() for name, result in results.items()}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        sys.exit(child_main(sys.argv[2:]))
+    sys.exit(main())
