@@ -821,10 +821,14 @@ def _write_stdout(table, output_format, columns):
         click.echo("\n".join(table[columns].pformat(max_lines=-1, max_width=-1)))
     elif output_format == "json":
         click.echo(json.dumps(_rows_as_dicts(table[columns]), indent=1, default=_json_default))
-    else:
-        buffer = io.BytesIO()   # the VOTable writer wants bytes; the ascii writers accept them too
-        table[columns].write(buffer, format=STDOUT_FORMATS[output_format])
+    elif output_format == "votable":
+        buffer = io.BytesIO()   # the VOTable writer wants bytes
+        table[columns].write(buffer, format="votable")
         click.echo(buffer.getvalue().decode("utf-8"), nl=False)
+    else:
+        buffer = io.StringIO()
+        table[columns].write(buffer, format=STDOUT_FORMATS[output_format])
+        click.echo(buffer.getvalue(), nl=False)
 
 
 def show_table(table, options, console, *, output, output_format, columns, command):
@@ -1386,8 +1390,9 @@ def _job_status_text(status):
 def login(options):
     """Check your OPAL password with CASDA and store it in the system keyring.
 
-    The password is asked for without echo (or read from --password-file or
-    CASDA_PASSWORD); it is stored only after CASDA accepted it.
+    The password is asked for without echo (or read from --password-file, which beats
+    CASDA_PASSWORD); it is stored only after CASDA accepted it.  With no keyring (headless
+    machines) the check still runs and says how to log in next time.
     """
     from .credentials import KEYRING_SERVICE, PASSWORD_ENV_VARS, read_password_file
     console, started = options.console, time.monotonic()
@@ -1398,10 +1403,22 @@ def login(options):
         password = next(os.environ[name] for name in PASSWORD_ENV_VARS if os.environ.get(name))
     else:
         password = _ask_password(user)
+    from .credentials import PasswordNotStoredWarning, keyring_advice
     casda = make_client(options)
     console.say(f"Checking the password of {user} with CASDA{_server_note(options)} ...")
-    casda.login(username=user, password=password, store_password=True)
-    summary = {"command": "login", "user": user, "stored": True, "keyring_service": KEYRING_SERVICE}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PasswordNotStoredWarning)
+        casda.login(username=user, password=password, store_password=True)
+    stored = not any(issubclass(w.category, PasswordNotStoredWarning) for w in caught)
+    for warning in caught:
+        if not issubclass(warning.category, PasswordNotStoredWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    summary = {"command": "login", "user": user, "stored": stored, "keyring_service": KEYRING_SERVICE}
+    if not stored:
+        # a headless machine: the password was right, only the keyring is missing
+        console.warn(f"no keyring could store the password. {keyring_advice()}")
+        return _finish(console, options, started, summary,
+                       f"CASDA accepted the password of {user}; it was not stored (no keyring).")
     return _finish(console, options, started, summary,
                    f"Logged in as {user}; password stored in the keyring ({KEYRING_SERVICE}).")
 
