@@ -564,7 +564,10 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
     summary.update(jobs=[job.url for job in jobs], dest=str(dest), sources=len(sources))
     if preview:
         everything = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
-        summary["preview"] = draw_preview(preview, merged, everything, console, [s.name for s in sources])
+        subtypes = ({str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in images}
+                    if "dataproduct_subtype" in images.colnames else None)
+        summary["preview"] = draw_preview(preview, merged, everything, console, [s.name for s in sources],
+                                          subtypes)
     return summary
 
 
@@ -657,15 +660,48 @@ def _short_region(region):
     return region[:40]
 
 
-def draw_preview(path, manifest, positions, console, names=None):
+def _manifest_titles(manifest, paths, subtypes):
+    """Panel titles from a labelled manifest: subtype and product, then the source."""
+    table = manifest.table
+    if "source" not in table.colnames:
+        return None
+    rows = {str(row["path"]): row for row in table}
+    titles = []
+    for path in paths:
+        row = rows.get(path)
+        if row is None:
+            return None
+        product = str(row["product_id"])
+        head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
+        titles.append(f"{head}\n{row['source']}" if row["source"] else head)
+    return titles
+
+
+def _manifest_targets(manifest, paths):
+    """The source position of each cutout, from a labelled manifest (None where unknown)."""
+    from astropy.coordinates import SkyCoord
+    table = manifest.table
+    if "source_ra" not in table.colnames:
+        return None
+    rows = {str(row["path"]): row for row in table}
+    targets = []
+    for path in paths:
+        row = rows.get(path)
+        ok = row is not None and np.isfinite(row["source_ra"]) and np.isfinite(row["source_dec"])
+        targets.append(SkyCoord(float(row["source_ra"]), float(row["source_dec"]), unit="deg") if ok else None)
+    return targets
+
+
+def draw_preview(path, manifest, positions, console, names=None, subtypes=None):
     """Contact sheet of the downloaded cutouts, with the requested positions marked."""
     from .plots import contact_sheet
     fits_paths = [p for p in manifest.paths if p.lower().endswith(".fits")]
     if not fits_paths:
         console.warn("no FITS cutouts to preview")
         return None
-    titles = _cutout_titles(fits_paths, positions, names)
-    count = contact_sheet(fits_paths, path, positions=positions, titles=titles)
+    titles = _manifest_titles(manifest, fits_paths, subtypes) or _cutout_titles(fits_paths, positions, names)
+    count = contact_sheet(fits_paths, path, positions=positions, titles=titles,
+                          targets=_manifest_targets(manifest, fits_paths))
     console.say(f"Preview of {count} cutout(s) written to {path}")
     return str(path)
 
@@ -1161,9 +1197,12 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to extract from (repeatable).")
 @click.option("--plot", metavar="FILE.png", help="Draw the spectra (needs matplotlib).")
+@click.option("--rest-frequency", metavar="FREQ",
+              help="Add a radio-velocity axis to --plot for this rest frequency (e.g. 1420.405752MHz "
+                   "for HI; default: the files' RESTFREQ).")
 @job_options
 @common_options
-def spectra(options, source_file, radius, dest, collection, subtype, plot):
+def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_frequency):
     """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
 
     RADIUS is the aperture ('30arcsec', or degrees); CASDA's spectrum generation service
@@ -1173,6 +1212,7 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot):
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
     radius, plot = _radius(radius), _check_preview(plot, "--plot")
+    rest = _quantity_or_open(rest_frequency, "--rest-frequency") if rest_frequency else None
     dest = destination(dest)
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
@@ -1187,21 +1227,35 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot):
     jobs = casda.spectra(cubes, positions, radius, wait=False)
     summary = jobs_to_files(casda, jobs, dest, options, console)
     if plot:
-        summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console)
+        summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console, rest,
+                                        {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes})
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
 
 
-def _plot_spectra(path, paths, labels, console):
+def _spectrum_title(title, subtypes):
+    """``subtype  product`` over the source's J-name and position (a spectrum panel's title)."""
+    product, _, where = title.partition("\n")
+    head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
+    numbers = _numbers(*where.split()) if where else None
+    if numbers and len(numbers) == 2:
+        from astropy.coordinates import SkyCoord
+        from .reruns import _iau_name
+        where = f"{_iau_name(SkyCoord(numbers[0], numbers[1], unit='deg'))} ({where})"
+    return f"{head}\n{where}" if where else head
+
+
+def _plot_spectra(path, paths, labels, console, rest_frequency=None, subtypes=None):
     from .plots import plot_spectra
     from .recipes import read_spectrum
     fits_paths = [p for p in paths if p.lower().endswith(".fits")]
     if not fits_paths:
         console.warn("no spectra to plot")
         return None
-    titles = [title.replace("\n", " at ") for title in _product_titles(fits_paths, labels)]
-    count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles)
+    titles = [_spectrum_title(title, subtypes) for title in _product_titles(fits_paths, labels)]
+    count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles,
+                         rest_frequency=rest_frequency)
     console.say(f"Plot of {count} spectr{'um' if count == 1 else 'a'} written to {path}")
     return str(path)
 

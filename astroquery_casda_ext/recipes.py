@@ -457,7 +457,8 @@ def read_spectrum(path, coordinates=None):
     Returns
     -------
     `~astropy.table.Table`
-        ``frequency`` (Hz) and one column per Stokes parameter, in the file's ``BUNIT``.
+        ``frequency`` (Hz) and one column per Stokes parameter, in the file's ``BUNIT``;
+        ``meta['specsys']`` (the frame) and, when the file has one, ``meta['restfreq']``.
 
     Raises
     ------
@@ -481,6 +482,11 @@ def read_spectrum(path, coordinates=None):
     table = Table({"frequency": frequency})
     for name, values in _stokes_spectra(data, header, wcs, spec, coordinates):
         table[name] = values * unit
+    # the reference frame and rest frequency, for plots' axis labels and velocity axes
+    table.meta["specsys"] = str(header.get("SPECSYS", "")).strip()
+    rest = header.get("RESTFRQ", header.get("RESTFREQ"))
+    if rest:
+        table.meta["restfreq"] = float(rest) * u.Hz
     return table
 
 
