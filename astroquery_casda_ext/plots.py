@@ -15,7 +15,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 __all__ = ["require_matplotlib", "read_image_plane", "image_centre", "contact_sheet", "plot_light_curve",
-           "plot_spectra", "MATPLOTLIB_HINT"]
+           "plot_spectra", "MATPLOTLIB_HINT", "MAX_PANELS", "FONT", "HI_REST_FREQUENCY"]
 
 #: What to tell a user who asked for a picture without matplotlib installed.
 MATPLOTLIB_HINT = ("drawing pictures needs matplotlib, an optional extra: "

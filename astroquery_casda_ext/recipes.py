@@ -58,7 +58,7 @@ def wait_for_jobs(jobs, *, policy=None, on_phase=None, sleep=None):
     ----------
     jobs : list of `~astroquery_casda_ext.jobs.SodaJob`
     policy : `~astroquery_casda_ext.jobs.PollPolicy`, optional
-        Default `PollPolicy.from_conf`.
+        Default `~astroquery_casda_ext.jobs.PollPolicy.from_conf`.
     on_phase : callable, optional
         ``on_phase(job, phase, elapsed_seconds)``, whenever a job's phase changes.
     sleep : callable, optional
