@@ -217,12 +217,10 @@ class Options:
 
     @property
     def policy(self):
-        """The job polling policy: ``--poll-interval`` if given, else the configuration's."""
-        from .jobs import PollPolicy
-        if self.poll_interval is None:
-            return PollPolicy.from_conf()
-        return PollPolicy(first=min(float(conf.poll_first), self.poll_interval), cap=self.poll_interval,
-                          timeout=float(conf.job_timeout) or None)
+        """The job polling policy: ``--poll-interval`` if given, else the configuration's
+        (ours, or the ``[casda]`` section of astroquery.cfg)."""
+        from .core import poll_policy
+        return poll_policy(self.poll_interval)
 
     @property
     def console(self):
