@@ -52,7 +52,8 @@ def _iau_name(coord):
 def sources_from(positions, names=None):
     """`Source` objects for positions, named by ``names`` (catalogue or list) or by IAU-style J-names.
 
-    A name used twice gets ``_2``, ``_3``... so no two sources share a file name.
+    A name used twice gets ``_2``, ``_3``... so no two sources share a file name (names
+    are compared as they appear in file names: "a/b" and "a_b" are the same there).
     """
     positions = positions.reshape((-1,))
     given = [str(name).strip() for name in names] if names is not None else [None] * len(positions)
@@ -61,9 +62,10 @@ def sources_from(positions, names=None):
     sources, seen = [], {}
     for coord, name in zip(positions, given):
         name = name or _iau_name(coord)
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name}_{seen[name]}"
+        key = _slug(name).lower()          # file systems may ignore case
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            name = f"{name}_{seen[key]}"
         sources.append(Source(name, float(coord.ra.deg), float(coord.dec.deg)))
     return sources
 

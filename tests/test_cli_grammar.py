@@ -191,3 +191,23 @@ def test_password_file_beats_the_environment(tmp_path, run, monkeypatch, emulato
     monkeypatch.setenv("CASDA_USER", emulator.username)
     code = cli.main(["stage", "cube-1001", "--password-file", str(secret), "--server", emulator.url, "--quiet"])
     assert code == cli.EXIT_OK
+
+
+def test_a_job_timeout_names_the_job_to_resume(tmp_path, run, emulator):
+    from astroquery_casda_ext import conf
+    emulator.set_options(hold_jobs=True)            # the job never finishes on its own
+    with conf.set_temp("job_timeout", 0.5):
+        process = run("stage", "cube-1001", "--dest", tmp_path / "s", "--poll-interval", "0.1", "--quiet")
+    assert process.returncode == cli.EXIT_JOB, process.stderr
+    line = process.stderr.strip().splitlines()[-1]
+    assert line.startswith("casda: error: ") and "casda job http" in line and "--wait" in line
+
+
+def test_source_names_never_share_a_file_name():
+    from astropy.coordinates import SkyCoord
+    from astroquery_casda_ext.reruns import sources_from, stable_name
+    positions = SkyCoord([187.5, 187.6, 187.7, 187.8], [-45.0, -45.1, -45.2, -45.3], unit="deg")
+    sources = sources_from(positions, ["a/b", "a_b", "A_B", None])
+    names = {stable_name("cube-1001", s.name) for s in sources}
+    assert len(names) == 4 and all("/" not in n for n in names)
+    assert sources[3].name == "J123112.0-451800"
