@@ -56,7 +56,8 @@ def sources_from(positions, names=None):
     are compared as they appear in file names: "a/b" and "a_b" are the same there).
     """
     positions = positions.reshape((-1,))
-    given = [str(name).strip() for name in names] if names is not None else [None] * len(positions)
+    given = ([None if name is None or np.ma.is_masked(name) else str(name).strip() for name in names]
+             if names is not None else [None] * len(positions))
     if len(given) != len(positions):
         raise InvalidInputError(f"{len(given)} names for {len(positions)} positions")
     sources, seen = [], {}
