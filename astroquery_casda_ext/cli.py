@@ -530,7 +530,8 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
     from astropy.coordinates import SkyCoord
     from astropy.table import vstack
     from .download import Manifest
-    from .reruns import RerunState, label_manifest
+    import inspect
+    from .reruns import CutoutLabels, RerunState, label_manifest
     from .recipes import wait_for_jobs
     state = RerunState(dest)
     products = [str(p) for p in images["obs_publisher_did"]]
@@ -551,9 +552,15 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
         if before_download is not None:
             before_download()
         console.say(f"Downloading into {dest} and verifying checksums ...")
-        downloaded = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False)
         labels = vstack([casda.cutout_table(job) for job in jobs])
-        new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest), savedir=str(dest))
+        if "names" in inspect.signature(casda.download).parameters:
+            # a downloader that names files itself: stable names and source columns go in directly
+            names, columns = CutoutLabels(jobs, labels, todo).for_download(jobs)
+            new = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False,
+                                 names=names, labels=columns)
+        else:
+            downloaded = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False)
+            new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest), savedir=str(dest))
     merged = state.merged(new.table if new is not None else None)
     merged.save()
     if new is not None:

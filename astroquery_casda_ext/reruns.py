@@ -24,8 +24,8 @@ from .checksum import checksum_of_file, parse_checksum
 from .download import MANIFEST_NAME, Manifest
 from .errors import InvalidInputError
 
-__all__ = ["Source", "sources_from", "stable_name", "check_destination", "RerunState", "label_manifest",
-           "SOURCE_COLUMNS"]
+__all__ = ["Source", "sources_from", "stable_name", "check_destination", "RerunState", "CutoutLabels",
+           "label_manifest", "SOURCE_COLUMNS"]
 
 #: Columns added to the manifest rows of labelled cutouts.
 SOURCE_COLUMNS = ("source", "source_ra", "source_dec", "region", "window")
@@ -180,18 +180,81 @@ class RerunState:
         return Manifest(table, savedir=str(self.dest))
 
 
+class CutoutLabels:
+    """Which product, source, region and spectral window each file of finished cutout jobs holds.
+
+    Parameters
+    ----------
+    jobs : list of `~astroquery_casda_ext.jobs.SodaJob`
+    labels : `~astropy.table.Table`
+        ``CasdaClass.cutout_table`` rows of all the jobs (result id -> product, region, window).
+    sources : list of `Source`
+        In the order of the jobs' regions.
+    """
+
+    def __init__(self, jobs, labels, sources):
+        self.labels = labels
+        self.by_result = {str(row["result_id"]): row for row in labels}
+        self.regions = {}
+        for job in jobs:
+            request = getattr(job, "request", None)
+            for region, source in zip(getattr(request, "regions", ()) or (), sources):
+                self.regions[region.sia2_pos()] = source
+
+    def of(self, kind, result_id, message="", product_id=""):
+        """``(product, region, source or None, window)`` of one result file."""
+        from .soda_params import _names as names_region   # the one reader of CASDA's miss messages
+        label = self.by_result.get(str(result_id))
+        if kind == "data" and label is not None:
+            region, window = str(label["region"]), str(label["window"])
+            return str(label["product_id"] or product_id), region, self.regions.get(region), window
+        if kind == "error-file":
+            region, source, product = _missed(str(message), self.regions, self.labels, names_region, product_id)
+            return str(product), region, source, ""
+        return str(product_id), "", None, ""
+
+    @staticmethod
+    def name(kind, product, source, window):
+        """The stable file name, or None when nothing is known to name it by."""
+        if source is None and not window:
+            return None
+        return stable_name(product, source and source.name, window, ".fits" if kind == "data" else ".error.txt")
+
+    @staticmethod
+    def columns(product, region, source, window):
+        return {"product_id": product, "source": source.name if source else "",
+                "source_ra": source.ra if source else np.nan, "source_dec": source.dec if source else np.nan,
+                "region": region, "window": window}
+
+    def for_download(self, jobs):
+        """``names`` and ``labels`` keyed by URL, for a downloader that names files itself."""
+        names, labels = {}, {}
+        for job in jobs:
+            items = [("data", f) for f in job.result_files()]
+            items += [("error-file", f) for f in job.error_files(fetch_messages=True)]
+            for kind, item in items:
+                product, region, source, window = self.of(kind, item.result_id, item.message or "",
+                                                          item.product_id or "")
+                name = self.name(kind, product, source, window)
+                if name:
+                    names[item.url] = name
+                labels[item.url] = {k: v for k, v in self.columns(product, region, source, window).items()
+                                    if k != "product_id"}
+        return names, labels
+
+
 def label_manifest(manifest, jobs, labels, sources, dest):
     """Rename a download's cutouts to their stable names and add the source columns.
+
+    For a downloader that writes files under CASDA's names: each file (and its
+    ``.checksum``) is moved to its `stable_name` with one `os.replace`.
 
     Parameters
     ----------
     manifest : `~astroquery_casda_ext.download.Manifest`
         What the downloader wrote (CASDA's names).
-    jobs : list of `~astroquery_casda_ext.jobs.SodaJob`
-    labels : `~astropy.table.Table`
-        ``CasdaClass.cutout_table`` rows of all the jobs (result id -> product, region, window).
-    sources : list of `Source`
-        In the order of the job's regions.
+    jobs, labels, sources
+        As for `CutoutLabels`.
     dest : path-like
 
     Returns
@@ -199,35 +262,21 @@ def label_manifest(manifest, jobs, labels, sources, dest):
     `~astropy.table.Table`
         The manifest rows, renamed and labelled.
     """
-    from .soda_params import _names as names_region   # the one reader of CASDA's miss messages
+    known = CutoutLabels(jobs, labels, sources)
     table = manifest.table.copy()
-    by_result = {str(row["result_id"]): row for row in labels}
-    regions = {}
-    for job in jobs:
-        request = getattr(job, "request", None)
-        for region, source in zip(getattr(request, "regions", ()) or (), sources):
-            regions[region.sia2_pos()] = source
     # new lists, not item assignment: a numpy string column would cut longer names short
     columns = {name: [] for name in ("product_id", "path", "checksum_path") + SOURCE_COLUMNS}
     for row in table:
-        product, region, source, window = str(row["product_id"]), "", None, ""
-        label = by_result.get(str(row["result_id"]))
-        if row["kind"] == "data" and label is not None:
-            region, window = str(label["region"]), str(label["window"])
-            source = regions.get(region)
-        elif row["kind"] == "error-file":
-            region, source, product = _missed(str(row["message"]), regions, labels, names_region, product)
+        kind = str(row["kind"])
+        product, region, source, window = known.of(kind, row["result_id"], row["message"], row["product_id"])
         path, checksum_path = str(row["path"]), str(row["checksum_path"])
-        if source is not None or window:
-            suffix = ".fits" if row["kind"] == "data" else ".error.txt"
-            path, checksum_path = _rename(path, checksum_path, dest,
-                                          stable_name(product, source and source.name, window, suffix))
-        for name, value in (("product_id", product), ("path", path), ("checksum_path", checksum_path),
-                            ("source", source.name if source else ""),
-                            ("source_ra", source.ra if source else np.nan),
-                            ("source_dec", source.dec if source else np.nan),
-                            ("region", region), ("window", window)):
-            columns[name].append(value)
+        name = known.name(kind, product, source, window)
+        if name:
+            path, checksum_path = _rename(path, checksum_path, dest, name)
+        for column, value in known.columns(product, region, source, window).items():
+            columns[column].append(value)
+        columns["path"].append(path)
+        columns["checksum_path"].append(checksum_path)
     for name, values in columns.items():
         table[name] = np.array(values, dtype=float if name in ("source_ra", "source_dec") else str)
     return table
