@@ -72,7 +72,8 @@ Options: --radius is always a search cone; --cutout-radius (alias --size)
   is always the size of a cutout."""
 
 #: Formats of ``-o -`` (standard output), by ``--format``; ``table`` is the screen layout.
-STDOUT_FORMATS = {"table": None, "csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable", "json": "json"}
+STDOUT_FORMATS = {"table": None, "csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable",
+                  "json": "json"}
 
 #: Short collection names, mapped to CASDA's project short names (``obs_collection``).  An
 #: alias stands for every name listed (SIA2 and TAP OR them); any other value is sent as is.
@@ -487,7 +488,8 @@ def resume_hint():
     """How to pick up the jobs this command started (they go on running on CASDA)."""
     if not _STARTED_JOBS:
         return ""
-    commands = [f"casda job {url} --wait" + (f" --dest {dest}" if dest else "") for url, dest in _STARTED_JOBS]
+    commands = [f"casda job {url} --wait" + (f" --dest {dest}" if dest else "")
+                for url, dest in _STARTED_JOBS]
     return "the CASDA job(s) go on running; resume with: " + "; ".join(commands[:3]) + \
         (f" (and {len(commands) - 3} more)" if len(commands) > 3 else "")
 
@@ -693,7 +695,8 @@ def _manifest_targets(manifest, paths):
     for path in paths:
         row = rows.get(path)
         ok = row is not None and np.isfinite(row["source_ra"]) and np.isfinite(row["source_dec"])
-        targets.append(SkyCoord(float(row["source_ra"]), float(row["source_dec"]), unit="deg") if ok else None)
+        targets.append(SkyCoord(float(row["source_ra"]), float(row["source_dec"]), unit="deg")
+                       if ok else None)
     return targets
 
 
@@ -1155,8 +1158,8 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, collection, subtype, max_images,
-           full_files, preview):
+def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, collection, subtype,
+           max_images, full_files, preview):
     """Every image at a position (SIA2), as cutouts or whole files (CASDA's siap.py).
 
     RA and DEC are degrees or sexagesimal (RA in hours): 187.5 -45.0 or 12:30:00 -45:00:00.
@@ -1232,8 +1235,9 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_
     jobs = casda.spectra(cubes, positions, radius, wait=False)
     summary = jobs_to_files(casda, jobs, dest, options, console)
     if plot:
+        subtypes = {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes}
         summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console, rest,
-                                        {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes})
+                                        subtypes)
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
@@ -1624,11 +1628,14 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
          f"One job cuts a {radius.to(u.arcmin):.3g} circle around each of the {len(positions)} sources "
          f"out of {len(images)} image(s); CASDA moves it through its phases:")
     preview = Path(dest) / PREVIEW_NAME if _can_plot(console) else None
-    summary = cut_sources(casda, images, sources_from(positions, list(components["component_name"])), radius,
-                          dest, options, console, preview=preview, policy=policy, before_download=lambda: step(
-                              "The cutouts are downloaded and verified",
-                              "Each file is streamed into DEST, kept only if it matches CASDA's .checksum "
-                              "(size, CRC-32, SHA-1) and named after its image and source."))
+    def before_download():
+        step("The cutouts are downloaded and verified",
+             "Each file is streamed into DEST, kept only if it matches CASDA's .checksum "
+             "(size, CRC-32, SHA-1) and named after its image and source.")
+
+    sources = sources_from(positions, list(components["component_name"]))
+    summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview,
+                          policy=policy, before_download=before_download)
     summary.update(images=len(images))
     return summary
 

@@ -458,8 +458,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         return self._query("components", sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec,
                            authenticated=self._logged_in(), cache=cache, get_query_payload=get_query_payload)
 
-    def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None, get_query_payload=False,
-                          cache=False):
+    def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None,
+                          get_query_payload=False, cache=False):
         """Products whose footprint contains a position (optionally of one collection)."""
         return self._query("products_containing", coordinates, collection=collection,
                            dataproduct_type=dataproduct_type, authenticated=self._logged_in(), cache=cache,
@@ -468,8 +468,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
     def query_images_in_interval(self, coordinates, start, end, *, radius=None, collection=None,
                                  subtypes=("cont.restored.t0",), get_query_payload=False, cache=False):
         """Images covering a position observed between ``start`` and ``end``, oldest first."""
-        return self._query("images_in_interval", coordinates, start, end, radius=radius, collection=collection,
-                           subtypes=subtypes, authenticated=self._logged_in(), cache=cache,
+        return self._query("images_in_interval", coordinates, start, end, radius=radius,
+                           collection=collection, subtypes=subtypes, authenticated=self._logged_in(), cache=cache,
                            get_query_payload=get_query_payload)
 
     def filter_out_unreleased(self, table):

@@ -143,8 +143,8 @@ def find_password(username=None, *, password=None, password_file=None, reenter=F
         interactive = _stdin_is_terminal()
     if interactive:
         return Credentials(name, _prompt(name), "prompt")
-    raise NotLoggedInError(f"no password for {name}: set CASDA_PASSWORD, use a password file (--password-file), "
-                           "store one in the keyring ('casda login'; on headless machines: pip install "
+    raise NotLoggedInError(f"no password for {name}: set CASDA_PASSWORD, use a password file "
+                           "(--password-file), store one in the keyring ('casda login'; on headless machines: pip install "
                            "keyrings.alt), or run interactively")
 
 

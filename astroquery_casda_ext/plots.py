@@ -140,7 +140,8 @@ def _display_unit(header, data):
     astronomers quote them (and the same on every panel of a sheet)."""
     text = str(header.get("BUNIT", "")).strip()
     try:
-        unit = u.Unit(text.replace("JY", "Jy").replace("BEAM", "beam"), parse_strict="silent") if text else None
+        unit = u.Unit(text.replace("JY", "Jy").replace("BEAM", "beam"), parse_strict="silent") \
+            if text else None
     except ValueError:
         unit = None
     if unit is None or isinstance(unit, u.UnrecognizedUnit):
@@ -342,7 +343,8 @@ def plot_light_curve(table, output, *, title=None):
     if len(mjd):
         span = max(np.ptp(mjd), 1.0)
         ax.set_xlim(mjd.min() - 0.08 * span, mjd.max() + 0.08 * span)
-    dates = ax.secondary_xaxis("top", functions=(lambda m: m - _MJD_UNIX_EPOCH, lambda d: d + _MJD_UNIX_EPOCH))
+    dates = ax.secondary_xaxis("top", functions=(lambda m: m - _MJD_UNIX_EPOCH,
+                                                 lambda d: d + _MJD_UNIX_EPOCH))
     dates.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=5))
     dates.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     dates.tick_params(labelsize=FONT["ticks"])
@@ -403,7 +405,8 @@ def plot_spectra(spectra, output, *, titles=None, rest_frequency=None):
         fluxes = [(s, u.Quantity(spectrum[s])) for s in spectrum.colnames if s in ("I", "Q", "U", "V")]
         unit = fluxes[0][1].unit if fluxes else u.dimensionless_unscaled
         if fluxes and unit != u.dimensionless_unscaled:
-            unit = _flux_scale(u.Quantity([np.nanmax(np.abs(f.to_value(unit))) for _, f in fluxes], unit)).unit
+            peaks = [np.nanmax(np.abs(f.to_value(unit))) for _, f in fluxes]
+            unit = _flux_scale(u.Quantity(peaks, unit)).unit
         for stokes, flux in fluxes:
             ax.plot(frequency.value, flux.to_value(unit), label=f"Stokes {stokes}", drawstyle="steps-mid",
                     linewidth=1.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import vstack
 
 from .checksum import checksum_of_file, parse_checksum
 from .download import MANIFEST_NAME, Manifest
@@ -108,7 +108,8 @@ def check_destination(dest):
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
     except OSError as exc:
-        raise PermissionError(exc.errno, f"cannot write into the destination ({exc.strerror})", str(path)) from None
+        raise PermissionError(exc.errno, f"cannot write into the destination ({exc.strerror})",
+                              str(path)) from None
     finally:
         probe.unlink(missing_ok=True)
     return path
@@ -209,7 +210,8 @@ class CutoutLabels:
             region, window = str(label["region"]), str(label["window"])
             return str(label["product_id"] or product_id), region, self.regions.get(region), window
         if kind == "error-file":
-            region, source, product = _missed(str(message), self.regions, self.labels, names_region, product_id)
+            region, source, product = _missed(str(message), self.regions, self.labels, names_region,
+                                              product_id)
             return str(product), region, source, ""
         return str(product_id), "", None, ""
 
@@ -218,7 +220,8 @@ class CutoutLabels:
         """The stable file name, or None when nothing is known to name it by."""
         if source is None and not window:
             return None
-        return stable_name(product, source and source.name, window, ".fits" if kind == "data" else ".error.txt")
+        suffix = ".fits" if kind == "data" else ".error.txt"
+        return stable_name(product, source and source.name, window, suffix)
 
     @staticmethod
     def columns(product, region, source, window):

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -189,7 +188,8 @@ def test_password_file_beats_the_environment(tmp_path, run, monkeypatch, emulato
     secret.chmod(0o600)
     monkeypatch.setenv("CASDA_PASSWORD", "wrong")
     monkeypatch.setenv("CASDA_USER", emulator.username)
-    code = cli.main(["stage", "cube-1001", "--password-file", str(secret), "--server", emulator.url, "--quiet"])
+    code = cli.main(["stage", "cube-1001", "--password-file", str(secret), "--server", emulator.url,
+                     "--quiet"])
     assert code == cli.EXIT_OK
 
 

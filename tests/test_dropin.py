@@ -75,7 +75,8 @@ def test_astroquery_cfg_timeout_reaches_the_sessions_requests(emulator, sent_tim
 
 def test_astroquery_cfg_poll_interval_and_username():
     # (astroquery.casda's server items are option lists: its cfg cannot name another server)
-    with astroquery_conf.set_temp("poll_interval", 3), astroquery_conf.set_temp("username", "cfg@example.org"):
+    with astroquery_conf.set_temp("poll_interval", 3), \
+            astroquery_conf.set_temp("username", "cfg@example.org"):
         client = CasdaClass()
         assert client._poll_policy().cap == 3 and client.USERNAME == "cfg@example.org"
 
@@ -103,7 +104,8 @@ def test_object_names_resolve_as_in_astroquery(emulator, monkeypatch):
     client = CasdaClass(server=emulator.url)
     payload = client.query_region("M31", radius=2 * u.arcmin, get_query_payload=True)
     ra, dec = (float(x) for x in payload["POS"].split()[1:3])
-    assert asked == ["M31"] and ra == pytest.approx(10.6847, abs=1e-3) and dec == pytest.approx(41.2688, abs=1e-3)
+    assert asked == ["M31"]
+    assert ra == pytest.approx(10.6847, abs=1e-3) and dec == pytest.approx(41.2688, abs=1e-3)
     assert len(client.query_region("M31", radius=2 * u.arcmin, cache=False)) == 0   # sent and answered
     with pytest.raises(InvalidRegionError, match="nowhere"):
         client.query_region("nowhere")

@@ -38,7 +38,8 @@ def test_contact_sheet_panels_have_colour_bar_in_bunit_beam_and_scale_bar(emulat
     header = fits.getheader(image)
     assert "BMAJ" in header and "BUNIT" in header
     target = SkyCoord(187.5, -45.0, unit="deg")
-    plots.contact_sheet([image], tmp_path / "sheet.png", titles=["cont.restored.t0  cube-1001\nJ123000-450000"],
+    plots.contact_sheet([image], tmp_path / "sheet.png",
+                        titles=["cont.restored.t0  cube-1001\nJ123000-450000"],
                         targets=[target], positions=target.reshape((1,)))
     [figure] = captured
     texts = _texts(figure)

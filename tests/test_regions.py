@@ -80,7 +80,8 @@ def test_an_unresolvable_name_says_what_was_tried(monkeypatch):
 
 
 def test_object_names_are_resolved_as_astroquery_does(monkeypatch):
-    monkeypatch.setattr(SkyCoord, "from_name", lambda name, *a, **k: SkyCoord(10.6847 * u.deg, 41.2688 * u.deg))
+    monkeypatch.setattr(SkyCoord, "from_name",
+                        lambda name, *a, **k: SkyCoord(10.6847 * u.deg, 41.2688 * u.deg))
     assert parse_coordinates("NGC 224").ra.deg == pytest.approx(10.6847)
     assert parse_coordinates("M31").dec.deg == pytest.approx(41.2688)
 

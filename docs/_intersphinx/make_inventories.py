@@ -105,7 +105,8 @@ def entries(project):
             if inspect.isclass(value) and issubclass(value, BaseException):
                 yield name, "exception", f"library/exceptions.html#{name}"
             elif inspect.isclass(value):
-                page = "stdtypes" if name in ("str", "list", "dict", "tuple", "set", "bytes", "range") else "functions"
+                in_stdtypes = name in ("str", "list", "dict", "tuple", "set", "bytes", "range")
+                page = "stdtypes" if in_stdtypes else "functions"
                 yield name, "class", f"library/{page}.html#{name}"
             elif inspect.isroutine(value):
                 yield name, "function", f"library/functions.html#{name}"
@@ -141,4 +142,5 @@ def check(path, base):
 if __name__ == "__main__":
     for project in PROJECTS:
         path, count = write(project)
-        print(f"{path.relative_to(HERE.parent)}: {count} names, {check(path, PROJECTS[project][0])} read back")
+        read_back = check(path, PROJECTS[project][0])
+        print(f"{path.relative_to(HERE.parent)}: {count} names, {read_back} read back")
