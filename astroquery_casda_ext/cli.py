@@ -523,11 +523,12 @@ def cutout_size_options(default):
 
 
 def cut_sources(casda, images, sources, radius, dest, options, console, *, preview=None, policy=None,
-                before_download=None):
+                before_download=None, service="cutout", submit=None):
     """Cut every source out of every image into ``dest``, safely run again into the same folder.
 
     Files are named after product and source (`reruns.stable_name`); sources whose cutouts
     are already there and verified (per the folder's manifest) are not asked for again.
+    ``service='spectrum'`` with ``submit(images, positions) -> jobs`` does the same for spectra.
     """
     from astropy.coordinates import SkyCoord
     from astropy.table import vstack
@@ -537,7 +538,7 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
     from .recipes import wait_for_jobs
     state = RerunState(dest)
     products = [str(p) for p in images["obs_publisher_did"]]
-    todo = state.sources_to_fetch(products, sources)
+    todo = state.sources_to_fetch(products, sources, service=service)
     if len(todo) < len(sources):
         rest = f"cutting the other {len(todo)}" if todo else "nothing to ask CASDA"
         console.say(f"  {len(sources) - len(todo)} of {len(sources)} source(s) are already in {dest} and "
@@ -545,7 +546,8 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
     jobs, new = [], None
     if todo:
         positions = SkyCoord([s.ra for s in todo], [s.dec for s in todo], unit="deg")
-        jobs = start_jobs(casda, images, positions, radius, False, console)
+        jobs = (submit or (lambda found, where: start_jobs(casda, found, where, radius, False, console)))(
+            images, positions)
         _remember_jobs(jobs, dest)
         progress = JobProgress(console)
         for job in jobs:
@@ -557,12 +559,12 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
         labels = vstack([casda.cutout_table(job) for job in jobs])
         if "names" in inspect.signature(casda.download).parameters:
             # a downloader that names files itself: stable names and source columns go in directly
-            names, columns = CutoutLabels(jobs, labels, todo).for_download(jobs)
+            names, columns = CutoutLabels(jobs, labels, todo, service).for_download(jobs)
             new = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False,
                                  names=names, labels=columns)
         else:
             downloaded = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False)
-            new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest), savedir=str(dest))
+            new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest, service), savedir=str(dest))
     merged = state.merged(new.table if new is not None else None)
     merged.save()
     if new is not None:
@@ -611,18 +613,6 @@ def _summary_text(summary, elapsed, what="file(s)"):
     return text
 
 
-def _product_titles(paths, labels=None):
-    """Titles for 1-D results (spectra): product id and, when known, the region."""
-    from .jobs import product_id_of
-    titles = []
-    for path in paths:
-        stem = Path(path).stem
-        product = product_id_of(stem) or stem
-        label = (labels or {}).get(stem)
-        titles.append(f"{product}\n{label}" if label else product)
-    return titles
-
-
 def _cutout_titles(paths, positions, names=None):
     """Panel titles: the product, and the source a cutout is centred on (its name when known)."""
     from .jobs import product_id_of
@@ -643,28 +633,6 @@ def _cutout_titles(paths, positions, names=None):
                                  positions[nearest].to_string("decimal", precision=4))
         titles.append(title)
     return titles
-
-
-def _region_labels(casda, jobs):
-    """result id -> the region it answers (``CIRCLE ra dec r``), as the façade labels results."""
-    labels = {}
-    for job in jobs:
-        try:
-            table = casda.cutout_table(job)
-        except (CasdaError, KeyError, ValueError) as exc:    # titles only: never fail the command
-            log.debug("no region labels for %s: %s", job.url, exc)
-            continue
-        for row in table:
-            if row["region"]:
-                labels[str(row["result_id"])] = _short_region(str(row["region"]))
-    return labels
-
-
-def _short_region(region):
-    parts = region.split()
-    if len(parts) >= 3 and parts[0].upper() == "CIRCLE":
-        return f"{float(parts[1]):.4f} {float(parts[2]):+.4f}"
-    return region[:40]
 
 
 def _manifest_titles(manifest, paths, subtypes):
@@ -1217,6 +1185,7 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_
     sums it into one spectrum per cube, source and Stokes parameter.
     """
     from .regions import read_source_list
+    from .reruns import sources_from
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
     radius, plot = _radius(radius), _check_preview(plot, "--plot")
@@ -1231,38 +1200,44 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_
     if not len(cubes):
         raise NothingFound(f"no {', '.join(subtype)} cube covers the sources in {source_file}")
     console.say(f"  {len(cubes)} cube(s): {_ids(cubes)}")
-    console.say(f"Extracting spectra at {len(positions)} position(s) in one SODA job ...")
-    jobs = casda.spectra(cubes, positions, radius, wait=False)
-    summary = jobs_to_files(casda, jobs, dest, options, console)
+
+    def submit(found, where):
+        console.say(f"Extracting spectra at {len(where)} position(s) in one SODA job ...")
+        return casda.spectra(found, where, radius, wait=False)
+
+    summary = cut_sources(casda, cubes, sources_from(positions), radius, dest, options, console,
+                          service="spectrum", submit=submit)
     if plot:
+        from .download import Manifest
         subtypes = {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes}
-        summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console, rest,
-                                        subtypes)
+        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest, subtypes)
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
 
 
-def _spectrum_title(title, subtypes):
-    """``subtype  product`` over the source's J-name and position (a spectrum panel's title)."""
-    product, _, where = title.partition("\n")
-    head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
-    numbers = _numbers(*where.split()) if where else None
-    if numbers and len(numbers) == 2:
-        from astropy.coordinates import SkyCoord
-        from .reruns import _iau_name
-        where = f"{_iau_name(SkyCoord(numbers[0], numbers[1], unit='deg'))} ({where})"
-    return f"{head}\n{where}" if where else head
+def _spectrum_titles(manifest, paths, subtypes):
+    """``subtype  product`` over the source's name and position, from the labelled manifest."""
+    rows = {str(row["path"]): row for row in manifest.table}
+    titles = []
+    for path in paths:
+        row = rows[path]
+        product = str(row["product_id"])
+        head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
+        where = f"{row['source']} ({float(row['source_ra']):.4f} {float(row['source_dec']):+.4f})" \
+            if row["source"] else ""
+        titles.append(f"{head}\n{where}" if where else head)
+    return titles
 
 
-def _plot_spectra(path, paths, labels, console, rest_frequency=None, subtypes=None):
+def _plot_spectra(path, manifest, console, rest_frequency=None, subtypes=None):
     from .plots import plot_spectra
     from .recipes import read_spectrum
-    fits_paths = [p for p in paths if p.lower().endswith(".fits")]
+    fits_paths = [p for p in manifest.paths if p.lower().endswith(".fits")]
     if not fits_paths:
         console.warn("no spectra to plot")
         return None
-    titles = [_spectrum_title(title, subtypes) for title in _product_titles(fits_paths, labels)]
+    titles = _spectrum_titles(manifest, fits_paths, subtypes)
     count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles,
                          rest_frequency=rest_frequency)
     console.say(f"Plot of {count} spectr{'um' if count == 1 else 'a'} written to {path}")

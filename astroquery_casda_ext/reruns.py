@@ -25,10 +25,13 @@ from .download import MANIFEST_NAME, Manifest
 from .errors import InvalidInputError
 
 __all__ = ["Source", "sources_from", "stable_name", "check_destination", "RerunState", "CutoutLabels",
-           "label_manifest", "SOURCE_COLUMNS"]
+           "label_manifest", "SOURCE_COLUMNS", "SERVICE_TAGS"]
 
 #: Columns added to the manifest rows of labelled cutouts.
-SOURCE_COLUMNS = ("source", "source_ra", "source_dec", "region", "window")
+SOURCE_COLUMNS = ("service", "source", "source_ra", "source_dec", "region", "window")
+
+#: What a job made, by SODA service: its files' name tag (cutouts have none).
+SERVICE_TAGS = {"cutout": "", "spectrum": "spectrum"}
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9+\-.]+")
 
@@ -75,13 +78,13 @@ def _slug(text):
     return _UNSAFE.sub("_", str(text)).strip("_.") or "x"
 
 
-def stable_name(product_id, source=None, window="", suffix=".fits"):
-    """A file name that depends only on what the file holds (product, source, spectral window)."""
+def stable_name(product_id, source=None, window="", suffix=".fits", tag=""):
+    """A file name that depends only on what the file holds (product, source, spectral window,
+    and ``tag``, e.g. ``spectrum``, for what was made of it)."""
     parts = [_slug(product_id)]
-    if source:
-        parts.append(_slug(source))
-    if window:
-        parts.append(_slug(window))
+    for part in (source, window, tag):
+        if part:
+            parts.append(_slug(part))
     return "_".join(parts) + suffix
 
 
@@ -115,8 +118,8 @@ def check_destination(dest):
     return path
 
 
-def _key(product_id, source, window):
-    return str(product_id), str(source or ""), str(window or "")
+def _key(service, product_id, source, window):
+    return str(service or ""), str(product_id), str(source or ""), str(window or "")
 
 
 def _verified_on_disk(path, checksum_path):
@@ -152,17 +155,18 @@ class RerunState:
         if self.table is None:
             return keys
         for row in self.table:
-            key = _key(row["product_id"], row["source"], row["window"])
+            key = _key(row["service"], row["product_id"], row["source"], row["window"])
             if row["kind"] == "error-file" and row["source"]:
                 keys.add(key)
             elif row["kind"] == "data" and _verified_on_disk(str(row["path"]), str(row["checksum_path"])):
                 keys.add(key)
         return keys
 
-    def sources_to_fetch(self, product_ids, sources, window=""):
-        """The sources some product still lacks."""
+    def sources_to_fetch(self, product_ids, sources, window="", service="cutout"):
+        """The sources some product still lacks (cutouts, or spectra with ``service='spectrum'``)."""
         done = self.done()
-        return [s for s in sources if any(_key(p, s.name, window) not in done for p in product_ids)]
+        return [s for s in sources
+                if any(_key(service, p, s.name, window) not in done for p in product_ids)]
 
     def merged(self, new_table):
         """The old rows of files not written again, then the new rows; ordered by product and source."""
@@ -171,9 +175,9 @@ class RerunState:
         elif new_table is None or not len(new_table):
             table = self.table
         else:
-            fresh = {_key(r["product_id"], r["source"], r["window"]) for r in new_table}
+            fresh = {_key(r["service"], r["product_id"], r["source"], r["window"]) for r in new_table}
             keep = [i for i, r in enumerate(self.table)
-                    if _key(r["product_id"], r["source"], r["window"]) not in fresh]
+                    if _key(r["service"], r["product_id"], r["source"], r["window"]) not in fresh]
             table = vstack([self.table[keep], new_table], metadata_conflicts="silent")
         if len(table):
             table.sort(["product_id", "source", "window", "kind"])
@@ -191,9 +195,12 @@ class CutoutLabels:
         ``CasdaClass.cutout_table`` rows of all the jobs (result id -> product, region, window).
     sources : list of `Source`
         In the order of the jobs' regions.
+    service : {'cutout', 'spectrum'}
+        What the jobs made (`SERVICE_TAGS`).
     """
 
-    def __init__(self, jobs, labels, sources):
+    def __init__(self, jobs, labels, sources, service="cutout"):
+        self.service = service
         self.labels = labels
         self.by_result = {str(row["result_id"]): row for row in labels}
         self.regions = {}
@@ -215,17 +222,15 @@ class CutoutLabels:
             return str(product), region, source, ""
         return str(product_id), "", None, ""
 
-    @staticmethod
-    def name(kind, product, source, window):
+    def name(self, kind, product, source, window):
         """The stable file name, or None when nothing is known to name it by."""
         if source is None and not window:
             return None
         suffix = ".fits" if kind == "data" else ".error.txt"
-        return stable_name(product, source and source.name, window, suffix)
+        return stable_name(product, source and source.name, window, suffix, SERVICE_TAGS[self.service])
 
-    @staticmethod
-    def columns(product, region, source, window):
-        return {"product_id": product, "source": source.name if source else "",
+    def columns(self, product, region, source, window):
+        return {"product_id": product, "service": self.service, "source": source.name if source else "",
                 "source_ra": source.ra if source else np.nan, "source_dec": source.dec if source else np.nan,
                 "region": region, "window": window}
 
@@ -246,7 +251,7 @@ class CutoutLabels:
         return names, labels
 
 
-def label_manifest(manifest, jobs, labels, sources, dest):
+def label_manifest(manifest, jobs, labels, sources, dest, service="cutout"):
     """Rename a download's cutouts to their stable names and add the source columns.
 
     For a downloader that writes files under CASDA's names: each file (and its
@@ -256,7 +261,7 @@ def label_manifest(manifest, jobs, labels, sources, dest):
     ----------
     manifest : `~astroquery_casda_ext.download.Manifest`
         What the downloader wrote (CASDA's names).
-    jobs, labels, sources
+    jobs, labels, sources, service
         As for `CutoutLabels`.
     dest : path-like
 
@@ -265,7 +270,7 @@ def label_manifest(manifest, jobs, labels, sources, dest):
     `~astropy.table.Table`
         The manifest rows, renamed and labelled.
     """
-    known = CutoutLabels(jobs, labels, sources)
+    known = CutoutLabels(jobs, labels, sources, service)
     table = manifest.table.copy()
     # new lists, not item assignment: a numpy string column would cut longer names short
     columns = {name: [] for name in ("product_id", "path", "checksum_path") + SOURCE_COLUMNS}

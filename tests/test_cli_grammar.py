@@ -211,3 +211,18 @@ def test_source_names_never_share_a_file_name():
     names = {stable_name("cube-1001", s.name) for s in sources}
     assert len(names) == 4 and all("/" not in n for n in names)
     assert sources[3].name == "J123112.0-451800"
+
+
+def test_spectra_are_named_after_their_source_and_not_fetched_twice(tmp_path, run, emulator):
+    from astroquery_casda_ext.emulator.holdings import spectral_line_source
+    line = spectral_line_source(609, emulator.holdings.config)
+    sources = tmp_path / "line.txt"
+    sources.write_text(f"{line['ra']} {line['dec']}\n")
+    dest = tmp_path / "spectra"
+    assert run("spectra", sources, "30arcsec", dest, *FAST_POLL).returncode == 0
+    files, rows = _files(dest), _rows(dest)
+    [name] = [n for n in files if n.endswith(".fits")]
+    assert name.startswith("cube-") and name.endswith("_spectrum.fits") and "_J" in name
+    again = run("spectra", sources, "30arcsec", dest, *FAST_POLL)
+    assert again.returncode == 0 and "nothing to ask CASDA" in again.stderr
+    assert _files(dest) == files and _rows(dest) == rows
