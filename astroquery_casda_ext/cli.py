@@ -29,7 +29,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from . import __version__, conf
-from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, NoAccessError,
+from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError, NoAccessError,
                      NotLoggedInError, ServiceError, UnsafeFilenameError, redact_url)
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
@@ -48,19 +48,32 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\b
-Exit codes:
-  0  success
-  1  nothing matched (no images, no sources above the flux limit)
-  2  usage error: bad arguments, coordinates, source file, local file
-  3  login failed or no credentials (wrong password, unsafe password file)
-  4  a CASDA job failed, expired, was aborted or timed out
-  5  a download failed or did not match its checksum
-  6  another CASDA service error (query, DataLink, no connection)
-  70 internal error (rerun with --debug for the traceback)
+Exit codes (the same for every command):
+  0    success
+  1    nothing matched (no rows, images, cubes or sources above the flux limit)
+  2    usage error: bad arguments, coordinates, source file, unwritable destination
+  3    login failed or no credentials (wrong password, unsafe password file)
+  4    a CASDA job failed, expired, was aborted or timed out
+  5    a download failed or did not match its checksum
+  6    another CASDA service error (query, DataLink, no connection)
+  70   internal error (rerun with --debug for the traceback)
+  130  interrupted (Ctrl-C); a started job goes on: 'casda job URL --wait'
+
 \b
-Credentials (never on the command line): the keyring (store one with
-'casda login'), CASDA_PASSWORD, --password-file FILE (mode 600), or a prompt.
-User name: --user or CASDA_USER."""
+Credentials (never on the command line), first found wins:
+  --password-file FILE (mode 600), CASDA_PASSWORD, the keyring
+  (store one with 'casda login'), or a prompt.  User name: --user or CASDA_USER.
+  No keyring (headless, HPC)? Use the first two, or: pip install keyrings.alt
+
+\b
+Output: tables go to the screen; -o FILE writes .xml/.vot, .csv or .ecsv;
+  -o - with --format {table,csv,ecsv,votable,json} writes them to stdout.
+Options: --radius is always a search cone; --cutout-radius (alias --size)
+  is always the size of a cutout."""
+
+#: Formats of ``-o -`` (standard output), by ``--format``; ``table`` is the screen layout.
+STDOUT_FORMATS = {"table": None, "csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable",
+                  "json": "json"}
 
 #: Short collection names, mapped to CASDA's project short names (``obs_collection``).  An
 #: alias stands for every name listed (SIA2 and TAP OR them); any other value is sent as is.
@@ -207,9 +220,10 @@ class Options:
 
     @property
     def policy(self):
-        """The job polling policy: ``--poll-interval`` if given, else the configuration's."""
-        from .jobs import PollPolicy
-        return PollPolicy.from_conf(self.poll_interval)
+        """The job polling policy: ``--poll-interval`` if given, else the configuration's
+        (ours, or the ``[casda]`` section of astroquery.cfg)."""
+        from .core import poll_policy
+        return poll_policy(self.poll_interval)
 
     @property
     def console(self):
@@ -408,10 +422,16 @@ def _table_writer_format(path):
     return formats[suffix]
 
 
-def _check_output(path, overwrite):
+def _check_output(path, overwrite, output_format=None):
+    """The astropy writer format of ``--output``; for ``-o -`` (stdout) the ``--format`` name."""
+    if path == "-":
+        return output_format or "table"
     if path is None:
+        if output_format:
+            raise click.UsageError("--format goes with -o - (standard output) or -o FILE")
         return None
-    fmt = _table_writer_format(path)
+    fmt = STDOUT_FORMATS[output_format] if output_format and output_format not in ("table", "json") \
+        else _table_writer_format(path)
     if os.path.exists(path) and not overwrite:
         raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
     return fmt
@@ -461,6 +481,110 @@ def download_into(casda, sources, dest, options, console):
     return download_jobs(casda, sources, str(dest), progress=_progress(options), no_wait=options.no_wait)
 
 
+#: (job URL, destination) of the jobs this command started: the resume hint names them.
+_STARTED_JOBS = []
+
+
+def _remember_jobs(jobs, dest=None):
+    _STARTED_JOBS.extend((job.url, str(dest) if dest else None) for job in jobs)
+
+
+def resume_hint():
+    """How to pick up the jobs this command started (they go on running on CASDA)."""
+    if not _STARTED_JOBS:
+        return ""
+    commands = [f"casda job {url} --wait" + (f" --dest {dest}" if dest else "")
+                for url, dest in _STARTED_JOBS]
+    return "the CASDA job(s) go on running; resume with: " + "; ".join(commands[:3]) + \
+        (f" (and {len(commands) - 3} more)" if len(commands) > 3 else "")
+
+
+def destination(dest):
+    """Create or check DEST before anything is sent (a rerun into it is safe)."""
+    from .reruns import check_destination
+    return check_destination(dest)
+
+
+def _cutout_radius(size, radius_alias, console, default):
+    """``--cutout-radius``/``--size``; ``--radius`` is still read here, with a warning, for old scripts."""
+    if radius_alias is not None:
+        if size is not None:
+            raise click.UsageError("give the cutout size once, with --cutout-radius")
+        console.warn("--radius for a cutout size is deprecated (--radius means the search cone in every "
+                     "command): use --cutout-radius (or --size)")
+        size = radius_alias
+    return _radius(default if size is None else size, "--cutout-radius")
+
+
+def cutout_size_options(default):
+    """``--cutout-radius``/``--size`` and the hidden, deprecated ``--radius`` of cutout commands."""
+    def decorate(func):
+        func = click.option("--radius", "radius_alias", hidden=True,
+                            help="Deprecated: use --cutout-radius.")(func)
+        return click.option("--cutout-radius", "--size", "cutout_radius", metavar="ANGLE",
+                            help=f"Radius of each cutout: '2arcmin', '0.1deg' or degrees "
+                                 f"(default {default}).")(func)
+    return decorate
+
+
+def cut_sources(casda, images, sources, radius, dest, options, console, *, preview=None, policy=None,
+                before_download=None, service="cutout", submit=None):
+    """Cut every source out of every image into ``dest``, safely run again into the same folder.
+
+    Files are named after product and source (`reruns.stable_name`); sources whose cutouts
+    are already there and verified (per the folder's manifest) are not asked for again.
+    ``service='spectrum'`` with ``submit(images, positions) -> jobs`` does the same for spectra.
+    """
+    from astropy.coordinates import SkyCoord
+    from astropy.table import vstack
+    from .download import Manifest
+    import inspect
+    from .reruns import CutoutLabels, RerunState, label_manifest
+    from .recipes import wait_for_jobs
+    state = RerunState(dest)
+    products = [str(p) for p in images["obs_publisher_did"]]
+    todo = state.sources_to_fetch(products, sources, service=service)
+    if len(todo) < len(sources):
+        rest = f"cutting the other {len(todo)}" if todo else "nothing to ask CASDA"
+        console.say(f"  {len(sources) - len(todo)} of {len(sources)} source(s) are already in {dest} and "
+                    f"verified (its manifest): {rest}")
+    jobs, new = [], None
+    if todo:
+        positions = SkyCoord([s.ra for s in todo], [s.dec for s in todo], unit="deg")
+        jobs = (submit or (lambda found, where: start_jobs(casda, found, where, radius, False, console)))(
+            images, positions)
+        _remember_jobs(jobs, dest)
+        progress = JobProgress(console)
+        for job in jobs:
+            console.say(f"  job {job.job_id[:8]} started: {job.url}")
+        wait_for_jobs(jobs, policy=policy or options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
+        if before_download is not None:
+            before_download()
+        console.say(f"Downloading into {dest} and verifying checksums ...")
+        labels = vstack([casda.cutout_table(job) for job in jobs])
+        if "names" in inspect.signature(casda.download).parameters:
+            # a downloader that names files itself: stable names and source columns go in directly
+            names, columns = CutoutLabels(jobs, labels, todo, service).for_download(jobs)
+            new = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False,
+                                 names=names, labels=columns)
+        else:
+            downloaded = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False)
+            new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest, service), savedir=str(dest))
+    merged = state.merged(new.table if new is not None else None)
+    merged.save()
+    if new is not None:
+        new.raise_for_errors()
+    summary = manifest_summary(merged)
+    summary.update(jobs=[job.url for job in jobs], dest=str(dest), sources=len(sources))
+    if preview:
+        everything = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
+        subtypes = ({str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in images}
+                    if "dataproduct_subtype" in images.colnames else None)
+        summary["preview"] = draw_preview(preview, merged, everything, console, [s.name for s in sources],
+                                          subtypes)
+    return summary
+
+
 def manifest_summary(manifest):
     """Counts and bytes of a manifest, for the summary line and ``--json``."""
     table = manifest.table
@@ -498,18 +622,6 @@ def _summary_text(summary, elapsed, what="file(s)"):
     return text
 
 
-def _product_titles(paths, labels=None):
-    """Titles for 1-D results (spectra): product id and, when known, the region."""
-    from .jobs import product_id_of
-    titles = []
-    for path in paths:
-        stem = Path(path).stem
-        product = product_id_of(stem) or stem
-        label = (labels or {}).get(stem)
-        titles.append(f"{product}\n{label}" if label else product)
-    return titles
-
-
 def _cutout_titles(paths, positions, names=None):
     """Panel titles: the product, and the source a cutout is centred on (its name when known)."""
     from .jobs import product_id_of
@@ -532,37 +644,49 @@ def _cutout_titles(paths, positions, names=None):
     return titles
 
 
-def _region_labels(casda, jobs):
-    """result id -> the region it answers (``CIRCLE ra dec r``), as the façade labels results."""
-    labels = {}
-    for job in jobs:
-        try:
-            table = casda.cutout_table(job)
-        except (CasdaError, KeyError, ValueError) as exc:    # titles only: never fail the command
-            log.debug("no region labels for %s: %s", job.url, exc)
-            continue
-        for row in table:
-            if row["region"]:
-                labels[str(row["result_id"])] = _short_region(str(row["region"]))
-    return labels
+def _manifest_titles(manifest, paths, subtypes):
+    """Panel titles from a labelled manifest: subtype and product, then the source."""
+    table = manifest.table
+    if "source" not in table.colnames:
+        return None
+    rows = {str(row["path"]): row for row in table}
+    titles = []
+    for path in paths:
+        row = rows.get(path)
+        if row is None:
+            return None
+        product = str(row["product_id"])
+        head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
+        titles.append(f"{head}\n{row['source']}" if row["source"] else head)
+    return titles
 
 
-def _short_region(region):
-    parts = region.split()
-    if len(parts) >= 3 and parts[0].upper() == "CIRCLE":
-        return f"{float(parts[1]):.4f} {float(parts[2]):+.4f}"
-    return region[:40]
+def _manifest_targets(manifest, paths):
+    """The source position of each cutout, from a labelled manifest (None where unknown)."""
+    from astropy.coordinates import SkyCoord
+    table = manifest.table
+    if "source_ra" not in table.colnames:
+        return None
+    rows = {str(row["path"]): row for row in table}
+    targets = []
+    for path in paths:
+        row = rows.get(path)
+        ok = row is not None and np.isfinite(row["source_ra"]) and np.isfinite(row["source_dec"])
+        targets.append(SkyCoord(float(row["source_ra"]), float(row["source_dec"]), unit="deg")
+                       if ok else None)
+    return targets
 
 
-def draw_preview(path, manifest, positions, console, names=None):
+def draw_preview(path, manifest, positions, console, names=None, subtypes=None):
     """Contact sheet of the downloaded cutouts, with the requested positions marked."""
     from .plots import contact_sheet
     fits_paths = [p for p in manifest.paths if p.lower().endswith(".fits")]
     if not fits_paths:
         console.warn("no FITS cutouts to preview")
         return None
-    titles = _cutout_titles(fits_paths, positions, names)
-    count = contact_sheet(fits_paths, path, positions=positions, titles=titles)
+    titles = _manifest_titles(manifest, fits_paths, subtypes) or _cutout_titles(fits_paths, positions, names)
+    count = contact_sheet(fits_paths, path, positions=positions, titles=titles,
+                          targets=_manifest_targets(manifest, fits_paths))
     console.say(f"Preview of {count} cutout(s) written to {path}")
     return str(path)
 
@@ -623,17 +747,16 @@ def main(argv=None):
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _STARTED_JOBS.clear()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         if "-q" in argv or "--quiet" in argv:
             warnings.simplefilter("ignore")
         try:
             result = cli.main(args=argv, prog_name="casda", standalone_mode=False)
-        except click.exceptions.Abort:
-            click.echo("casda: interrupted", err=True)
-            return EXIT_INTERRUPTED
-        except KeyboardInterrupt:
-            click.echo("casda: interrupted", err=True)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            hint = resume_hint()
+            click.echo("casda: interrupted" + (f"; {hint}" if hint else ""), err=True)
             return EXIT_INTERRUPTED
         except click.exceptions.Exit as exc:
             return exc.exit_code
@@ -644,7 +767,10 @@ def main(argv=None):
             if debug:
                 import traceback
                 traceback.print_exc()
-            click.echo(f"casda: error: {_one_line(_error_message(exc))}", err=True)
+            message = _one_line(_error_message(exc))
+            if isinstance(exc, JobTimeoutError) and "casda job " not in message and resume_hint():
+                message += f"; {resume_hint()}"      # a timed-out job is still running on CASDA
+            click.echo(f"casda: error: {message}", err=True)
             return exit_code_for(exc)
     return result if isinstance(result, int) else EXIT_OK
 
@@ -665,7 +791,7 @@ def cli():
 
 def _epilog(*examples):
     lines = "\n".join(f"  {example}" for example in examples)
-    return f"\b\nExamples:\n{lines}\n\n{EXIT_CODES_HELP}"
+    return f"\b\nExamples:\n{lines}\n\nExit codes, credentials and output: see 'casda --help'."
 
 
 def _ids(table, limit=6):
@@ -709,9 +835,36 @@ def _json_value(value):
     return value if isinstance(value, str) else _json_default(value)
 
 
+def _write_stdout(table, output_format, columns):
+    """``-o -``: the table on standard output, in ``--format``, and nothing else there."""
+    import io
+    if output_format == "table":
+        click.echo("\n".join(table[columns].pformat(max_lines=-1, max_width=-1)))
+    elif output_format == "json":
+        click.echo(json.dumps(_rows_as_dicts(table[columns]), indent=1, default=_json_default))
+    elif output_format == "votable":
+        buffer = io.BytesIO()   # the VOTable writer wants bytes
+        table[columns].write(buffer, format="votable")
+        click.echo(buffer.getvalue().decode("utf-8"), nl=False)
+    else:
+        buffer = io.StringIO()
+        table[columns].write(buffer, format=STDOUT_FORMATS[output_format])
+        click.echo(buffer.getvalue(), nl=False)
+
+
 def show_table(table, options, console, *, output, output_format, columns, command):
-    """Write the table to ``output`` or the screen; the JSON summary carries it too."""
+    """Write the table to ``output`` (``-`` is stdout) or the screen; the JSON summary carries it too.
+
+    A table with no rows is "nothing matched" (exit 1), as in every other command.
+    """
     summary = {"command": command, "rows": len(table), "columns": table.colnames, "output": output}
+    if not len(table):
+        raise NothingFound(f"the {command} matched no rows")
+    if output == "-":
+        _write_stdout(table, output_format, table.colnames if columns is None else
+                      _screen_columns(table, columns, command))
+        console.say(f"{len(table)} row(s) written to standard output")
+        return EXIT_OK
     if output:
         table.write(output, format=output_format, overwrite=True)
         console.say(f"{len(table)} row(s) written to {output}")
@@ -726,9 +879,20 @@ def show_table(table, options, console, *, output, output_format, columns, comma
     return EXIT_OK
 
 
+def _output_options(func):
+    """``-o FILE`` / ``-o -`` with ``--format``, and ``--overwrite``: the same for every table command."""
+    func = click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")(func)
+    func = click.option("--format", "output_format", type=click.Choice(list(STDOUT_FORMATS)),
+                        help="Format of -o - (standard output); default: table.")(func)
+    return click.option("-o", "--output", metavar="FILE",
+                        help="Write the table: .xml/.vot (VOTable), .csv or .ecsv ('casda tap' also .parquet, "
+                             "streamed); '-' for stdout.")(func)
+
+
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
     "casda query 187.5 -45.0 --radius 30arcmin --collection EMU",
     "casda query '22h15m38s -45d50m30s' --band 1.2GHz 1.4GHz --type cube -o found.ecsv",
+    "casda query M31 --radius 1deg -o - --format csv | head",
     "casda query --ra 333.9 --dec -45.84 --time 2019-01-01 2020-01-01 --subtype cont.restored.t0"))
 @click.argument("position", nargs=-1)
 @click.option("--ra", help="Right ascension (degrees or sexagesimal hours), with --dec.")
@@ -748,18 +912,17 @@ def show_table(table, options, console, *, output, output_format, columns, comma
 @click.option("--type", "dataproduct_type", type=click.Choice(["image", "cube"]), help="Data product type.")
 @click.option("--subtype", multiple=True, help="dataproduct_subtype, e.g. cont.restored.t0; repeatable.")
 @click.option("--maxrec", type=click.IntRange(min=1), help="Most rows to return.")
-@click.option("-o", "--output", metavar="FILE", help="Write the table: .xml/.vot (VOTable), .csv or .ecsv.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@_output_options
 @click.option("--columns", help="Columns to show on screen (comma-separated, or 'all').")
 @common_options
 def query(options, position, ra, dec, radius, width, height, band, rest_frequency, time_range, pol,
-          collection, dataproduct_type, subtype, maxrec, output, overwrite, columns):
+          collection, dataproduct_type, subtype, maxrec, output, output_format, overwrite, columns):
     """Find images and cubes with CASDA's SIA2 service.
 
     POSITION is a centre such as '187.5 -45.0' or '12:30:00 -45:00:00' (or use --ra/--dec).
     """
     console = options.console
-    output_format = _check_output(output, overwrite)
+    output_format = _check_output(output, overwrite, output_format)
     coordinates = _position(position, ra, dec)
     kwargs = _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, time_range)
     optional = dict(pol=list(pol) or None, collection=expand_collections(collection),
@@ -805,17 +968,17 @@ def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, 
 @click.option("--maxrec", type=click.IntRange(min=1), help="Most rows to return.")
 @click.option("--auth", is_flag=True, help="Query through the OPAL proxy (needs a login): includes "
                                            "embargoed rows of your projects.")
-@click.option("-o", "--output", metavar="FILE",
-              help="Write the table: .xml/.vot (VOTable), .csv, .ecsv, or .parquet (streamed, flat memory).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@_output_options
 @click.option("--columns", help="Columns to show on screen (comma-separated).")
 @common_options
-def tap(options, adql, async_job, maxrec, auth, output, overwrite, columns):
+def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite, columns):
     """Run an ADQL query on CASDA's TAP service ('-' reads it from standard input)."""
     console = options.console
-    if output and Path(output).suffix.lower() in (".parquet", ".pq"):
+    if output and output != "-" and Path(output).suffix.lower() in (".parquet", ".pq"):
+        if output_format:
+            raise click.UsageError("--format goes with -o - (standard output); a .parquet file is Parquet")
         return _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite)
-    output_format = _check_output(output, overwrite)
+    output_format = _check_output(output, overwrite, output_format)
     if adql == "-":
         adql = sys.stdin.read()
     if not adql.strip():
@@ -863,6 +1026,7 @@ def start_jobs(casda, images, positions, radius, full_files, console):
 def jobs_to_files(casda, jobs, dest, options, console, *, preview=None, positions=None, names=None,
                   policy=None):
     """Follow the jobs, download and verify, draw the preview: the summary dictionary."""
+    _remember_jobs(jobs, dest)
     manifest = run_jobs(casda, jobs, dest, options, console, policy=policy or options.policy)
     summary = manifest_summary(manifest)
     summary["jobs"] = [job.url for job in jobs]
@@ -883,13 +1047,14 @@ def run_jobs(casda, jobs, dest, options, console, policy=None):
 
 
 @cli.command(epilog=_epilog(
-    "casda cutouts 609 out/ --flux-min 500 --radius 2arcmin --preview out/sheet.png",
+    "casda cutouts 609 out/ --flux-min 500 --cutout-radius 2arcmin --preview out/sheet.png",
+    "casda cutouts 609 out/     (again: only what is missing is fetched)",
     "casda cutouts 609 out/ --full-files"))
 @click.argument("sbid", type=click.IntRange(min=1))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
               help="Cut out catalogue components brighter than this (mJy/beam if no unit).")
-@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@cutout_size_options(SCRIPT_CUTOUT_RADIUS)
 @click.option("--subtype", multiple=True, default=("cont.restored.t0",), show_default=True,
               help="Image subtypes to cut (repeatable), e.g. spectral.restored.3d.")
 @click.option("--max-sources", type=click.IntRange(min=1), help="Only the N brightest components.")
@@ -897,32 +1062,38 @@ def run_jobs(casda, jobs, dest, options, console, policy=None):
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def cutouts(options, sbid, dest, flux_min, radius, subtype, max_sources, full_files, preview):
+def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, subtype, max_sources, full_files,
+            preview):
     """Cutouts around the bright catalogue sources of a scheduling block (CASDA's cutouts.py).
 
     Finds the images of scheduling block SBID, the catalogue components above --flux-min,
     cuts a circle around each out of every image in one job, and downloads and verifies
-    the files (and a manifest) into DEST.
+    the files (and a manifest) into DEST.  Files are named PRODUCT_COMPONENT.fits and the
+    manifest names each file's source, position and region; run again into the same DEST,
+    only what is missing or damaged is fetched.
     """
     from .regions import parse_positions
+    from .reruns import sources_from
     console, started = options.console, time.monotonic()
-    flux, radius, preview = _flux(flux_min), _radius(radius), _check_preview(preview)
+    flux, preview = _flux(flux_min), _check_preview(preview)
+    radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
+    dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     images = _sbid_images(casda, sbid, list(subtype), console)
-    positions = names = None
-    if not full_files:
+    if full_files:
+        jobs = start_jobs(casda, images, None, radius, True, console)
+        summary = jobs_to_files(casda, jobs, dest, options, console)
+        summary.update(sources=0)
+    else:
         console.say(f"Finding catalogue components of SB{sbid} brighter than {flux:g} mJy/beam ...")
         components = casda.query_components(sbid=sbid, flux_min=flux)[:max_sources]
         if not len(components):
             raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux:g} mJy/beam")
         console.say(f"  {len(components)} component(s)")
-        positions, names = parse_positions(components), list(components["component_name"])
-    jobs = start_jobs(casda, images, positions, radius, full_files, console)
-    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview, positions=positions,
-                            names=names)
-    summary.update(command="cutouts", sbid=sbid, images=len(images),
-                   sources=0 if positions is None else len(positions))
+        sources = sources_from(parse_positions(components), list(components["component_name"]))
+        summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview)
+    summary.update(command="cutouts", sbid=sbid, images=len(images))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
 
@@ -940,39 +1111,47 @@ def _sbid_images(casda, sbid, subtypes, console):
 @click.argument("image_id")
 @click.argument("source_file")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@cutout_size_options(SCRIPT_CUTOUT_RADIUS)
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def sources(options, image_id, source_file, dest, radius, preview):
-    """Cutouts of a list of sources from one image (CASDA's sources.py)."""
+def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, preview):
+    """Cutouts of a list of sources from one image (CASDA's sources.py).
+
+    Each source is named by its position (Jhhmmss.s+ddmmss) in file names and the manifest.
+    """
     from .regions import read_source_list
+    from .reruns import sources_from
     console, started = options.console, time.monotonic()
     if not _PRODUCT_ID.match(image_id):
         raise click.BadParameter(f"{image_id!r} is not a product id like cube-1001", param_hint="IMAGE_ID")
     positions = read_source_list(source_file)
-    radius, preview = _radius(radius), _check_preview(preview)
+    radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
+    preview = _check_preview(preview)
+    dest = destination(dest)
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
     images = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did = '{image_id}'")
     if not len(images):
         raise NothingFound(f"CASDA has no product {image_id}")
-    jobs = start_jobs(casda, images, positions, radius, False, console)
-    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview, positions=positions)
-    summary.update(command="sources", image=image_id, sources=len(positions))
+    summary = cut_sources(casda, images, sources_from(positions), radius, dest, options, console,
+                          preview=preview)
+    summary.update(command="sources", image=image_id)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
 
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
-    "casda images 187.5 -45.0 out/ --radius 2arcmin --preview out/sheet.png",
+    "casda images 187.5 -45.0 out/ --cutout-radius 2arcmin --preview out/sheet.png",
     "casda images 22:15:38 -45:50:30 out/ --collection RACS --subtype cont.restored.t0 --full-files"))
 @click.argument("ra")
 @click.argument("dec")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--search-radius", default=SCRIPT_SEARCH_RADIUS, show_default=True,
-              help="Find images intersecting this cone (SIA2).")
-@click.option("--radius", default=SCRIPT_CUTOUT_RADIUS, show_default=True, help="Cutout radius.")
+@click.option("--radius", "search_radius", metavar="ANGLE",
+              help=f"Find images intersecting this cone (SIA2; default {SCRIPT_SEARCH_RADIUS}).")
+@click.option("--search-radius", "search_alias", hidden=True, help="Deprecated: use --radius.")
+@click.option("--cutout-radius", "--size", "cutout_radius", metavar="ANGLE",
+              help=f"Radius of each cutout (default {SCRIPT_CUTOUT_RADIUS}).")
 @click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
 @click.option("--subtype", multiple=True, help="Only these dataproduct_subtypes (default: every image).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images found.")
@@ -980,16 +1159,24 @@ def sources(options, image_id, source_file, dest, radius, preview):
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def images(options, ra, dec, dest, search_radius, radius, collection, subtype, max_images, full_files,
-           preview):
+def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, collection, subtype,
+           max_images, full_files, preview):
     """Every image at a position (SIA2), as cutouts or whole files (CASDA's siap.py).
 
     RA and DEC are degrees or sexagesimal (RA in hours): 187.5 -45.0 or 12:30:00 -45:00:00.
     """
+    from .reruns import sources_from
     console, started = options.console, time.monotonic()
     position = _position((ra, dec))
-    search, radius = _radius(search_radius, "--search-radius"), _radius(radius)
+    if search_alias is not None:
+        if search_radius is not None:
+            raise click.UsageError("give the search cone once, with --radius")
+        console.warn("--search-radius is deprecated: use --radius (the search cone in every command)")
+        search_radius = search_alias
+    search = _radius(search_radius or SCRIPT_SEARCH_RADIUS, "--radius")
+    radius = _radius(cutout_radius or SCRIPT_CUTOUT_RADIUS, "--cutout-radius")
     preview = _check_preview(preview)
+    dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     console.say(f"Finding images within {search.to(u.arcmin):.3g} of {position.to_string('decimal')} "
@@ -999,9 +1186,12 @@ def images(options, ra, dec, dest, search_radius, radius, collection, subtype, m
     if not len(found):
         raise NothingFound(f"no images at {position.to_string('decimal')}")
     console.say(f"  {len(found)} image(s): {_ids(found)}")
-    jobs = start_jobs(casda, found, position.reshape((1,)), radius, full_files, console)
-    summary = jobs_to_files(casda, jobs, dest, options, console, preview=preview,
-                            positions=position.reshape((1,)))
+    if full_files:
+        jobs = start_jobs(casda, found, None, radius, True, console)
+        summary = jobs_to_files(casda, jobs, dest, options, console)
+    else:
+        summary = cut_sources(casda, found, sources_from(position.reshape((1,))), radius, dest, options,
+                              console, preview=preview)
     summary.update(command="images", ra=position.ra.deg, dec=position.dec.deg, images=len(found))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
@@ -1016,18 +1206,24 @@ def images(options, ra, dec, dest, search_radius, radius, collection, subtype, m
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to extract from (repeatable).")
 @click.option("--plot", metavar="FILE.png", help="Draw the spectra (needs matplotlib).")
+@click.option("--rest-frequency", metavar="FREQ",
+              help="Add a radio-velocity axis to --plot for this rest frequency (e.g. 1420.405752MHz "
+                   "for HI; default: the files' RESTFREQ).")
 @job_options
 @common_options
-def spectra(options, source_file, radius, dest, collection, subtype, plot):
+def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_frequency):
     """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
 
     RADIUS is the aperture ('30arcsec', or degrees); CASDA's spectrum generation service
     sums it into one spectrum per cube, source and Stokes parameter.
     """
     from .regions import read_source_list
+    from .reruns import sources_from
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
     radius, plot = _radius(radius), _check_preview(plot, "--plot")
+    rest = _quantity_or_open(rest_frequency, "--rest-frequency") if rest_frequency else None
+    dest = destination(dest)
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
@@ -1037,25 +1233,46 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot):
     if not len(cubes):
         raise NothingFound(f"no {', '.join(subtype)} cube covers the sources in {source_file}")
     console.say(f"  {len(cubes)} cube(s): {_ids(cubes)}")
-    console.say(f"Extracting spectra at {len(positions)} position(s) in one SODA job ...")
-    jobs = casda.spectra(cubes, positions, radius, wait=False)
-    summary = jobs_to_files(casda, jobs, dest, options, console)
+
+    def submit(found, where):
+        console.say(f"Extracting spectra at {len(where)} position(s) in one SODA job ...")
+        return casda.spectra(found, where, radius, wait=False)
+
+    summary = cut_sources(casda, cubes, sources_from(positions), radius, dest, options, console,
+                          service="spectrum", submit=submit)
     if plot:
-        summary["plot"] = _plot_spectra(plot, summary["paths"], _region_labels(casda, jobs), console)
+        from .download import Manifest
+        subtypes = {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes}
+        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest, subtypes)
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
 
 
-def _plot_spectra(path, paths, labels, console):
+def _spectrum_titles(manifest, paths, subtypes):
+    """``subtype  product`` over the source's name and position, from the labelled manifest."""
+    rows = {str(row["path"]): row for row in manifest.table}
+    titles = []
+    for path in paths:
+        row = rows[path]
+        product = str(row["product_id"])
+        head = f"{subtypes[product]}  {product}" if product in (subtypes or {}) else product
+        where = f"{row['source']} ({float(row['source_ra']):.4f} {float(row['source_dec']):+.4f})" \
+            if row["source"] else ""
+        titles.append(f"{head}\n{where}" if where else head)
+    return titles
+
+
+def _plot_spectra(path, manifest, console, rest_frequency=None, subtypes=None):
     from .plots import plot_spectra
     from .recipes import read_spectrum
-    fits_paths = [p for p in paths if p.lower().endswith(".fits")]
+    fits_paths = [p for p in manifest.paths if p.lower().endswith(".fits")]
     if not fits_paths:
         console.warn("no spectra to plot")
         return None
-    titles = [title.replace("\n", " at ") for title in _product_titles(fits_paths, labels)]
-    count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles)
+    titles = _spectrum_titles(manifest, fits_paths, subtypes)
+    count = plot_spectra([read_spectrum(p) for p in fits_paths], path, titles=titles,
+                         rest_frequency=rest_frequency)
     console.say(f"Plot of {count} spectr{'um' if count == 1 else 'a'} written to {path}")
     return str(path)
 
@@ -1076,6 +1293,7 @@ def slice_command(options, sbid, num_channels, dest, subtype):
     cube (CASDA's cutouts_channels.py); cubes with different channel counts get one job each.
     """
     console, started = options.console, time.monotonic()
+    dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     cubes = _sbid_images(casda, sbid, list(subtype), console)
@@ -1144,6 +1362,7 @@ def stage(options, items, dest):
     """
     console, started = options.console, time.monotonic()
     ids = _product_ids_from(items)
+    dest = destination(dest) if dest else None
     casda = make_client(options)
     log_in(casda, options, console)
     console.say(f"Staging {len(ids)} product(s) ...")
@@ -1172,6 +1391,7 @@ def download(options, sources, dest):
     for source in sources:
         if not re.match(r"^https?://", source):
             raise click.BadParameter(f"{redact_url(source)!r} is not an http(s) URL", param_hint="SOURCES")
+    dest = destination(dest)
     casda = make_client(options)
     jobs = [casda.load_job(url) for url in sources if _JOB_URL.search(url.split("?", 1)[0])]
     urls = [url for url in sources if not _JOB_URL.search(url.split("?", 1)[0])]
@@ -1200,6 +1420,8 @@ def job(options, url, wait, dest, abort):
     console, started = options.console, time.monotonic()
     if wait and abort:
         raise click.UsageError("--wait and --abort exclude each other")
+    if wait:
+        dest = destination(dest)
     casda = make_client(options)
     soda_job = casda.load_job(url)
     if abort:
@@ -1239,8 +1461,9 @@ def _job_status_text(status):
 def login(options):
     """Check your OPAL password with CASDA and store it in the system keyring.
 
-    The password is asked for without echo (or read from --password-file or
-    CASDA_PASSWORD); it is stored only after CASDA accepted it.
+    The password is asked for without echo (or read from --password-file, which beats
+    CASDA_PASSWORD); it is stored only after CASDA accepted it.  With no keyring (headless
+    machines) the check still runs and says how to log in next time.
     """
     from .credentials import KEYRING_SERVICE, PASSWORD_ENV_VARS, read_password_file
     console, started = options.console, time.monotonic()
@@ -1251,10 +1474,22 @@ def login(options):
         password = next(os.environ[name] for name in PASSWORD_ENV_VARS if os.environ.get(name))
     else:
         password = _ask_password(user)
+    from .credentials import PasswordNotStoredWarning, keyring_advice
     casda = make_client(options)
     console.say(f"Checking the password of {user} with CASDA{_server_note(options)} ...")
-    casda.login(username=user, password=password, store_password=True)
-    summary = {"command": "login", "user": user, "stored": True, "keyring_service": KEYRING_SERVICE}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PasswordNotStoredWarning)
+        casda.login(username=user, password=password, store_password=True)
+    stored = not any(issubclass(w.category, PasswordNotStoredWarning) for w in caught)
+    for warning in caught:
+        if not issubclass(warning.category, PasswordNotStoredWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    summary = {"command": "login", "user": user, "stored": stored, "keyring_service": KEYRING_SERVICE}
+    if not stored:
+        # a headless machine: the password was right, only the keyring is missing
+        console.warn(f"no keyring could store the password. {keyring_advice()}")
+        return _finish(console, options, started, summary,
+                       f"CASDA accepted the password of {user}; it was not stored (no keyring).")
     return _finish(console, options, started, summary,
                    f"Logged in as {user}; password stored in the keyring ({KEYRING_SERVICE}).")
 
@@ -1337,10 +1572,10 @@ def _demo_casda(options, console):
               help="The scheduling block to use.")
 @click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
               help="What counts as a bright source.")
-@click.option("--radius", default="2 arcmin", show_default=True, help="Cutout radius.")
+@cutout_size_options("2 arcmin")
 @job_options
 @common_options
-def demo(options, dest, sbid, flux_min, radius):
+def demo(options, dest, sbid, flux_min, cutout_radius, radius_alias):
     """Start here: CASDA's whole cutout workflow, step by step, on a local emulator.
 
     \b
@@ -1356,7 +1591,9 @@ def demo(options, dest, sbid, flux_min, radius):
     usual credentials.
     """
     console, started = options.console, time.monotonic()
-    flux, radius = _flux(flux_min), _radius(radius)
+    flux = _flux(flux_min)
+    radius = _cutout_radius(cutout_radius, radius_alias, console, "2 arcmin")
+    dest = destination(dest)
     with _demo_casda(options, console) as (casda, policy):
         summary = _demo_steps(casda, sbid, flux, radius, dest, options, console, policy)
     summary.update(command="demo", sbid=sbid)
@@ -1393,39 +1630,38 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
     for row in components:
         console.say(f"    {row['component_name']}: {float(row['flux_peak']):8.1f} mJy/beam at "
                     f"{float(row['ra_deg_cont']):.4f} {float(row['dec_deg_cont']):+.4f}")
+    from .reruns import sources_from
     positions = parse_positions(components)
     step("SODA runs ONE cutout job for all of them",
          f"One job cuts a {radius.to(u.arcmin):.3g} circle around each of the {len(positions)} sources "
          f"out of {len(images)} image(s); CASDA moves it through its phases:")
-    jobs = casda.cutout(images, coordinates=positions, radius=radius, wait=False)
-    from .recipes import wait_for_jobs
-    progress = JobProgress(console)
-    wait_for_jobs(jobs, policy=policy or options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
-    step("The cutouts are downloaded and verified",
-         "Each file is streamed into DEST and kept only if it matches CASDA's .checksum "
-         "(size, CRC-32, SHA-1).")
-    manifest = download_into(casda, jobs, dest, options, console)
-    summary = manifest_summary(manifest)
-    summary.update(images=len(images), sources=len(positions), jobs=[job.url for job in jobs], dest=str(dest))
-    summary["preview"] = _demo_preview(Path(dest) / PREVIEW_NAME, manifest, positions,
-                                       list(components["component_name"]), console)
+    preview = Path(dest) / PREVIEW_NAME if _can_plot(console) else None
+    def before_download():
+        step("The cutouts are downloaded and verified",
+             "Each file is streamed into DEST, kept only if it matches CASDA's .checksum "
+             "(size, CRC-32, SHA-1) and named after its image and source.")
+
+    sources = sources_from(positions, list(components["component_name"]))
+    summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview,
+                          policy=policy, before_download=before_download)
+    summary.update(images=len(images))
     return summary
 
 
-def _demo_preview(path, manifest, positions, names, console):
+def _can_plot(console):
     from .plots import require_matplotlib
     try:
         require_matplotlib()
     except ImportError as exc:
         console.warn(f"no preview: {exc}")
-        return None
-    return draw_preview(path, manifest, positions, console, names)
+        return False
+    return True
 
 
 def _demo_text(summary, elapsed):
     names = [os.path.basename(path) for path in summary["paths"]]
     lines = [f"Demo complete in {elapsed:.1f} s: {summary['images']} image(s), {summary['sources']} bright "
-             f"source(s), {len(summary['jobs'])} SODA job, {summary['files']} cutout(s) "
+             f"source(s), {len(summary['jobs'])} SODA job(s), {summary['files']} cutout(s) "
              f"({_size(summary['bytes'])}), {summary['verified']}/{summary['files']} verified.",
              f"  cutouts:  {summary['dest']}/ {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
              f"  manifest: {summary['manifest']}"]

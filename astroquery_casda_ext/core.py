@@ -4,28 +4,35 @@ Each public method validates its input, then delegates in a few lines to the mod
 does the work (see ``docs/internals.rst``): `discovery` (SIA2, TAP), `access` (DataLink
 tokens), `jobs` (SODA/UWS), `download`, `credentials`.
 """
+import dataclasses
 import logging
+import warnings
 from datetime import datetime, timezone
+from io import BytesIO
 
 import astropy.units as u
 import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
+from astropy.io.votable import parse as parse_votable
+from pyvo.dal import DALQueryError, DALServiceError, TAPResults
 
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
-from .credentials import ProxyAuth, find_password, guard_session, store_password as save_password
+from .credentials import (PasswordNotStoredWarning, ProxyAuth, find_password, guard_session, keyring_advice,
+                          store_password as save_password)
 from .discovery import Discovery
 from .download import Downloader
 from .endpoints import Endpoints
-from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobError, JobSubmissionError,
-                     NotLoggedInError, ServiceError, redact_url)
+from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, JobError,
+                     JobSubmissionError, NotLoggedInError, QueryError, ServiceError, redact_url)
 from .jobs import PollPolicy, SodaJob, wait_all
+from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
 from .transport import RetryPolicy, describe_failure, install_log_redaction, mount_api_retries
 
-__all__ = ["Casda", "CasdaClass"]
+__all__ = ["Casda", "CasdaClass", "poll_policy"]
 
 #: DataLink service names, by what a job does with the products.
 STAGING_SERVICE = "async_service"
@@ -33,7 +40,86 @@ CUTOUT_SERVICE = "cutout_service"
 SPECTRUM_SERVICE = "spectrum_generation_service"
 
 
-class CasdaClass(QueryWithLogin, BaseVOQuery):
+def poll_policy(poll_interval=None):
+    """The job polling policy of the configuration, its cap set to ``poll_interval`` if given.
+
+    ``poll_interval`` defaults to the ``poll_interval`` in force (ours, or the
+    ``[casda]`` section of ``astroquery.cfg``); the first wait never exceeds the cap.
+    """
+    cap = _positive_seconds(effective("poll_interval") if poll_interval is None else poll_interval,
+                            "poll_interval")
+    return PollPolicy.from_conf(cap)
+
+
+def _positive_seconds(value, name):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise InvalidInputError(f"{name} must be > 0 seconds, got {value!r}")
+    return seconds
+
+
+def _sia2_url(value):
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise InvalidURLError(f"URL must be the http(s) address of CASDA's SIA2 query service, got {value!r}")
+    return value
+
+
+def _endpoints_for_sia2(url):
+    """The endpoints implied by an ``astroquery.casda``-style ``URL`` (the SIA2 query address).
+
+    The configured URL keeps the configured hosts; a URL with CASDA's path layout on
+    another host (the emulator, a port forward) moves every service there; any other
+    address replaces only the anonymous VO services.
+    """
+    configured = Endpoints.from_conf()
+    if url == configured.sia2_url:
+        return configured
+    if "/casda_vo_tools/sia2/query" in url:
+        return Endpoints.for_server(url.split("casda_vo_tools/sia2/query", 1)[0])
+    base = url.rsplit("sia2/query", 1)[0] if "sia2/query" in url else url.rsplit("/", 1)[0] + "/"
+    return dataclasses.replace(configured, vo_tools=base if base.endswith("/") else base + "/")
+
+
+class _FacadeMeta(SettingsMeta, type(QueryWithLogin)):
+    """astroquery's login metaclass, plus class-level assignment of the shared settings."""
+
+
+class _QueryPayload(Exception):
+    """Carries the request a query helper would send (``get_query_payload=True``)."""
+
+    def __init__(self, payload):
+        super().__init__("query payload")
+        self.payload = payload
+
+
+class _FacadeDiscovery(Discovery):
+    """`Discovery` whose TAP queries honour astroquery's ``get_query_payload`` and ``cache``.
+
+    pyvo has no cache, so a cacheable synchronous query is sent through the façade's
+    ``_request`` (astroquery's cache) and the VOTable handed to pyvo's `TAPResults`.
+    """
+
+    def __init__(self, facade, *, cache=False, payload_only=False, **kwargs):
+        super().__init__(**kwargs)
+        self._facade = facade
+        self._cache = cache
+        self._payload_only = payload_only
+
+    def tap(self, query, *, async_job=False, maxrec=None, authenticated=False):
+        payload = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
+        if maxrec is not None:
+            payload["MAXREC"] = str(maxrec)
+        if self._payload_only:
+            raise _QueryPayload(payload)
+        if async_job or not self._cache:
+            return super().tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
+        return self._facade._cached_tap(payload, authenticated)
+
+
+class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
     """Access to the CSIRO ASKAP Science Data Archive (CASDA).
 
     Typical use::
@@ -56,6 +142,17 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     # QueryWithLogin comes first: astroquery's LoginABCMeta builds ``login()`` from
     # ``bases[0].login``, which BaseVOQuery does not have.
 
+    # astroquery.casda's class attributes, read at each call (see settings.py): on the
+    # class they change every instance, on an instance only that one.
+    URL = ClassSetting(lambda self: (self.endpoints if self is not None else Endpoints.from_conf()).sia2_url,
+                       _sia2_url, "Address of CASDA's SIA2 query service; setting it moves the services.")
+    TIMEOUT = ClassSetting(lambda self: _positive_seconds(effective("timeout"), "timeout"),
+                           lambda value: _positive_seconds(value, "TIMEOUT"),
+                           "Seconds to connect to and read from CASDA (``conf.timeout``).")
+    POLL_INTERVAL = ClassSetting(lambda self: _positive_seconds(effective("poll_interval"), "poll_interval"),
+                                 lambda value: _positive_seconds(value, "POLL_INTERVAL"),
+                                 "Longest wait between two looks at a job (``conf.poll_interval``).")
+
     def __init__(self, *, server=None):
         super().__init__()
         BaseVOQuery.__init__(self)  # BaseQuery.__init__ does not chain to it
@@ -70,7 +167,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         self._server = server
         self._credentials = None
         self._services = (None, None, None)   # (what they were built for, Discovery, DataLinkClient)
-        self.USERNAME = conf.username
+        self.USERNAME = effective("username")
 
     def __repr__(self):
         user = self._credentials.username if self._credentials else None
@@ -80,7 +177,13 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
 
     @property
     def endpoints(self):
-        """The service URLs in force (read from ``conf`` at each call unless ``server`` was given)."""
+        """The service URLs in force: from ``URL`` if assigned, else ``server``, else ``conf``."""
+        assigned = self.__dict__.get("_setting_URL")
+        if assigned is None:
+            assigned = next((k.__dict__["_setting_URL"] for k in type(self).__mro__
+                             if "_setting_URL" in k.__dict__), None)
+        if assigned is not None:
+            return _endpoints_for_sia2(assigned)
         return Endpoints.resolve(self._server)
 
     def _proxy_auth(self):
@@ -98,24 +201,65 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         life, as astroquery.ipac.irsa keeps its services; rebuilt only when the server, the
         login or the settings they were built with change."""
         endpoints = self.endpoints
-        key = (endpoints, self._credentials, conf.timeout, int(conf.datalink_batch_size))
+        key = (endpoints, self._credentials, self.TIMEOUT, int(conf.datalink_batch_size))
         if self._services[0] != key:
             auth = self._proxy_auth()
             self._services = (key,
-                              Discovery(self._session, endpoints, auth=auth, timeout=conf.timeout),
+                              _FacadeDiscovery(self, session=self._session, endpoints=endpoints, auth=auth,
+                                               timeout=self.TIMEOUT),
                               DataLinkClient(self._session, endpoints.datalink_url, auth=auth,
-                                             batch_size=int(conf.datalink_batch_size), timeout=conf.timeout))
+                                             batch_size=int(conf.datalink_batch_size), timeout=self.TIMEOUT))
         return self._services
 
     @property
     def _discovery(self):
         return self._built_services()[1]
 
+    def _discovery_for(self, *, cache=False, get_query_payload=False):
+        if not cache and not get_query_payload:
+            return self._discovery     # the session's own, with its pyvo services
+        return _FacadeDiscovery(self, cache=cache, payload_only=get_query_payload, session=self._session,
+                                endpoints=self.endpoints, auth=self._proxy_auth(), timeout=self.TIMEOUT)
+
+    def _query(self, method, *args, cache=False, get_query_payload=False, **kwargs):
+        """Run a `Discovery` method with astroquery's ``cache`` and ``get_query_payload``."""
+        discovery = self._discovery_for(cache=cache, get_query_payload=get_query_payload)
+        try:
+            return getattr(discovery, method)(*args, **kwargs)
+        except _QueryPayload as request:
+            return request.payload
+
+    def _cached_tap(self, payload, authenticated):
+        """A synchronous TAP query through astroquery's `_request` (and so its cache)."""
+        url = (self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url) + "/sync"
+        auth = self._proxy_auth()(url) if authenticated else None
+        try:
+            response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
+        except requests.RequestException as exc:
+            raise ServiceError(f"cannot reach CASDA TAP at {redact_url(url)}: {describe_failure(exc)}",
+                               url=url) from exc
+        if response.status_code in (401, 403):
+            raise CasdaLoginError(f"CASDA TAP refused the credentials: HTTP {response.status_code}")
+        try:
+            if not response.ok:
+                raise ServiceError(f"CASDA TAP error (HTTP {response.status_code}) at {redact_url(url)}: "
+                                   f"{_server_text(response)}", url=url, status=response.status_code)
+            return TAPResults(parse_votable(BytesIO(response.content), verify="warn"), url=url).to_table()
+        except DALQueryError as exc:
+            raise QueryError(f"CASDA TAP rejected the query: {exc}", url=url) from None
+        except (ServiceError, DALServiceError, ValueError) as exc:
+            # never replay a failed answer from the cache once CASDA is back
+            self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
+            if isinstance(exc, ServiceError):
+                raise
+            raise ServiceError(f"CASDA TAP sent an unreadable answer at {redact_url(url)}: {exc}",
+                               url=url) from None
+
     def _datalink(self):
         return self._built_services()[2]
 
     def _poll_policy(self, poll_interval=None):
-        return PollPolicy.from_conf(poll_interval)
+        return poll_policy(self.POLL_INTERVAL if poll_interval is None else poll_interval)
 
     def _require_login(self):
         if self._credentials is None:
@@ -157,7 +301,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
         try:
             response = self._request("GET", self.endpoints.login_url, auth=auth(self.endpoints.login_url),
-                                     timeout=conf.timeout, cache=False)
+                                     timeout=self.TIMEOUT, cache=False)
         except requests.RequestException as exc:
             raise ServiceError(f"cannot reach CASDA's login check at {redact_url(self.endpoints.login_url)}: "
                                f"{describe_failure(exc)}", url=self.endpoints.login_url) from exc
@@ -169,9 +313,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
                                f"{_server_text(response)}", url=response.url, status=response.status_code)
         self._credentials = credentials
         self.USERNAME = credentials.username
-        if store_password and credentials.source != "keyring":
-            save_password(credentials)
         log.info("Authentication successful!")
+        if store_password and credentials.source != "keyring":
+            try:
+                save_password(credentials)
+            except CasdaLoginError as exc:
+                # the password was right: stay logged in for this session, and say how to avoid retyping it
+                warnings.warn(f"CASDA accepted the password of {credentials.username}, but {exc}. "
+                              f"You are logged in for this session only. {keyring_advice()}",
+                              PasswordNotStoredWarning, stacklevel=3)
         return True
 
     def logout(self):
@@ -232,7 +382,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             return payload
         url = self.endpoints.sia2_url
         try:
-            response = self._request("GET", url, params=payload, timeout=conf.timeout, cache=cache)
+            response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
         except requests.RequestException as exc:
             raise ServiceError(f"cannot reach CASDA SIA2 at {redact_url(url)}: {describe_failure(exc)}",
                                url=url) from exc
@@ -258,7 +408,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
 
     def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
-                  get_query_payload=False, output=None, overwrite=False, result_format=None, progress=None):
+                  get_query_payload=False, cache=False, output=None, overwrite=False, result_format=None,
+                  progress=None):
         """Run an ADQL query on CASDA's TAP service.
 
         Parameters
@@ -274,6 +425,9 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             Default: when logged in.
         get_query_payload : bool, optional
             Return the request parameters instead of sending the request.
+        cache : bool, optional
+            Keep the answer of a synchronous query in astroquery's cache (default False:
+            TAP answers change as CASDA releases data).
         output : str or path-like, optional
             Stream the result to this file at flat memory instead of returning a Table:
             ``.parquet`` (needs pyarrow), ``.csv``, ``.ecsv`` or ``.xml`` (CASDA's VOTable).
@@ -304,10 +458,10 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             authenticated = self._logged_in()
         elif authenticated:
             self._require_login()
-        if get_query_payload:
-            payload = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
-            return payload | ({"MAXREC": str(maxrec)} if maxrec is not None else {})
         if output is not None or result_format is not None:
+            if get_query_payload:
+                return self._query("tap", query, maxrec=maxrec, authenticated=authenticated,
+                                   get_query_payload=True)
             if maxrec is not None and (isinstance(maxrec, bool) or not isinstance(maxrec, int) or maxrec < 1):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
             client = self._tap_client(authenticated)
@@ -317,7 +471,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
             if result_format == "votable":
                 return client.votable_table(query, maxrec=maxrec, async_job=async_job)
             return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
-        return self._discovery.tap(query, async_job=async_job, maxrec=maxrec, authenticated=authenticated)
+        return self._query("tap", query, async_job=async_job, maxrec=maxrec, authenticated=authenticated,
+                           cache=cache, get_query_payload=get_query_payload)
 
     # --- catalogue-scale TAP (tap.py) ------------------------------------------------------
 
@@ -325,7 +480,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         from .tap import AuthSession, TapClient
         url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
         auth = self._proxy_auth() if authenticated else None
-        return TapClient(AuthSession(self._session, auth), url, timeout=conf.timeout)
+        return TapClient(AuthSession(self._session, auth), url, timeout=self.TIMEOUT)
 
     def query_tap_partitioned(self, query, *, by, parts=8, output, bounds=None, executor=None, max_running=4,
                               part_retries=2, verify_counts=False, authenticated=None, progress=None):
@@ -392,24 +547,32 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         """Helpers query through the OPAL proxy once logged in, to see the user's embargoed rows."""
         return self._credentials is not None
 
-    def list_tables(self):
-        """The tables of CASDA's TAP service (from ``TAP_SCHEMA.tables``)."""
-        return self._discovery.list_tables(authenticated=self._logged_in())
+    def list_tables(self, *, get_query_payload=False, cache=False):
+        """The tables of CASDA's TAP service (from ``TAP_SCHEMA.tables``).
 
-    def list_columns(self, table_name):
+        Every TAP-based helper below takes astroquery's ``get_query_payload`` (return the
+        request, send nothing) and ``cache`` (see `query_tap`).
+        """
+        return self._query("list_tables", authenticated=self._logged_in(), cache=cache,
+                           get_query_payload=get_query_payload)
+
+    def list_columns(self, table_name, *, get_query_payload=False, cache=False):
         """The columns of one TAP table, with units, UCDs and descriptions."""
-        return self._discovery.columns(table_name, authenticated=self._logged_in())
+        return self._query("columns", table_name, authenticated=self._logged_in(), cache=cache,
+                           get_query_payload=get_query_payload)
 
-    def query_sbid_images(self, sbid, *, subtypes=("cont.restored.t0",), dataproduct_types=("cube",)):
+    def query_sbid_images(self, sbid, *, subtypes=("cont.restored.t0",), dataproduct_types=("cube",),
+                          get_query_payload=False, cache=False):
         """Images and cubes of one scheduling block (``obs_id``), optionally by subtype.
 
         ``subtypes=None`` returns every subtype.  Queries go through the OPAL proxy when
         logged in (this holds for every ``query_*`` helper).
         """
-        return self._discovery.images_of_sbid(sbid, subtypes=subtypes, dataproduct_types=dataproduct_types,
-                                              authenticated=self._logged_in())
+        return self._query("images_of_sbid", sbid, subtypes=subtypes, dataproduct_types=dataproduct_types,
+                           authenticated=self._logged_in(), cache=cache, get_query_payload=get_query_payload)
 
-    def query_components(self, *, sbid=None, image=None, flux_min=None, maxrec=None):
+    def query_components(self, *, sbid=None, image=None, flux_min=None, maxrec=None, get_query_payload=False,
+                         cache=False):
         """Continuum catalogue components of a scheduling block, or inside an image's footprint.
 
         Parameters
@@ -420,21 +583,22 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         flux_min : float or `~astropy.units.Quantity`, optional
             Keep components with ``flux_peak`` above this (mJy/beam when a float).
         """
-        return self._discovery.components(sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec,
-                                          authenticated=self._logged_in())
+        return self._query("components", sbid=sbid, image=image, flux_min=flux_min, maxrec=maxrec,
+                           authenticated=self._logged_in(), cache=cache, get_query_payload=get_query_payload)
 
-    def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None):
+    def query_products_at(self, coordinates, *, collection=None, dataproduct_type=None,
+                          get_query_payload=False, cache=False):
         """Products whose footprint contains a position (optionally of one collection)."""
-        return self._discovery.products_containing(coordinates, collection=collection,
-                                                   dataproduct_type=dataproduct_type,
-                                                   authenticated=self._logged_in())
+        return self._query("products_containing", coordinates, collection=collection,
+                           dataproduct_type=dataproduct_type, authenticated=self._logged_in(), cache=cache,
+                           get_query_payload=get_query_payload)
 
     def query_images_in_interval(self, coordinates, start, end, *, radius=None, collection=None,
-                                 subtypes=("cont.restored.t0",)):
+                                 subtypes=("cont.restored.t0",), get_query_payload=False, cache=False):
         """Images covering a position observed between ``start`` and ``end``, oldest first."""
-        return self._discovery.images_in_interval(coordinates, start, end, radius=radius,
-                                                  collection=collection, subtypes=subtypes,
-                                                  authenticated=self._logged_in())
+        return self._query("images_in_interval", coordinates, start, end, radius=radius,
+                           collection=collection, subtypes=subtypes, authenticated=self._logged_in(), cache=cache,
+                           get_query_payload=get_query_payload)
 
     def filter_out_unreleased(self, table):
         """Return the rows of ``table`` that are released (public) now.
@@ -473,7 +637,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
 
     def load_job(self, job_url):
         """Reattach to a SODA job by its URL (e.g. in a new process), without creating a new one."""
-        return SodaJob.load(self._session, job_url, timeout=conf.timeout)
+        return SodaJob.load(self._session, job_url, timeout=self.TIMEOUT)
 
     def stage_data(self, table, *, verbose=False, wait=True, poll_interval=None, on_error="abort"):
         """Stage whole files of the products in ``table`` for download.
@@ -594,13 +758,13 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
         for number, batch in enumerate(batches, 1):
             try:
                 job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
-                                     params or None, timeout=conf.timeout, request=request)
+                                     params or None, timeout=self.TIMEOUT, request=request)
                 jobs.append(job)
                 job.run()
             except JobError as exc:
                 if exc.job_url and all(made.url != exc.job_url for made in jobs):
                     # made, but its first document was unusable: it is aborted or kept with the others
-                    jobs.append(SodaJob(self._session, exc.job_url, timeout=conf.timeout, request=request))
+                    jobs.append(SodaJob(self._session, exc.job_url, timeout=self.TIMEOUT, request=request))
                 raise self._submission_failed(jobs, number, len(batches), exc, on_error) from exc
             log.info(f"Started {service} job {job.url} ({number} of {len(batches)}, "
                      f"{len(batch)} product(s))")
@@ -654,7 +818,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery):
     def _downloader(self, workers=None, progress=None, executor=None):
         return Downloader(self._session, workers=int(workers or conf.download_workers),
                           retry=RetryPolicy(total=int(conf.download_retries)), executor=executor,
-                          progress=progress, timeout=conf.timeout)
+                          progress=progress, timeout=self.TIMEOUT)
 
     def download_files(self, urls, *, savedir="", workers=None, progress=None, executor=None, names=None,
                        labels=None, no_wait=False):

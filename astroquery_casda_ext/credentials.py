@@ -6,10 +6,11 @@
 source                      how
 ==========================  ===============================================================
 argument                    ``password=`` given by the caller
+password file               ``password_file=``: first line of a file only its owner can
+                            read (``chmod 600``); other files are refused.  An explicit
+                            file beats the environment.
 environment                 ``CASDA_PASSWORD`` (or ``CASDA_PASSWD``); the user name defaults
                             to ``CASDA_USER``
-password file               ``password_file=``: first line of a file only its owner can
-                            read (``chmod 600``); other files are refused
 keyring                     ``keyring.get_password("astroquery:casda.csiro.au", username)``
                             (astroquery's entry; skipped with ``reenter=True``)
 prompt                      ``getpass`` when standard input is a terminal
@@ -33,13 +34,14 @@ from urllib.parse import unquote, urlsplit
 
 import keyring
 import requests
+from astropy.utils.exceptions import AstropyWarning
 from keyring.errors import KeyringError
 
-from . import conf
 from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url, scrub_secrets
 
 __all__ = ["KEYRING_SERVICE", "PASSWORD_ENV_VARS", "USER_ENV_VAR", "Credentials", "find_password",
-           "read_password_file", "store_password", "ProxyAuth", "guard_session", "basic_secrets"]
+           "read_password_file", "store_password", "ProxyAuth", "guard_session", "basic_secrets",
+           "PasswordNotStoredWarning", "keyring_advice"]
 
 #: Keyring service name; the same as astroquery.casda's, so stored passwords keep working.
 KEYRING_SERVICE = "astroquery:casda.csiro.au"
@@ -51,6 +53,17 @@ PASSWORD_ENV_VARS = ("CASDA_PASSWORD", "CASDA_PASSWD")
 USER_ENV_VAR = "CASDA_USER"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class PasswordNotStoredWarning(AstropyWarning):
+    """CASDA accepted the password, but no keyring could store it (e.g. a headless machine)."""
+
+
+def keyring_advice():
+    """How to log in without a keyring next time (for messages)."""
+    return ("Without a keyring, give the password with the CASDA_PASSWORD environment variable or "
+            "a password file (--password-file FILE, mode 600), or install a file-based keyring: "
+            "pip install keyrings.alt")
 
 
 class Credentials:
@@ -85,7 +98,8 @@ class Credentials:
 
 
 def _username(username):
-    name = (username or os.environ.get(USER_ENV_VAR) or conf.username or "").strip()
+    from .settings import effective   # late: settings imports the package's conf
+    name = (username or os.environ.get(USER_ENV_VAR) or effective("username") or "").strip()
     if not name:
         raise NotLoggedInError("no CASDA user name: pass username= (your ATNF OPAL login) "
                                f"or set {USER_ENV_VAR}")
@@ -122,11 +136,11 @@ def find_password(username=None, *, password=None, password_file=None, reenter=F
     name = _username(username)
     if password:
         return Credentials(name, password, "argument")
+    if password_file is not None:      # asked for explicitly: beats the environment
+        return Credentials(name, read_password_file(password_file), "password file")
     for variable in PASSWORD_ENV_VARS:
         if os.environ.get(variable):
             return Credentials(name, os.environ[variable], "environment")
-    if password_file is not None:
-        return Credentials(name, read_password_file(password_file), "password file")
     stored = None if reenter else _keyring_password(name)
     if stored:
         return Credentials(name, stored, "keyring")
@@ -134,8 +148,9 @@ def find_password(username=None, *, password=None, password_file=None, reenter=F
         interactive = _stdin_is_terminal()
     if interactive:
         return Credentials(name, _prompt(name), "prompt")
-    raise NotLoggedInError(f"no password for {name}: set CASDA_PASSWORD, use a password file, store one with "
-                           "keyring, or run interactively")
+    raise NotLoggedInError(f"no password for {name}: set CASDA_PASSWORD, use a password file "
+                           "(--password-file), store one in the keyring ('casda login'; on headless machines: pip install "
+                           "keyrings.alt), or run interactively")
 
 
 def _keyring_password(username):
@@ -196,8 +211,8 @@ def store_password(credentials):
     try:
         keyring.set_password(KEYRING_SERVICE, credentials.username, credentials.password)
     except KeyringError as exc:
-        raise CasdaLoginError(f"could not store the password of {credentials.username} in the keyring: "
-                              f"{type(exc).__name__}") from None
+        raise CasdaLoginError(f"no keyring could store the password of {credentials.username} "
+                              f"({type(exc).__name__})") from None
 
 
 def _origin(parts):

@@ -90,11 +90,12 @@ class Endpoints:
     @classmethod
     def from_conf(cls):
         """The endpoints the configuration names (read now, not at import)."""
+        from .settings import effective   # server and soda_base_url may come from astroquery.cfg [casda]
         if conf.environment and conf.environment != "prod":
             return cls.for_environment(conf.environment)
-        sia2 = conf.server[0] if isinstance(conf.server, (list, tuple)) else conf.server
+        sia2 = effective("server")
         vo_tools = sia2.rsplit("sia2/query", 1)[0] if "sia2/query" in sia2 else _slash(conf.tap_url)[:-4]
-        return cls(_slash(vo_tools), _slash(conf.vo_proxy_url), _slash(conf.soda_base_url))
+        return cls(_slash(vo_tools), _slash(conf.vo_proxy_url), _slash(effective("soda_base_url")))
 
     @classmethod
     def resolve(cls, server=None):

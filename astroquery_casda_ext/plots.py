@@ -15,7 +15,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 __all__ = ["require_matplotlib", "read_image_plane", "image_centre", "contact_sheet", "plot_light_curve",
-           "plot_spectra", "MATPLOTLIB_HINT"]
+           "plot_spectra", "MATPLOTLIB_HINT", "MAX_PANELS", "FONT", "HI_REST_FREQUENCY"]
 
 #: What to tell a user who asked for a picture without matplotlib installed.
 MATPLOTLIB_HINT = ("drawing pictures needs matplotlib, an optional extra: "
@@ -129,30 +129,124 @@ def _positions_inside(positions, wcs, shape):
     return positions[np.atleast_1d(inside)]
 
 
-def _draw_panel(figure, grid, index, path, title, positions):
+#: Font sizes (points) of every picture: legible on screen and when printed two to a page.
+FONT = {"title": 10, "label": 9, "ticks": 8, "legend": 8, "note": 8}
+
+_MJD_UNIX_EPOCH = 40587.0      # MJD of 1970-01-01, matplotlib's date epoch
+
+
+def _display_unit(header, data):
+    """(scale, unit label) for the colour bar: BUNIT; Jy/beam images in mJy/beam, as radio
+    astronomers quote them (and the same on every panel of a sheet)."""
+    text = str(header.get("BUNIT", "")).strip()
     try:
-        data, wcs, _ = read_image_plane(path)
+        unit = u.Unit(text.replace("JY", "Jy").replace("BEAM", "beam"), parse_strict="silent") \
+            if text else None
+    except ValueError:
+        unit = None
+    if unit is None or isinstance(unit, u.UnrecognizedUnit):
+        return 1.0, text or "(no BUNIT)"
+    if unit.is_equivalent(u.Jy / u.beam):
+        return float(unit.to(u.mJy / u.beam)), "mJy/beam"
+    return 1.0, unit.to_string()
+
+
+def _pixel_scale_arcsec(wcs):
+    return float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
+
+
+def _draw_beam(ax, header, wcs, shape):
+    """The restoring beam (BMAJ, BMIN, BPA) as a hatched ellipse in the lower-left corner."""
+    from matplotlib.patches import Ellipse
+    if "BMAJ" not in header or "BMIN" not in header:
+        return False
+    scale = _pixel_scale_arcsec(wcs)
+    major, minor = float(header["BMAJ"]) * 3600.0 / scale, float(header["BMIN"]) * 3600.0 / scale
+    if not (0 < major < 0.8 * min(shape)):
+        return False
+    margin = 0.6 * major + 1.0
+    # BPA is east of north; with north up and east left it is 90 deg past matplotlib's +x
+    ax.add_patch(Ellipse((margin - 0.5, margin - 0.5), width=major, height=minor,
+                         angle=90.0 + float(header.get("BPA", 0.0)), facecolor="none", edgecolor="white",
+                         hatch="////", linewidth=1.0, path_effects=_outlined(2.0)))
+    return True
+
+
+def _nice_length(arcsec):
+    """A round angle (arcsec) no longer than ``arcsec``: 1, 2, 5, 10, 15, 30 arcsec, 1, 2, 5... arcmin."""
+    steps = [1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200]
+    fitting = [step for step in steps if step <= arcsec]
+    return fitting[-1] if fitting else arcsec
+
+
+def _angle_text(arcsec):
+    if arcsec >= 3600:
+        return f"{arcsec / 3600:g}\N{DEGREE SIGN}"
+    return f"{arcsec / 60:g}\N{PRIME}" if arcsec >= 60 else f"{arcsec:g}\N{DOUBLE PRIME}"
+
+
+def _outlined(linewidth):
+    """A thin dark outline, so white marks stay readable over a bright source."""
+    from matplotlib import patheffects
+    return [patheffects.withStroke(linewidth=linewidth, foreground="black")]
+
+
+def _draw_scale_bar(ax, wcs, shape):
+    """A white bar of a round angle (about a quarter of the width) in the lower-right corner."""
+    scale = _pixel_scale_arcsec(wcs)
+    length = _nice_length(0.3 * shape[1] * scale)
+    pixels = length / scale
+    right, bottom = shape[1] - 0.5 - 0.06 * shape[1], -0.5 + 0.07 * shape[0]
+    ax.plot([right - pixels, right], [bottom, bottom], color="white", linewidth=2.0, solid_capstyle="butt",
+            path_effects=_outlined(3.5))
+    ax.text(right - pixels / 2, bottom + 0.03 * shape[0], _angle_text(length), color="white", ha="center",
+            va="bottom", fontsize=FONT["note"], path_effects=_outlined(2.5))
+
+
+def _draw_panel(figure, grid, index, path, title, positions, target=None):
+    try:
+        data, wcs, header = read_image_plane(path)
     except (OSError, ValueError) as exc:
         ax = figure.add_subplot(*grid, index)
         ax.set_axis_off()
-        ax.text(0.5, 0.5, f"unreadable:\n{exc}"[:80], ha="center", va="center", fontsize=7,
+        ax.text(0.5, 0.5, f"unreadable:\n{exc}"[:80], ha="center", va="center", fontsize=FONT["note"],
                 transform=ax.transAxes)
         return
+    scale, unit_label = _display_unit(header, data)
+    shown = data * scale
     ax = figure.add_subplot(*grid, index, projection=wcs)
-    ax.imshow(data, origin="lower", cmap="inferno", norm=_normalisation(data))
+    image = ax.imshow(shown, origin="lower", cmap="inferno", norm=_normalisation(shown))
+    colorbar = figure.colorbar(image, ax=ax, shrink=0.85, pad=0.02)
+    colorbar.set_label(unit_label, fontsize=FONT["label"])
+    colorbar.ax.tick_params(labelsize=FONT["ticks"])
     inside = _positions_inside(positions, wcs, data.shape)
+    if target is not None and inside is not None and len(inside):
+        # the panel's own source is ringed; other requested positions get a small grey cross
+        inside = inside[inside.separation(target).arcsec > 1.0]
     if inside is not None and len(inside):
-        ax.scatter(inside.ra.deg, inside.dec.deg, transform=ax.get_transform("world"), marker="+",
-                   s=120, linewidths=1.2, color="cyan")
-    ax.set_title(title, fontsize=8)
-    for axis, label in zip(ax.coords, ("RA", "Dec")):
-        axis.set_axislabel(label, fontsize=7)
-        axis.set_ticklabel(size=6)
+        ax.scatter(inside.ra.deg, inside.dec.deg, transform=ax.get_transform("world"),
+                   marker="+", s=60 if target is not None else 120, linewidths=1.0,
+                   color="0.75" if target is not None else "cyan")
+    if target is not None:
+        ax.scatter([target.ra.deg], [target.dec.deg], transform=ax.get_transform("world"), marker="o",
+                   s=260, facecolors="none", edgecolors="cyan", linewidths=1.3)
+    _draw_beam(ax, header, wcs, data.shape)
+    _draw_scale_bar(ax, wcs, data.shape)
+    ax.set_xlim(-0.5, data.shape[1] - 0.5)
+    ax.set_ylim(-0.5, data.shape[0] - 0.5)
+    ax.set_title(title, fontsize=FONT["title"])
+    for axis, label in zip(ax.coords, ("RA (ICRS)", "Dec (ICRS)")):
+        axis.set_axislabel(label, fontsize=FONT["label"])
+        axis.set_ticklabel(size=FONT["ticks"])
         axis.set_ticks(number=3)
 
 
-def contact_sheet(paths, output, *, positions=None, titles=None, columns=None):
+def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, targets=None):
     """Draw a grid of cutout images with WCS axes and the requested positions marked.
+
+    Each panel has a colour bar in the file's ``BUNIT`` (mJy/beam for faint Jy/beam
+    images), the restoring beam (``BMAJ``, ``BMIN``, ``BPA``) as a hatched ellipse at the
+    lower left, and a scale bar at the lower right.
 
     Parameters
     ----------
@@ -163,9 +257,13 @@ def contact_sheet(paths, output, *, positions=None, titles=None, columns=None):
     positions : `~astropy.coordinates.SkyCoord`, optional
         Positions to mark (a cyan ``+``) wherever they fall inside a panel.
     titles : list of str, optional
-        One title per panel (default: the file names).
+        One title per panel (default: the file names); say what the panel shows, e.g.
+        the subtype, product and source.
     columns : int, optional
-        Panels per row (default: about the square root of the count).
+        Panels per row (default: about the square root of the count, at most 4).
+    targets : list of `~astropy.coordinates.SkyCoord` or None, optional
+        The source each panel is centred on (ringed in cyan; the other ``positions``
+        then get a small grey cross).
 
     Returns
     -------
@@ -183,12 +281,14 @@ def contact_sheet(paths, output, *, positions=None, titles=None, columns=None):
     if not paths:
         raise ValueError("no images to draw")
     titles = list(titles)[:len(paths)] if titles is not None else [_short_name(p) for p in paths]
-    columns = columns or math.ceil(math.sqrt(len(paths)))
+    columns = columns or min(4, math.ceil(math.sqrt(len(paths))))
     rows = math.ceil(len(paths) / columns)
-    figure = _new_figure(2.6 * columns + 0.4, 2.6 * rows + 0.3)
-    for index, (path, title) in enumerate(zip(paths, titles), start=1):
-        _draw_panel(figure, (rows, columns), index, path, title, positions)
-    figure.savefig(output, dpi=100)
+    figure = _new_figure(4.6 * columns + 0.3, 3.7 * rows + 0.3)
+    figure.get_layout_engine().set(w_pad=0.12, wspace=0.08)
+    targets = list(targets)[:len(paths)] if targets is not None else [None] * len(paths)
+    for index, (path, title, target) in enumerate(zip(paths, titles, targets), start=1):
+        _draw_panel(figure, (rows, columns), index, path, title, positions, target)
+    figure.savefig(output, dpi=110)
     return len(paths)
 
 
@@ -197,8 +297,20 @@ def _short_name(path):
     return name[:-5] if name.endswith(".fits") else name
 
 
+def _flux_scale(flux):
+    """Fluxes in mJy/beam (or mJy) when they are below 1 Jy: the numbers radio astronomers quote."""
+    for big, small in ((u.Jy / u.beam, u.mJy / u.beam), (u.Jy, u.mJy)):
+        if flux.unit.is_equivalent(big) and np.nanmax(np.abs(flux.to_value(big))) < 1.0:
+            return flux.to(small)
+    return flux
+
+
 def plot_light_curve(table, output, *, title=None):
-    """Draw a light curve: peak flux against time, with the local rms as error bars.
+    """Draw a light curve: peak flux against time, each epoch a point with its rms as error bar.
+
+    The bottom axis is MJD, the top one calendar dates; the legend gives the variability
+    indices V and η (`astroquery_casda_ext.recipes.variability`) when there are two or
+    more epochs.
 
     Parameters
     ----------
@@ -209,20 +321,59 @@ def plot_light_curve(table, output, *, title=None):
         The PNG file to write.
     title : str, optional
     """
-    figure = _new_figure(6.0, 3.6)
+    import matplotlib.dates as mdates
+    from .errors import InvalidTableError
+    from .recipes import variability       # late: recipes imports this module
+    figure = _new_figure(7.0, 4.2)
     ax = figure.add_subplot(1, 1, 1)
-    flux = u.Quantity(table["peak_flux"])
+    flux = _flux_scale(u.Quantity(table["peak_flux"]))
     rms = u.Quantity(table["rms"]).to(flux.unit)
-    ax.errorbar(np.asarray(table["mjd"], dtype=float), flux.value, yerr=rms.value, fmt="o-",
-                capsize=3)
-    ax.set_xlabel("MJD")
-    ax.set_ylabel(f"peak flux ({flux.unit.to_string()})")
-    ax.set_title(title or table.meta.get("title", "light curve"), fontsize=9)
-    figure.savefig(output, dpi=100)
+    mjd = np.asarray(table["mjd"], dtype=float)
+    label = "peak flux"
+    try:
+        metrics = variability(table)
+        label += f"  (V = {metrics.V:.2f}, \N{GREEK SMALL LETTER ETA} = {metrics.eta:.4g}" + \
+            (", variable)" if metrics.variable else ")")
+    except InvalidTableError:
+        pass
+    ax.errorbar(mjd, flux.value, yerr=rms.value, fmt="o", markersize=5, capsize=3, elinewidth=1, label=label)
+    ax.set_xlabel("MJD", fontsize=FONT["label"])
+    ax.set_ylabel(f"peak flux density ({flux.unit.to_string()})", fontsize=FONT["label"])
+    ax.tick_params(labelsize=FONT["ticks"])
+    if len(mjd):
+        span = max(np.ptp(mjd), 1.0)
+        ax.set_xlim(mjd.min() - 0.08 * span, mjd.max() + 0.08 * span)
+    dates = ax.secondary_xaxis("top", functions=(lambda m: m - _MJD_UNIX_EPOCH,
+                                                 lambda d: d + _MJD_UNIX_EPOCH))
+    dates.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=5))
+    dates.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    dates.tick_params(labelsize=FONT["ticks"])
+    dates.set_xlabel("date (UTC)", fontsize=FONT["label"])
+    ax.legend(fontsize=FONT["legend"], loc="best")
+    ax.set_title(title or _light_curve_title(table), fontsize=FONT["title"])
+    figure.savefig(output, dpi=110)
 
 
-def plot_spectra(spectra, output, *, titles=None):
+def _light_curve_title(table):
+    """"Light curve of J211410.1-505845 (320.04200, -50.97921)" from the table's position."""
+    if "ra" not in table.meta or "dec" not in table.meta:
+        return table.meta.get("title", "light curve")
+    from astropy.coordinates import SkyCoord
+    from .reruns import _iau_name
+    ra, dec = float(table.meta["ra"]), float(table.meta["dec"])
+    return f"Light curve of {_iau_name(SkyCoord(ra, dec, unit='deg'))} ({ra:.5f}, {dec:+.5f})"
+
+
+#: The 21-cm line of neutral hydrogen, for velocity axes.
+HI_REST_FREQUENCY = 1420.405751786 * u.MHz
+
+
+def plot_spectra(spectra, output, *, titles=None, rest_frequency=None):
     """Draw one panel per spectrum: flux of each Stokes parameter against frequency.
+
+    The frequency axis names its reference frame (the file's ``SPECSYS``, e.g. TOPOCENT or
+    BARYCENT).  With a rest frequency (``rest_frequency``, else the file's ``RESTFREQ``) a
+    top axis gives the radio velocity in that frame.
 
     Parameters
     ----------
@@ -234,6 +385,8 @@ def plot_spectra(spectra, output, *, titles=None):
         The PNG file to write.
     titles : list of str, optional
         One title per spectrum (default: each table's ``meta['title']``).
+    rest_frequency : `~astropy.units.Quantity`, optional
+        E.g. `HI_REST_FREQUENCY` for HI work.
 
     Returns
     -------
@@ -245,20 +398,49 @@ def plot_spectra(spectra, output, *, titles=None):
         raise ValueError("no spectra to draw")
     columns = min(3, len(spectra))
     rows = math.ceil(len(spectra) / columns)
-    figure = _new_figure(4.2 * columns, 3.0 * rows)
+    figure = _new_figure(5.0 * columns, 3.8 * rows)
     for index, spectrum in enumerate(spectra):
         ax = figure.add_subplot(rows, columns, index + 1)
-        frequency = u.Quantity(spectrum["frequency"]).to(u.MHz)
-        for stokes in [c for c in spectrum.colnames if c in ("I", "Q", "U", "V")]:
-            flux = u.Quantity(spectrum[stokes])
-            ax.plot(frequency.value, flux.value, label=stokes, drawstyle="steps-mid")
-        ax.set_xlabel("frequency (MHz)", fontsize=8)
-        ax.set_ylabel(f"flux ({_flux_unit(spectrum)})", fontsize=8)
-        ax.legend(fontsize=7)
+        frequency = u.Quantity(spectrum["frequency"]).to(u.MHz, equivalencies=u.spectral())
+        fluxes = [(s, u.Quantity(spectrum[s])) for s in spectrum.colnames if s in ("I", "Q", "U", "V")]
+        unit = fluxes[0][1].unit if fluxes else u.dimensionless_unscaled
+        if fluxes and unit != u.dimensionless_unscaled:
+            peaks = [np.nanmax(np.abs(f.to_value(unit))) for _, f in fluxes]
+            unit = _flux_scale(u.Quantity(peaks, unit)).unit
+        for stokes, flux in fluxes:
+            ax.plot(frequency.value, flux.to_value(unit), label=f"Stokes {stokes}", drawstyle="steps-mid",
+                    linewidth=1.0)
+        frame = str(spectrum.meta.get("specsys") or "frame not given")
+        ax.set_xlabel(f"frequency, {frame} (MHz)", fontsize=FONT["label"])
+        ax.set_ylabel(f"flux density ({unit.to_string() or _flux_unit(spectrum) or 'arbitrary'})",
+                      fontsize=FONT["label"])
+        ax.tick_params(labelsize=FONT["ticks"])
+        ax.axhline(0.0, color="0.6", linewidth=0.6, zorder=0)
+        rest = rest_frequency if rest_frequency is not None else spectrum.meta.get("restfreq")
+        if rest is not None and float(u.Quantity(rest, u.Hz).value) > 0:
+            _velocity_axis(ax, u.Quantity(rest, u.Hz), frame)
+        if fluxes:
+            ax.legend(fontsize=FONT["legend"])
         title = titles[index] if titles else spectrum.meta.get("title", "")
-        ax.set_title(title, fontsize=8)
-    figure.savefig(output, dpi=100)
+        ax.set_title(title, fontsize=FONT["title"])
+    figure.savefig(output, dpi=110)
     return len(spectra)
+
+
+def _velocity_axis(ax, rest, frame):
+    """A top axis of radio velocity (km/s) for the rest frequency ``rest``."""
+    nu0 = rest.to_value(u.MHz)
+    c_kms = 299792.458
+
+    def to_velocity(nu):
+        return c_kms * (1.0 - np.asarray(nu, dtype=float) / nu0)
+
+    def to_frequency(v):
+        return nu0 * (1.0 - np.asarray(v, dtype=float) / c_kms)
+
+    top = ax.secondary_xaxis("top", functions=(to_velocity, to_frequency))
+    top.set_xlabel(f"radio velocity, {frame} (km/s; rest {nu0:.4f} MHz)", fontsize=FONT["label"])
+    top.tick_params(labelsize=FONT["ticks"])
 
 
 def _flux_unit(spectrum):

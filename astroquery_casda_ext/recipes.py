@@ -58,7 +58,7 @@ def wait_for_jobs(jobs, *, policy=None, on_phase=None, sleep=None):
     ----------
     jobs : list of `~astroquery_casda_ext.jobs.SodaJob`
     policy : `~astroquery_casda_ext.jobs.PollPolicy`, optional
-        Default `PollPolicy.from_conf`.
+        Default `~astroquery_casda_ext.jobs.PollPolicy.from_conf`.
     on_phase : callable, optional
         ``on_phase(job, phase, elapsed_seconds)``, whenever a job's phase changes.
     sleep : callable, optional
@@ -453,7 +453,8 @@ def read_spectrum(path, coordinates=None):
     Returns
     -------
     `~astropy.table.Table`
-        ``frequency`` (Hz) and one column per Stokes parameter, in the file's ``BUNIT``.
+        ``frequency`` (Hz) and one column per Stokes parameter, in the file's ``BUNIT``;
+        ``meta['specsys']`` (the frame) and, when the file has one, ``meta['restfreq']``.
 
     Raises
     ------
@@ -477,6 +478,11 @@ def read_spectrum(path, coordinates=None):
     table = Table({"frequency": frequency})
     for name, values in _stokes_spectra(data, header, wcs, spec, coordinates):
         table[name] = values * unit
+    # the reference frame and rest frequency, for plots' axis labels and velocity axes
+    table.meta["specsys"] = str(header.get("SPECSYS", "")).strip()
+    rest = header.get("RESTFRQ", header.get("RESTFREQ"))
+    if rest:
+        table.meta["restfreq"] = float(rest) * u.Hz
     return table
 
 

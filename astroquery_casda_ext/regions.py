@@ -15,6 +15,7 @@ import numbers
 import os
 import pathlib
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,9 +98,6 @@ def _icrs(coord, original):
 
 def _cannot_parse(value):
     hint = ""
-    if isinstance(value, str) and re.search(r"[A-Za-z]", value):
-        hint = (" Object names are not resolved here (that needs the network): use "
-                f"SkyCoord.from_name({value.strip()!r}) and pass the result.")
     return f"cannot read coordinates from {value!r}; give {_COORDINATE_FORMS}.{hint}"
 
 
@@ -117,14 +115,47 @@ def _coord_from_tokens(ra_text, dec_text, original):
 
 def _coord_from_string(text):
     tokens = text.replace(",", " ").split()
-    if len(tokens) == 2:
-        return _coord_from_tokens(tokens[0], tokens[1], text)
-    if len(tokens) == 6:       # "hh mm ss dd mm ss"
-        return _coord_from_tokens(" ".join(tokens[:3]), " ".join(tokens[3:]), text)
+    try:
+        if len(tokens) == 2:
+            return _coord_from_tokens(tokens[0], tokens[1], text)
+        if len(tokens) == 6:       # "hh mm ss dd mm ss"
+            return _coord_from_tokens(" ".join(tokens[:3]), " ".join(tokens[3:]), text)
+    except InvalidRegionError:
+        if not _looks_like_name(text):
+            raise
+        return _resolve_name(text)
     try:                       # anything else astropy understands with units written in it
         return _icrs(SkyCoord(" ".join(tokens)), text)
     except (ValueError, TypeError, u.UnitsError, IndexError):
-        raise InvalidRegionError(_cannot_parse(text)) from None
+        pass
+    return _resolve_name(text)
+
+
+def _resolve_name(text):
+    """An object name ("M31", "NGC 253"), resolved as astroquery does (`commons.parse_coordinates`)."""
+    if not _looks_like_name(text):
+        raise InvalidRegionError(_cannot_parse(text))    # numbers that did not parse: not a name
+    from astropy.coordinates.name_resolve import NameResolveError
+    from astroquery.exceptions import InputWarning
+    from astroquery.utils import commons
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)   # "interpreted as ICRS": we say so ourselves
+        try:
+            coord = commons.parse_coordinates(text)
+        except (NameResolveError, ValueError, TypeError, u.UnitsError, OSError) as exc:
+            raise InvalidRegionError(f"{_cannot_parse(text)[:-1]}, or an object name Sesame knows "
+                                     f"(resolving {text!r} failed: {_first_line(exc)})") from None
+    return _icrs(coord, text)
+
+
+def _looks_like_name(text):
+    """Letters other than those of sexagesimal units (h m s d): worth asking the resolver."""
+    return bool(re.search(r"[A-Za-z]", text)) and not re.fullmatch(r"[\d\s.:,+\-hdms°'\"]+", text)
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _coord_from_pair(ra, dec, original):
@@ -161,8 +192,8 @@ def parse_coordinates(value):
         colon or space separated sexagesimal with RA in hours (``'22:15:38.2 -45:50:30.5'``),
         or decimal degrees (``'333.9 -45.8'``, ``'333.9, -45.8'``); a scalar SkyCoord in any
         frame (converted to ICRS); or an ``(ra, dec)`` pair of numbers (degrees), angle
-        Quantities or strings.  Object names are not resolved (that needs the network): use
-        ``SkyCoord.from_name``.
+        Quantities or strings.  Any other string is taken for an object name and resolved as
+        astroquery does (``commons.parse_coordinates``: Sesame, which needs the network).
 
     Raises
     ------

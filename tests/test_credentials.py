@@ -41,10 +41,17 @@ def test_argument_beats_everything(monkeypatch, password_file, memory_keyring, n
     assert (found.password, found.source) == (SECRET, "argument")
 
 
-def test_environment_beats_file_and_keyring(monkeypatch, password_file, memory_keyring, no_prompt):
+def test_explicit_file_beats_environment(monkeypatch, password_file, memory_keyring, no_prompt):
     monkeypatch.setenv("CASDA_PASSWORD", "from-env")
     memory_keyring.set_password(KEYRING_SERVICE, USER, "from-keyring")
-    assert find_password(USER, password_file=password_file).password == "from-env"
+    found = find_password(USER, password_file=password_file)
+    assert (found.password, found.source) == ("from-file", "password file")
+
+
+def test_environment_beats_keyring(monkeypatch, memory_keyring, no_prompt):
+    monkeypatch.setenv("CASDA_PASSWORD", "from-env")
+    memory_keyring.set_password(KEYRING_SERVICE, USER, "from-keyring")
+    assert find_password(USER).password == "from-env"
 
 
 def test_alternative_variable_and_user_from_environment(monkeypatch, no_prompt):
@@ -90,8 +97,9 @@ def test_no_source_explains_every_option(monkeypatch):
     monkeypatch.setattr(credentials_module.sys, "stdin", io.StringIO())
     with pytest.raises(NotLoggedInError) as info:
         find_password(USER)
-    assert str(info.value) == (f"no password for {USER}: set CASDA_PASSWORD, use a password file, "
-                               "store one with keyring, or run interactively")
+    assert str(info.value) == (f"no password for {USER}: set CASDA_PASSWORD, use a password file "
+                               "(--password-file), store one in the keyring ('casda login'; on headless "
+                               "machines: pip install keyrings.alt), or run interactively")
 
 
 def test_no_username_is_an_error():

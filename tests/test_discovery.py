@@ -129,7 +129,7 @@ def test_payload_several_positions_are_several_pos_values(anonymous, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
-    (dict(coordinates="M31"), InvalidRegionError, "SkyCoord.from_name"),
+    (dict(coordinates="M31"), InvalidRegionError, "object name Sesame knows"),
     (dict(coordinates="not a place"), InvalidRegionError, "'not a place'"),
     (dict(coordinates="1 2", radius=-1 * u.deg), InvalidRegionError, "radius -1.0 deg must"),
     (dict(coordinates="1 2", radius=11 * u.deg), InvalidRegionError, "at most 10"),

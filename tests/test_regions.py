@@ -66,11 +66,24 @@ def test_parse_coordinates_converts_other_frames_to_icrs():
     assert coord.ra.deg == pytest.approx(266.40499, abs=1e-4)
 
 
-def test_object_names_are_not_resolved_and_the_message_says_what_to_do():
+def test_an_unresolvable_name_says_what_was_tried(monkeypatch):
+    from astropy.coordinates.name_resolve import NameResolveError
+
+    def from_name(name, *args, **kwargs):
+        raise NameResolveError(f"Unable to find coordinates for name '{name}'")
+
+    monkeypatch.setattr(SkyCoord, "from_name", from_name)
     with pytest.raises(InvalidRegionError) as err:
         parse_coordinates("M31")
     message = str(err.value)
-    assert "'M31'" in message and "SkyCoord.from_name" in message and "22h15m38.2s" in message
+    assert "'M31'" in message and "object name Sesame knows" in message and "22h15m38.2s" in message
+
+
+def test_object_names_are_resolved_as_astroquery_does(monkeypatch):
+    monkeypatch.setattr(SkyCoord, "from_name",
+                        lambda name, *a, **k: SkyCoord(10.6847 * u.deg, 41.2688 * u.deg))
+    assert parse_coordinates("NGC 224").ra.deg == pytest.approx(10.6847)
+    assert parse_coordinates("M31").dec.deg == pytest.approx(41.2688)
 
 
 @pytest.mark.parametrize("value, fragment", [
