@@ -17,8 +17,8 @@ CASDA's CSV (``casda_vo_tools`` ``CsvTsvResultsExtractor`` and ``ResultsExtracto
   off looks complete.  We ask for ``MAXREC = limit + 1`` and count, and we require the
   body to end with ``\\r\\n``.
 
-`TapClient` does the work; `CasdaClass.query_tap` (``output=``, ``result_format=``) and
-`CasdaClass.query_tap_partitioned` are its façade.  pyarrow is an optional dependency
+`TapClient` does the work; `~astroquery_casda_ext.CasdaClass.query_tap` (``output=``, ``result_format=``) and
+`~astroquery_casda_ext.CasdaClass.query_tap_partitioned` are its façade.  pyarrow is an optional dependency
 (``pip install astroquery_casda_ext[parquet]``).
 """
 import concurrent.futures
@@ -97,7 +97,7 @@ def relaxed_votable(source):
 
     Returns
     -------
-    `~astropy.io.votable.tree.VOTableFile`
+    ``astropy.io.votable.tree.VOTableFile``
     """
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else b"".join(source)
     head_end = data.find(b"<DATA")
@@ -632,7 +632,7 @@ class TapClient:
         """The result of ``query`` as an astropy Table, read from CASDA's CSV.
 
         Columns have the types, units, UCDs and descriptions of CASDA's FIELDs; empty
-        numeric cells are masked.  See `CasdaClass.query_tap`.
+        numeric cells are masked.  See `~astroquery_casda_ext.CasdaClass.query_tap`.
         """
         pa = _pyarrow()
         template, schema = self.metadata(query, async_job)
@@ -841,7 +841,7 @@ class TapClient:
 
     def partitioned(self, query, *, by, parts, output, bounds=None, executor=None,
                     max_running=MAX_RUNNING_JOBS, part_retries=2, verify_counts=False, progress=None):
-        """See `CasdaClass.query_tap_partitioned`."""
+        """See `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`."""
         pa = _pyarrow()
         directory = Path(output)
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:

@@ -2,10 +2,10 @@
 
 A download (`Downloader.download`) runs in these steps:
 
-1. **Lock** the folder (`lock`): one downloader per destination folder, across
+1. **Lock** the folder (``download.lock``): one downloader per destination folder, across
    processes and hosts sharing it.  A second run waits, saying who holds the folder, or
    with ``no_wait`` fails at once (`~astroquery_casda_ext.errors.FolderBusyError`).
-2. **Plan and claim** (`naming`, no network): each data URL is paired with its
+2. **Plan and claim** (``download.naming``, no network): each data URL is paired with its
    ``.checksum`` sidecar and given a safe local name inside ``savedir``.  Every path the
    run may write (final name, ``.part``, ``.part.validator``, sidecar, later the
    server's ``Content-Disposition`` name) is claimed first; a clash is an error row, never
@@ -14,9 +14,9 @@ A download (`Downloader.download`) runs in these steps:
    next to its data file as ``astroquery.casda`` does, and parsed: the expected size,
    CRC-32 and SHA-1.  A file that a previous run's manifest lists as verified and that
    still matches its sidecar on disk is skipped without a request.
-4. **Transfer** (`transfer`, one call per file, in parallel): the data file is streamed
+4. **Transfer** (``download.transfer``, one call per file, in parallel): the data file is streamed
    into ``<name>.part`` (opened exclusively, never through a link) while the checksum of
-   the bytes written is computed (`verify`: on a helper thread when a core is idle).
+   the bytes written is computed (``download.verify``: on a helper thread when a core is idle).
    An interrupted ``.part`` is continued with ``Range`` and ``If-Range`` (the validator
    of the response it came from), so a file changed on the server starts again from zero
    instead of being spliced.  Only a file whose size, CRC-32 and SHA-1 all match is
@@ -25,7 +25,7 @@ A download (`Downloader.download`) runs in these steps:
    Retries and restarts are bounded by the transport's one
    `~astroquery_casda_ext.transport.RetryPolicy`; a body longer than announced is cut; a
    transfer slower than ``min_rate`` stops with an error naming the file and the rate.
-5. **The manifest** (`manifest`): one row per file; saved as ECSV next to the files,
+5. **The manifest** (``download.manifest``): one row per file; saved as ECSV next to the files,
    merged with the manifest of earlier runs (never two rows for one path).
 
 Downloads never carry credentials: CASDA's download URLs are capabilities in themselves,
@@ -53,9 +53,9 @@ be a directory the workers can write to (a shared file system).  A name the serv
 there is placed without replacing anything (a clash fails that file), since the workers
 do not share the run's claims.
 
-Modules: `naming` (names, claims, link-safe file operations, planning), `http` (sessions
-and the HTTP boundary), `transfer` (the loop of one file), `verify` (hashing what is on
-disk), `manifest`, `lock`, `executors` (`Downloader`).
+Modules: ``download.naming`` (names, claims, link-safe file operations, planning), ``download.http`` (sessions
+and the HTTP boundary), ``download.transfer`` (the loop of one file), ``download.verify`` (hashing what is on
+disk), ``download.manifest``, ``download.lock``, ``download.executors`` (`Downloader`).
 """
 from ..transport import RetryPolicy, parse_retry_after
 from .executors import Downloader, download_files
