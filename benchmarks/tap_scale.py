@@ -412,9 +412,16 @@ def main(argv=None):
     group.add_argument("--medium", action="store_true", help="W5 20 000 rows, W6 100 000 and 1 000 000 rows")
     parser.add_argument("--only", choices=("W5", "W6"), help="one of the two")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--partitioned-rows", type=int, default=None, metavar="N",
+                        help="rows of W6's partitioned run instead of the size's (the emulator renders "
+                             "about 10 000 rows/s, so 10 000 000 rows take it about 17 minutes)")
+    parser.add_argument("--output", default=None, help="also save the JSON of every run to this file")
     args = parser.parse_args(argv)
     scale = workloads.QUICK if args.quick else workloads.FULL
     size = "quick" if args.quick else "medium" if args.medium else "full"
+    if args.partitioned_rows:
+        size = f"{size}+partitioned={args.partitioned_rows}"
+        SIZES[size] = dict(SIZES[size.split("+")[0]], w6_partitioned_rows=args.partitioned_rows)
     results = {}
     with tempfile.TemporaryDirectory(prefix="casda-tap-bench-", dir=args.workdir) as scratch, \
             workloads.quiet_log():
@@ -425,7 +432,10 @@ def main(argv=None):
     from .__main__ import format_table
     print()
     print(format_table(results))
-    print(json.dumps({name: result.as_json() for name, result in results.items()}, default=str))
+    document = json.dumps({name: result.as_json() for name, result in results.items()}, default=str)
+    print(document)
+    if args.output:
+        Path(args.output).write_text(document + "\n")
     return 0
 
 
