@@ -40,7 +40,7 @@ from keyring.errors import KeyringError
 from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url, scrub_secrets
 
 __all__ = ["KEYRING_SERVICE", "PASSWORD_ENV_VARS", "USER_ENV_VAR", "Credentials", "find_password",
-           "read_password_file", "store_password", "ProxyAuth", "guard_session", "basic_secrets",
+           "read_password_file", "store_password", "ProxyAuth", "AuthSession", "guard_session", "basic_secrets",
            "PasswordNotStoredWarning", "keyring_advice"]
 
 #: Keyring service name; the same as astroquery.casda's, so stored passwords keep working.
@@ -367,3 +367,34 @@ def guard_session(session, allowed):
     if _scrub_echo not in hooks:
         hooks.insert(0, _scrub_echo)
     return session
+
+
+class AuthSession:
+    """A `requests.Session` whose credentials are chosen per URL, by ``auth(url)``.
+
+    ``auth`` is a `ProxyAuth` (or None): it answers only for URLs under the OPAL proxy, so
+    the shared session itself never carries credentials and no other host sees them.
+    pyvo (through ``discovery.py``) and the catalogue-scale TAP client (``tap.py``) are
+    both handed one.
+    """
+
+    def __init__(self, session, auth=None):
+        self.session, self.auth = session, auth
+
+    @property
+    def headers(self):
+        return self.session.headers
+
+    def request(self, method, url, **kwargs):
+        if self.auth is not None and kwargs.get("auth") is None:
+            kwargs["auth"] = self.auth(url)
+        return self.session.request(method, url, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url, data=None, **kwargs):
+        return self.request("POST", url, data=data, **kwargs)
+
+    def delete(self, url, **kwargs):
+        return self.request("DELETE", url, **kwargs)

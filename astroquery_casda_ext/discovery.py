@@ -33,6 +33,7 @@ from pyvo.dal import TAPResults, TAPService
 from pyvo.dal.exceptions import DALAccessError, DALOverflowWarning, DALQueryError
 from pyvo.dal.tap import TAPQuery, escape
 
+from .credentials import AuthSession
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
 from .transport import describe_failure, gave_up, one_call
@@ -300,47 +301,31 @@ def _result_url(href, job_url):
 
 # --- transport --------------------------------------------------------------------------------
 
-class _PerRequestAuthSession:
-    """The session pyvo is given: the façade's session, with auth chosen per URL and a timeout.
+class _PerRequestAuthSession(AuthSession):
+    """The session pyvo is given: an `~astroquery_casda_ext.credentials.AuthSession` with a
+    timeout, reading small answers whole.
 
     pyvo calls ``get``/``post``/``delete`` with neither auth nor (for sync queries) a
     timeout.  Credentials set on the shared session would go to every host, so instead each
-    request asks ``auth(url)``, which answers only for the OPAL proxy; ``requests`` drops the
-    header if a redirect leaves the host.
+    request asks ``auth(url)``, which answers only for the OPAL proxy.
     """
 
     def __init__(self, session, auth, timeout):
-        self._session = session
-        self._auth = auth
+        super().__init__(session, auth)
         self._timeout = timeout
 
-    @property
-    def headers(self):
-        return self._session.headers
-
     def request(self, method, url, **kwargs):
-        if self._auth is not None and kwargs.get("auth") is None:
-            kwargs["auth"] = self._auth(url)
         kwargs.setdefault("timeout", self._timeout)
         if not kwargs.pop("stream", False):
-            return self._session.request(method, url, **kwargs)
+            return super().request(method, url, **kwargs)
         if method.upper() == "POST" and url.rstrip("/").endswith("/sync"):
             # a query result: pyvo parses it as it arrives (large results come much faster);
             # Discovery._run_sync sends the query again if the answer breaks off
-            return self._session.request(method, url, stream=True, **kwargs)
+            return super().request(method, url, stream=True, **kwargs)
         # other answers are small: read whole, so the session's retries cover a body cut short
-        response = self._session.request(method, url, stream=False, **kwargs)
+        response = super().request(method, url, stream=False, **kwargs)
         response.raw = urllib3.HTTPResponse(io.BytesIO(response.content), preload_content=False)
         return response
-
-    def get(self, url, **kwargs):
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url, data=None, **kwargs):
-        return self.request("POST", url, data=data, **kwargs)
-
-    def delete(self, url, **kwargs):
-        return self.request("DELETE", url, **kwargs)
 
 
 #: Transport failures that mean an answer broke off part-way (worth sending the query again).

@@ -368,7 +368,7 @@ class SodaJob:
         params : dict, optional
             SODA parameters, ``{name: value or [values]}`` (e.g. ``{"CIRCLE": [...]}``).
         request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
-            What ``params`` came from; kept as `request` to label the results.
+            What ``params`` came from; kept as the job's ``request`` attribute to label the results.
 
         Raises
         ------

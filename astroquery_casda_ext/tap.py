@@ -38,6 +38,7 @@ import requests
 from astropy.io.votable import parse as parse_votable
 from astropy.table import MaskedColumn, Table
 
+from .credentials import AuthSession   # re-exported: the session TapClient is given
 from .discovery import _repair_units
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
@@ -428,28 +429,6 @@ def _adql_number(value, integer):
 
 
 # --- the client ------------------------------------------------------------------------------
-
-class AuthSession:
-    """A `requests.Session` used with credentials chosen per URL (``auth(url)``, only ever
-    for the OPAL proxy: see ``credentials.ProxyAuth``); bodies stream when asked to."""
-
-    def __init__(self, session, auth=None):
-        self.session, self.auth = session, auth
-
-    def request(self, method, url, **kwargs):
-        if self.auth is not None and kwargs.get("auth") is None:
-            kwargs["auth"] = self.auth(url)
-        return self.session.request(method, url, **kwargs)
-
-    def get(self, url, **kwargs):
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url, data=None, **kwargs):
-        return self.request("POST", url, data=data, **kwargs)
-
-    def delete(self, url, **kwargs):
-        return self.request("DELETE", url, **kwargs)
-
 
 class TapClient:
     """Large TAP results from CASDA, typed, streamed, and in parallel parts.
