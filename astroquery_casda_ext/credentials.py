@@ -40,8 +40,8 @@ from keyring.errors import KeyringError
 from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url, scrub_secrets
 
 __all__ = ["KEYRING_SERVICE", "PASSWORD_ENV_VARS", "USER_ENV_VAR", "Credentials", "find_password",
-           "read_password_file", "store_password", "ProxyAuth", "AuthSession", "guard_session", "basic_secrets",
-           "PasswordNotStoredWarning", "keyring_advice"]
+           "read_password_file", "store_password", "ProxyAuth", "AuthSession", "guard_session",
+           "basic_secrets", "PasswordNotStoredWarning", "keyring_advice"]
 
 #: Keyring service name; the same as astroquery.casda's, so stored passwords keep working.
 KEYRING_SERVICE = "astroquery:casda.csiro.au"
