@@ -220,6 +220,54 @@ def test_cells_are_xml_escaped_with_numeric_entities_beyond_ascii():
     assert xml_escape("a<b & 'c' \"d\" é") == "a&lt;b &amp; &apos;c&apos; &quot;d&quot; &#233;"
 
 
+# Per column: values of the column's own types (the whole-column fast paths take them), then
+# values of other types (a batch holding one is rendered cell by cell).
+AWKWARD = {
+    "double": ([1.5, 0.0, -0.0, 1e7, 9999999.0, 0.000999, -0.001, 1.528483173363071e-10, float("nan"),
+                float("inf"), None, 3], [True, "text"]),
+    "float": ([0.1, 1.40049e9, 1e39, 1234567.0, 2282914.0, 0.001, 0.000999, -2.5, 16777217.0, None, 7],
+              [False, "x"]),
+    "int": ([1, -5, None, 0], [2.0, 2.5, True, "7"]),
+    "boolean": ([True, False, 0, 1, None], ["t"]),
+    "char": (["plain", "a,b", "tab\there", "line\nbreak", 'say "hi"', "é", "<&>", "", None,
+              "#{baseUrl}datalink/links?ID=cube-1", "\x00nul"], [42, 1.5]),
+}
+
+
+def awkward_rows(count, odd, run=1):
+    """Rows cycling through the values, each value for ``run`` rows in a row (a run longer than
+    a batch gives batches in which that one value is the only awkward one)."""
+    return [tuple(values[(index // run + shift) % len(values)] for shift, values in
+                  enumerate(typed + (extra if odd else []) for typed, extra in AWKWARD.values()))
+            for index in range(count)]
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_large_results_render_exactly_as_cell_by_cell(separator, monkeypatch):
+    """Whole-column rendering (for millions of rows) gives the bytes of one cell at a time."""
+    from astroquery_casda_ext.emulator import render
+    monkeypatch.setattr(render, "_BATCH_CHARS", 4096)      # batches of about 100 rows: many kinds
+    from astroquery_casda_ext.emulator.adql import QueryResult
+    from astroquery_casda_ext.emulator.schema import Column
+    columns = [Column(f"{kind}_{n}", kind) for n, kind in enumerate(AWKWARD)]
+    # batches of awkward values of the right types, of mixed types, and of plain values
+    rows = awkward_rows(1000, odd=False) + awkward_rows(12 * 600, odd=False, run=600) + \
+        awkward_rows(1000, odd=True) + \
+        [(1.25, 0.5, 3, True, "only plain text")] * 3000
+    proxy = "https://proxy/"
+    cells = render._cell_formatters(columns, proxy)
+    expected_lines = [separator.join(render._separated_value(cell(value), separator)
+                                     for cell, value in zip(cells, row)) for row in rows]
+    body = b"".join(render.separated_chunks(QueryResult(columns, iter(rows), False, None),
+                                            separator=separator, proxy_base=proxy))
+    header = separator.join(column.name for column in columns)
+    assert body.decode("utf-8") == "\r\n".join([header] + expected_lines) + "\r\n"
+    votable_rows = b"".join(render._votable_rows(iter(rows), columns, proxy)).decode("utf-8")
+    assert votable_rows == "".join("           <TR><TD>" + "</TD><TD>".join(cell(value) for cell, value in
+                                                                          zip(cells, row)) + "</TD></TR>\n"
+                                   for row in rows)
+
+
 # --- embargo through the proxy ----------------------------------------------------------------------
 
 
