@@ -230,12 +230,13 @@ def _arrow_schema(fields):
     return pa.schema(items)
 
 
-def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 22, use_threads=True):
+def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_threads=True):
     """Record batches of a CASDA CSV/TSV body (after its header line), typed by ``schema``.
 
     Empty cells of numeric and boolean columns are nulls, as are ``NaN`` floats (astropy's
     VOTable reader masks those too); text cells are never null (an empty VOTable cell is
-    an empty string) and are XML-unescaped.
+    an empty string) and are XML-unescaped.  pyarrow reads up to 32 blocks of ``block_size``
+    ahead (see `TapClient.block_size`).
     """
     pa = _pyarrow()
     reader = pa.csv.open_csv(
@@ -449,8 +450,12 @@ class TapClient:
         Injected by tests.
     """
 
-    #: Bytes of CSV parsed at a time: memory per running stream is a small multiple of it.
-    block_size = 1 << 22
+    #: Bytes of CSV parsed at a time.  pyarrow's streaming CSV reader reads up to 32 blocks
+    #: ahead on its I/O thread (a fixed queue, not an option), as Python bytes outside its
+    #: memory pool: whenever CASDA sends faster than the rows are parsed and written, that
+    #: queue fills, so memory per running stream is about 32 x this (4 MiB blocks cost up to
+    #: 128 MiB, seen at a million rows; 1 MiB blocks parse as fast).
+    block_size = 1 << 20
     #: The same for each part of a partitioned query (up to 4 run at once).
     part_block_size = 1 << 20
 
