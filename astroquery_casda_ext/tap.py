@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time as _time
 import warnings
 from dataclasses import dataclass
@@ -209,6 +210,45 @@ class _BodyReader(io.RawIOBase):
         return line
 
 
+class _PacedReader(io.BufferedReader):
+    """The body as pyarrow's CSV reader reads it, at most ``ahead`` blocks beyond the batches
+    it has handed back.
+
+    Why: pyarrow's streaming CSV reader reads up to 32 blocks ahead on its I/O thread (a
+    fixed queue, not an option), held as Python bytes outside its memory pool; when CASDA
+    sends faster than rows are parsed and written, that queue fills, and several parts at
+    once hold 32 blocks each.  pyarrow turns each block read into one batch, so a read
+    waits while ``ahead`` blocks are still unparsed.  The wait is bounded (``patience``
+    seconds): should a block ever give no batch, reading goes on, as without pacing.
+    """
+
+    def __init__(self, raw, buffer_size, ahead, patience=1.0):
+        super().__init__(raw, buffer_size)
+        self._ahead, self._patience = ahead, patience
+        self._blocks = self._batches = 0
+        self._flow = threading.Condition()
+        self._released = False
+
+    def read(self, size=-1):
+        with self._flow:
+            self._flow.wait_for(lambda: self._released or self._blocks - self._batches < self._ahead,
+                                timeout=self._patience)
+            self._blocks += 1
+        return super().read(size)
+
+    def batch_done(self):
+        """One batch was handed back: one block less is waiting to be parsed."""
+        with self._flow:
+            self._batches += 1
+            self._flow.notify_all()
+
+    def release(self):
+        """No more pacing (the reader is done with, or given up)."""
+        with self._flow:
+            self._released = True
+            self._flow.notify_all()
+
+
 def _fields_of(votable):
     """(astropy Table with no rows, list of FIELDs) of a parsed result VOTable."""
     resources = [res for res in votable.resources if res.tables]
@@ -236,7 +276,7 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
     Empty cells of numeric and boolean columns are nulls, as are ``NaN`` floats (astropy's
     VOTable reader masks those too); text cells are never null (an empty VOTable cell is
     an empty string) and are XML-unescaped.  pyarrow reads up to 32 blocks of ``block_size``
-    ahead (see `TapClient.block_size`).
+    ahead of the parser unless ``stream`` paces it (see `_PacedReader`).
     """
     pa = _pyarrow()
     reader = pa.csv.open_csv(
@@ -450,14 +490,13 @@ class TapClient:
         Injected by tests.
     """
 
-    #: Bytes of CSV parsed at a time.  pyarrow's streaming CSV reader reads up to 32 blocks
-    #: ahead on its I/O thread (a fixed queue, not an option), as Python bytes outside its
-    #: memory pool: whenever CASDA sends faster than the rows are parsed and written, that
-    #: queue fills, so memory per running stream is about 32 x this (4 MiB blocks cost up to
-    #: 128 MiB, seen at a million rows; 1 MiB blocks parse as fast).
+    #: Bytes of CSV parsed at a time (1 MiB parses as fast as larger blocks).
     block_size = 1 << 20
     #: The same for each part of a partitioned query (up to 4 run at once).
     part_block_size = 1 << 20
+    #: Blocks read ahead of the parser (see `_PacedReader`): memory per running stream is
+    #: a small multiple of ``block_size`` (unpaced, pyarrow reads up to 32 blocks ahead).
+    blocks_ahead = 3
 
     def __init__(self, session, tap_url, *, timeout=60.0, poll_first=0.2, poll_cap=5.0, job_timeout=36000.0,
                  sleep=_time.sleep):
@@ -567,11 +606,13 @@ class TapClient:
         if [name.strip('"') for name in names] != [name.lower() for name in schema.names]:
             raise ServiceError(f"CASDA's CSV columns {names} are not the query's {schema.names}", url=url)
         rows, truncated = 0, False
+        paced = _PacedReader(body, _CHUNK, self.blocks_ahead)
         batches = () if body.at_end() else read_casda_csv(
-            io.BufferedReader(body, _CHUNK), schema, separator=separator, use_threads=not lean,
+            paced, schema, separator=separator, use_threads=not lean,
             block_size=self.part_block_size if lean else self.block_size)
         try:
             for batch in batches:       # (pyarrow refuses an empty CSV: a header alone is no rows)
+                paced.batch_done()
                 if rows + batch.num_rows > limit:
                     batch, truncated = batch.slice(0, limit - rows), True
                 rows += batch.num_rows
@@ -586,6 +627,8 @@ class TapClient:
                     "bytes; nothing was kept: run the query again", url=url) from exc
             raise ServiceError(f"CASDA's CSV from {redact_url(url)} could not be read: {exc}",
                                url=url) from exc
+        finally:
+            paced.release()
         if body.bytes_read > len(header) and body.tail != b"\r\n":
             raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
                                         f"{body.bytes_read:,} bytes; nothing was kept: run the query again",

@@ -1,6 +1,8 @@
 """Catalogue-scale TAP over real HTTP: CASDA's CSV/TSV as the emulator serves it (each quirk
 quoted from ``casda_vo_tools``), the typed CSV reader, results streamed to files, cut and
 broken-off results, and partitioned queries that resume."""
+import io
+import time
 import warnings
 
 import numpy as np
@@ -14,7 +16,8 @@ from astroquery_casda_ext import CasdaClass
 from astroquery_casda_ext.emulator import CasdaEmulator, FaultRule
 from astroquery_casda_ext.errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                                          PartitionedQueryError, QueryError)
-from astroquery_casda_ext.tap import MANIFEST_NAME, relaxed_votable, split_select
+from astroquery_casda_ext.tap import (MANIFEST_NAME, _PacedReader, read_casda_csv, relaxed_votable,
+                                      split_select)
 
 ROWS = 2000
 CATALOGUE = "casda.bulk_continuum_component"
@@ -412,3 +415,41 @@ def test_logged_in_streams_go_through_the_proxy_as_the_user(catalogue_emulator, 
     served = catalogue_emulator.request_log[before:]
     assert served and all(entry.path.startswith("/casda_vo_proxy/") for entry in served)
     assert {entry.user for entry in served} == {catalogue_emulator.username}
+
+
+class _CountingBody(io.RawIOBase):
+    """An answer body that remembers how far it has been read."""
+
+    def __init__(self, data):
+        self.data, self.position = data, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, target):
+        size = min(len(target), len(self.data) - self.position)
+        target[:size] = self.data[self.position:self.position + size]
+        self.position += size
+        return size
+
+
+@pytest.mark.parametrize("ahead", [2, 3])
+def test_the_csv_reader_reads_only_a_few_blocks_ahead_of_the_rows_taken(ahead):
+    """Unpaced, pyarrow's reader queues up to 32 blocks read ahead (memory that adds up when
+    several parts stream at once); paced, a slow consumer holds it to ``ahead`` blocks."""
+    schema = pyarrow.schema([("n", pyarrow.int64()), ("text", pyarrow.string())])
+    lines = [b"%d,row number %d\r\n" % (index, index) for index in range(100_000)]
+    parsed_until = np.cumsum([len(line) for line in lines])
+    body, block, buffer = _CountingBody(b"".join(lines)), 1 << 14, 1 << 12
+    paced = _PacedReader(body, buffer, ahead)
+    taken, furthest = 0, 0
+    try:
+        for batch in read_casda_csv(paced, schema, block_size=block):
+            paced.batch_done()
+            taken += batch.num_rows
+            time.sleep(0.002)        # a consumer slower than the reader (as Parquet writing is)
+            furthest = max(furthest, body.position - int(parsed_until[taken - 1]))
+    finally:
+        paced.release()
+    assert taken == len(lines)
+    assert furthest <= (ahead + 1) * block + buffer       # unpaced: up to 32 blocks
