@@ -276,7 +276,7 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
     Empty cells of numeric and boolean columns are nulls, as are ``NaN`` floats (astropy's
     VOTable reader masks those too); text cells are never null (an empty VOTable cell is
     an empty string) and are XML-unescaped.  pyarrow reads up to 32 blocks of ``block_size``
-    ahead of the parser unless ``stream`` paces it (see `_PacedReader`).
+    ahead of the parser unless ``stream`` paces it (see ``_PacedReader``).
     """
     pa = _pyarrow()
     reader = pa.csv.open_csv(
@@ -494,7 +494,7 @@ class TapClient:
     block_size = 1 << 20
     #: The same for each part of a partitioned query (up to 4 run at once).
     part_block_size = 1 << 20
-    #: Blocks read ahead of the parser (see `_PacedReader`): memory per running stream is
+    #: Blocks read ahead of the parser (see ``_PacedReader``): memory per running stream is
     #: a small multiple of ``block_size`` (unpaced, pyarrow reads up to 32 blocks ahead).
     blocks_ahead = 3
 
