@@ -273,8 +273,9 @@ def _column_formatters(columns, proxy_base):
             for cell in _cell_formatters(columns, proxy_base)]
 
 
-def _text_batches(rows, columns, proxy_base, line_cost=256):
-    """(rows, lists of the rows' cell texts, one list per column), a batch of rows at a time."""
+def _text_batches(rows, columns, proxy_base):
+    """(rows, lists of the rows' cell texts, one list per column), a batch of rows at a time:
+    as many rows as make about ``_BATCH_CHARS`` of text, judged from the last batch."""
     formatters = _column_formatters(columns, proxy_base)
     rows, size = iter(rows), 256
     while True:
@@ -283,8 +284,9 @@ def _text_batches(rows, columns, proxy_base, line_cost=256):
             return
         texts = [list(formatter(list(values))) for formatter, values in zip(formatters, zip(*batch))]
         yield len(batch), texts
-        chars = sum(len(text) for column in texts for text in column[:64]) + line_cost
-        size = max(16, min(8192, _BATCH_CHARS * min(len(batch), 64) // chars))
+        sample = min(len(batch), 64)
+        chars = sum(len(text) for column in texts for text in column[:sample]) + len(texts) * sample
+        size = max(16, min(8192, _BATCH_CHARS * sample // max(chars, 1)))
 
 
 def _rows_of(count, texts):
