@@ -501,7 +501,8 @@ class _Transfer:
                             f"({_rate_text(done / elapsed)}), below the minimum rate of "
                             f"{_rate_text(self.config.min_rate)}; stopped (the partial file is kept)")
 
-        with Sink(self._part_fd(), offset, self.accumulator, self.config) as sink:
+        with Sink(self._part_fd(), offset, self.accumulator, self.config,
+                  expected_bytes=room if size is not None else announced) as sink:
             while True:
                 if self.hooks.cancelled():
                     raise Fatal(f"{self.final.name}: cancelled; the partial file is kept for next time")

@@ -18,6 +18,8 @@ __all__ = []
 
 #: Bytes read per step when hashing a file on disk.
 HASH_BLOCK = 4 << 20
+#: Smallest receive buffer.
+MIN_BLOCK = 64 << 10
 
 
 def hash_prefix(fd, length):
@@ -55,6 +57,17 @@ def matches(path, expected):
         os.close(fd)
 
 
+def block_size(chunk_size, expected_bytes):
+    """Bytes per buffer: ``chunk_size``, or less for a body announced to be smaller.
+
+    A buffer is zero-filled when it is made, so a 50 kB file in 8 MiB buffers would
+    cost three 8 MiB allocations; one byte more than announced lets a longer body show.
+    """
+    if expected_bytes is None:
+        return chunk_size
+    return min(chunk_size, max(MIN_BLOCK, expected_bytes + 1))
+
+
 class Sink:
     """Writes blocks to an open ``.part`` at ``offset`` and feeds them to a `ChecksumAccumulator`.
 
@@ -66,12 +79,12 @@ class Sink:
     bytes in the file, whether the transfer ended well or not.
     """
 
-    def __init__(self, fd, offset, accumulator, config, depth=3):
+    def __init__(self, fd, offset, accumulator, config, depth=3, expected_bytes=None):
         self._fd, self._offset, self._accumulator = fd, offset, accumulator
         threaded = config.hash_in_thread
         self._free = queue.SimpleQueue()
         for _ in range(depth if threaded else 1):
-            self._free.put(memoryview(bytearray(config.chunk_size)))
+            self._free.put(memoryview(bytearray(block_size(config.chunk_size, expected_bytes))))
         self._work = queue.SimpleQueue() if threaded else None
         self._thread = (threading.Thread(target=self._run, name="casda-hash", daemon=True)
                         if threaded else None)
