@@ -40,7 +40,7 @@ from astropy.io.votable import parse as parse_votable
 from astropy.table import MaskedColumn, Table
 
 from .credentials import AuthSession   # re-exported: the session TapClient is given
-from .discovery import _repair_units
+from .discovery import _query_status, _repair_units
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
 from .discovery import _result_url, _tap_result_href
@@ -109,15 +109,6 @@ def relaxed_votable(source):
         from astropy.io.votable.exceptions import VOWarning
         warnings.simplefilter("ignore", VOWarning)
         return parse_votable(io.BytesIO(data))   # astropy needs a seekable file
-
-
-def _votable_status(votable):
-    status = ("OK", "")
-    for resource in votable.resources:
-        for info in resource.infos:
-            if info.name.upper() == "QUERY_STATUS":
-                status = (str(info.value).upper(), (info.content or "").strip())
-    return status
 
 
 # --- CASDA's CSV ---------------------------------------------------------------------------
@@ -585,7 +576,7 @@ class TapClient:
         finally:
             if async_job:
                 self._delete(url)
-        status, message = _votable_status(votable)
+        status, message = _query_status(votable)
         if status == "ERROR":
             raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
         template, fields = _fields_of(votable)
@@ -694,7 +685,7 @@ class TapClient:
         finally:
             if async_job:
                 self._delete(url)
-        status, message = _votable_status(votable)
+        status, message = _query_status(votable)
         if status == "ERROR":
             raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
         table = _repair_units(_fields_of(votable)[0])
