@@ -20,12 +20,11 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import requests
 from astropy.io.votable import parse as parse_votable
-from astropy.io.votable.exceptions import W50
 from astropy.table import Row, Table
 
 from .errors import (AccessDeniedWarning, CasdaLoginError, DataLinkError, InvalidInputError,
@@ -166,15 +165,16 @@ def parse_datalink(content):
 
 
 def _read_votable(content):
-    with warnings.catch_warnings():
-        # Old CASDA servers declare CHANNEL with unit "pixels", which astropy flags (W50).
-        warnings.filterwarnings("ignore", category=W50)
-        try:
-            return parse_votable(BytesIO(content), verify="warn")
-        except Exception as exc:   # expat and astropy raise several unrelated types here
-            snippet = _squeeze(content.decode("utf-8", "replace"), 200)
-            raise DataLinkError(f"DataLink answered with something that is not a VOTable "
-                                f"({type(exc).__name__}): {snippet!r}", server_message=snippet) from exc
+    # astropy's warnings (old servers' CHANNEL unit "pixels" is W50) reach the caller, as
+    # with astroquery.casda; the user's warning filters decide what is shown
+    try:
+        return parse_votable(BytesIO(content), verify="warn")
+    except Exception as exc:   # expat and astropy raise several unrelated types here
+        if isinstance(exc, Warning) and not isinstance(exc, ValueError):
+            raise              # a warning (W50...) the user's filters made an error stays what it is
+        snippet = _squeeze(content.decode("utf-8", "replace"), 200)
+        raise DataLinkError(f"DataLink answered with something that is not a VOTable "
+                            f"({type(exc).__name__}): {snippet!r}", server_message=snippet) from exc
 
 
 def _query_error(votable):
@@ -292,7 +292,9 @@ def _id_from_value(value, index):
 
 def _id_from_access_url(url):
     query = urlsplit(url).query
-    return next((value.strip() for key, value in parse_qsl(query) if key.upper() == "ID"), "")
+    found = next((value.strip() for key, value in parse_qsl(query) if key.upper() == "ID"), "")
+    # a link whose query is the bare id (``links?cube-244``) names the product too
+    return found or (query.strip() if re.fullmatch(r"[\w.~:-]+", query.strip()) else "")
 
 
 def _text(value):
@@ -311,11 +313,12 @@ def server_message(response, limit=500):
     CASDA answers errors as plain text (``FAILURE: ...``) when asked with
     ``Accept: text/plain``, and otherwise as an HTML page; tags are dropped here.
     """
-    text = response.text or ""
+    text = getattr(response, "text", "")
+    text = text if isinstance(text, str) else ""   # a minimal or mocked response may have none
     if "<" in text and re.search(r"<(html|body|h1|p|div|title)\b", text, re.IGNORECASE):
         text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
         text = re.sub(r"<[^>]+>", " ", text)
-    return _squeeze(text, limit) or f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return _squeeze(text, limit) or f"HTTP {response.status_code} {getattr(response, 'reason', '') or ''}".strip()
 
 
 def _squeeze(text, limit):
@@ -403,29 +406,29 @@ class DataLinkClient:
             if anonymous and anonymous == set(denied):
                 raise NotLoggedInError("DataLink answered as to an anonymous user (only 'Authenticated "
                                        "Data Link' rows, no tokens): log in to CASDA first")
-            raise NoAccessError(f"none of the {len(ids)} requested products can be accessed: "
-                                f"{_describe(denied)}", denied)
+            raise NoAccessError(f"You do not have access to any of the requested data files. None of the "
+                                f"{len(ids)} requested products can be accessed: {_describe(denied)}", denied)
         if denied:
             warnings.warn(f"skipping {len(denied)} of {len(ids)} products: {_describe(denied)}",
                           AccessDeniedWarning, stacklevel=3)
         return AccessReport(tokens, denied)
 
     def _fetch(self, batch):
-        url = self.datalink_url
+        # the ids go in the URL itself, as in the access_url links astroquery.casda GETs
+        url = f"{self.datalink_url}?{urlencode([('ID', pid) for pid in batch])}"
         try:
-            response = self.session.get(url, params=[("ID", pid) for pid in batch],
-                                        auth=self._auth_for(url), timeout=self.timeout)
+            response = self.session.get(url, auth=self._auth_for(url), timeout=self.timeout)
         except requests.RequestException as exc:
             raise DataLinkError(f"DataLink request to {redact_url(url)} failed: {describe_failure(exc)}",
-                                url=url) from exc
-        if response.status_code == 401:
+                                url=url, cause=exc) from exc
+        status = response.status_code
+        if status == 401:
             raise CasdaLoginError("CASDA rejected the login for DataLink (HTTP 401): "
-                                  f"{server_message(response)}")
-        if response.status_code >= 400:
+                                  f"{server_message(response)}", status=status, response=response)
+        if status >= 400:
             message = server_message(response)
-            raise DataLinkError(f"DataLink at {redact_url(url)} answered HTTP {response.status_code}: "
-                                f"{message}",
-                                url=url, status=response.status_code, server_message=message)
+            raise DataLinkError(f"DataLink at {redact_url(url)} answered HTTP {status}: {message}",
+                                url=url, status=status, server_message=message, response=response)
         return response.content
 
     def _auth_for(self, url):

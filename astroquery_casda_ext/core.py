@@ -6,7 +6,9 @@ tokens), `jobs` (SODA/UWS), `download`, `credentials`.
 """
 import dataclasses
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from io import BytesIO
 
@@ -20,10 +22,11 @@ from pyvo.dal import DALQueryError, DALServiceError, TAPResults
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
-from .credentials import (PasswordNotStoredWarning, ProxyAuth, find_password, guard_session, keyring_advice,
-                          store_password as save_password)
+from .credentials import (BasicAuthPair, Credentials, PasswordNotStoredWarning, ProxyAuth, find_password,
+                          guard_session, keyring_advice, store_password as save_password)
 from .discovery import Discovery
 from .download import Downloader
+from .download.naming import filename_from_url, safe_filename
 from .endpoints import Endpoints
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, JobError,
                      JobSubmissionError, NotLoggedInError, QueryError, ServiceError, redact_url)
@@ -165,7 +168,6 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         guard_session(self._session, self._may_carry_credentials)
         install_log_redaction()
         self._server = server
-        self._credentials = None
         self._services = (None, None, None)   # (what they were built for, Discovery, DataLinkClient)
         self.USERNAME = effective("username")
 
@@ -174,6 +176,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         return f"<CasdaClass server={self.endpoints.vo_tools!r} user={user!r}>"
 
     # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def _credentials(self):
+        """The login in force, read from astroquery's login state: ``_authenticated`` and
+        ``_auth`` (the ``(username, password)`` pair), which code written for
+        astroquery.casda (and its tests) may set directly."""
+        auth = self.__dict__.get("_auth")
+        if not getattr(self, "_authenticated", False) or not auth or len(auth) != 2:
+            return None
+        return Credentials(auth[0], auth[1], self.__dict__.get("_auth_source", "argument"))
 
     @property
     def endpoints(self):
@@ -237,13 +249,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
         except requests.RequestException as exc:
             raise ServiceError(f"cannot reach CASDA TAP at {redact_url(url)}: {describe_failure(exc)}",
-                               url=url) from exc
+                               url=url, cause=exc) from exc
         if response.status_code in (401, 403):
-            raise CasdaLoginError(f"CASDA TAP refused the credentials: HTTP {response.status_code}")
+            raise CasdaLoginError(f"CASDA TAP refused the credentials: HTTP {response.status_code}",
+                                  status=response.status_code, response=response)
         try:
-            if not response.ok:
+            if response.status_code >= 400:
                 raise ServiceError(f"CASDA TAP error (HTTP {response.status_code}) at {redact_url(url)}: "
-                                   f"{_server_text(response)}", url=url, status=response.status_code)
+                                   f"{_server_text(response)}", url=url, status=response.status_code,
+                                   response=response)
             return TAPResults(parse_votable(BytesIO(response.content), verify="warn"), url=url).to_table()
         except DALQueryError as exc:
             raise QueryError(f"CASDA TAP rejected the query: {exc}", url=url) from None
@@ -263,8 +277,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
 
     def _require_login(self):
         if self._credentials is None:
-            raise NotLoggedInError("Credentials must be supplied to download CASDA image data: "
-                                   "call Casda.login() first.")
+            raise NotLoggedInError("Credentials must be supplied to download CASDA image data. "
+                                   "Call Casda.login() first.")
 
     # --- login ----------------------------------------------------------------------------
 
@@ -304,14 +318,17 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                      timeout=self.TIMEOUT, cache=False)
         except requests.RequestException as exc:
             raise ServiceError(f"cannot reach CASDA's login check at {redact_url(self.endpoints.login_url)}: "
-                               f"{describe_failure(exc)}", url=self.endpoints.login_url) from exc
+                               f"{describe_failure(exc)}", url=self.endpoints.login_url, cause=exc) from exc
         if response.status_code in (401, 403):
             raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
                                   f"HTTP {response.status_code} {_server_text(response)}")
         if response.status_code != 200:
             raise ServiceError(f"CASDA login check failed: HTTP {response.status_code} "
-                               f"{_server_text(response)}", url=response.url, status=response.status_code)
-        self._credentials = credentials
+                               f"{_server_text(response)}", url=self.endpoints.login_url,
+                               status=response.status_code, response=response)
+        self._auth = BasicAuthPair(credentials.username, credentials.password)
+        self._auth_source = credentials.source
+        self._authenticated = True
         self.USERNAME = credentials.username
         log.info("Authentication successful!")
         if store_password and credentials.source != "keyring":
@@ -326,7 +343,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
 
     def logout(self):
         """Forget the credentials of this session (the keyring is left as it is)."""
-        self._credentials = None
+        self.__dict__.pop("_auth", None)
+        self.__dict__.pop("_auth_source", None)
         self._authenticated = False
 
     # --- discovery ------------------------------------------------------------------------
@@ -373,11 +391,10 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         -------
         response : `requests.Response`
         """
-        payload = self._discovery.sia2_payload(
-            coordinates, radius=_cone_radius(radius, width, height, polygon), width=width, height=height,
-            polygon=polygon, band=band,
-            rest_frequency=rest_frequency, time=time, pol=pol, collection=collection,
-            dataproduct_type=dataproduct_type, maxrec=maxrec)
+        payload = self._args_to_payload(
+            service="sia2", coordinates=coordinates, radius=radius, width=width, height=height,
+            polygon=polygon, band=band, rest_frequency=rest_frequency, time=time, pol=pol,
+            collection=collection, dataproduct_type=dataproduct_type, maxrec=maxrec)
         if get_query_payload:
             return payload
         url = self.endpoints.sia2_url
@@ -385,8 +402,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
         except requests.RequestException as exc:
             raise ServiceError(f"cannot reach CASDA SIA2 at {redact_url(url)}: {describe_failure(exc)}",
-                               url=url) from exc
-        if cache and not response.ok:
+                               url=url, cause=exc) from exc
+        if cache and response.status_code >= 400:
             # astroquery caches every answer: a 503 must not be replayed once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
         return response
@@ -401,11 +418,42 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         response = self.query_region_async(coordinates, **kwargs)
         if kwargs.get("get_query_payload"):
             return response
-        if not response.ok:
-            status = response.status_code
-            raise ServiceError(f"CASDA SIA2 error (HTTP {status}) at {redact_url(response.url)}: "
-                               f"{_server_text(response)}", url=response.url, status=status)
+        status = response.status_code
+        if status >= 400:
+            url = getattr(response, "url", None) or self.endpoints.sia2_url
+            raise ServiceError(f"CASDA SIA2 error (HTTP {status}) at {redact_url(url)}: "
+                               f"{_server_text(response)}", url=url, status=status, response=response)
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
+
+    def _args_to_payload(self, *, radius=1 * u.arcmin, service="soda", **kwargs):
+        """The parameters of one SODA cutout (or, with ``service="sia2"``, one SIA2 query), as
+        astroquery.casda's ``_args_to_payload`` builds them and with its error messages.
+
+        Parameters
+        ----------
+        radius : str or `~astropy.units.Quantity`, optional
+            Circle radius, used unless ``width`` and ``height`` (a box) or ``polygon`` are given.
+        service : {'soda', 'sia2'}, optional
+            ``'sia2'`` also takes `query_region_async`'s ``time``, ``pol``, ``collection``,
+            ``dataproduct_type`` and ``maxrec``.
+        **kwargs
+            ``coordinates``, ``height``, ``width``, ``polygon``, ``band``, ``channel`` (SODA),
+            ``pol``, ``rest_frequency``; ``verbose`` is accepted and ignored.
+
+        Returns
+        -------
+        dict
+            ``{'POS': 'CIRCLE ra dec r', 'BAND': 'low high', 'CHANNEL': 'first last'}`` (those
+            that apply); a parameter with several values holds a list.
+        """
+        kwargs.pop("verbose", None)
+        width, height, polygon = kwargs.get("width"), kwargs.get("height"), kwargs.get("polygon")
+        kwargs["radius"] = _cone_radius(radius, width, height, polygon)
+        if service == "sia2":
+            return self._discovery.sia2_payload(kwargs.pop("coordinates", None), **kwargs)
+        if service != "soda":
+            raise InvalidInputError(f"service must be 'soda' or 'sia2', not {service!r}")
+        return _soda_payload(SodaRequest.build(**kwargs))
 
     def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
                   get_query_payload=False, cache=False, output=None, overwrite=False, result_format=None,
@@ -716,12 +764,12 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                     radius=_cone_radius(radius, width, height, polygon),
                                     height=height, width=width, polygon=polygon, band=band,
                                     channel=channel, pol=pol, rest_frequency=rest_frequency)
-        require_request(request)
         self._require_login()
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
-            return []
-        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), request=request, on_error=on_error)
+            return []          # nothing to cut (astroquery.casda answers [] before looking at the region)
+        require_request(request)
+        jobs = self._submit(table, CUTOUT_SERVICE, _soda_payload(request), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
@@ -741,7 +789,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), request=request, on_error=on_error)
+        jobs = self._submit(table, SPECTRUM_SERVICE, _soda_payload(request), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def _submit(self, table, service, params, request=None, on_error="abort"):
@@ -757,9 +805,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         jobs = []
         for number, batch in enumerate(batches, 1):
             try:
+                # as astroquery.casda: create the job, post the cutout's parameters to it, run it
                 job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
-                                     params or None, timeout=self.TIMEOUT, request=request)
+                                     timeout=self.TIMEOUT, request=request)
                 jobs.append(job)
+                job.add_parameters(params)
                 job.run()
             except JobError as exc:
                 if exc.job_url and all(made.url != exc.job_url for made in jobs):
@@ -860,8 +910,50 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         astroquery_casda_ext.errors.DownloadError
             If any file could not be downloaded and verified (the others are kept).
         """
+        if self._download_file_replaced():
+            return self._download_with_hook(list(urls), savedir or ".", names or {}, workers, executor)
         return self._downloader(workers, progress, executor).download_files(
             list(urls), savedir=savedir or ".", names=names, labels=labels, no_wait=no_wait)
+
+    def _download_file(self, url, local_filepath, timeout=None, auth=None, continuation=True, cache=False,
+                       method="GET", head_safe=False, verbose=True, **kwargs):
+        """Download one file to ``local_filepath``: astroquery's per-file hook, done by our downloader.
+
+        The file is written as ``<name>.part``, resumed, and renamed when complete (verified
+        when its ``.checksum`` sits beside it at CASDA).  A subclass or an instance may
+        replace this method, as with any astroquery module: `download_files` then maps the
+        replacement over its URLs in parallel instead.  ``auth``, ``cache``, ``method``,
+        ``head_safe`` and ``continuation`` are astroquery's arguments; downloads need no
+        credentials (CASDA's links are signed) and always resume.
+
+        Returns
+        -------
+        str
+            ``local_filepath``.
+        """
+        directory, name = os.path.split(os.fspath(local_filepath))
+        paths = self._downloader(1, bool(verbose) and None).download_files(
+            [url], savedir=directory or ".", names={url: name})
+        return paths[0]
+
+    def _download_file_replaced(self):
+        """Whether ``_download_file`` was replaced (on this instance, or by a subclass)."""
+        return "_download_file" in self.__dict__ or type(self)._download_file is not CasdaClass._download_file
+
+    def _download_with_hook(self, urls, savedir, names, workers, executor):
+        """astroquery's loop over ``_download_file``, mapped over the URLs in parallel."""
+        targets = [os.path.join(savedir, safe_filename(names.get(url) or filename_from_url(url), url=url))
+                   for url in urls]
+        pool = executor or ThreadPoolExecutor(max_workers=max(1, int(workers or conf.download_workers)))
+        try:
+            futures = [pool.submit(self._download_file, url, target, timeout=self.TIMEOUT, cache=False)
+                       for url, target in zip(urls, targets)]
+            for future in futures:
+                future.result()
+        finally:
+            if executor is None:
+                pool.shutdown(wait=True)
+        return targets
 
     def download(self, source, savedir=".", *, workers=None, progress=None, executor=None,
                  save_manifest=True, names=None, labels=None, no_wait=False):
@@ -890,6 +982,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                 items.append(item)
         return self._downloader(workers, progress, executor).download(
             items, savedir, names=names, labels=labels, no_wait=no_wait, save_manifest=save_manifest)
+
+
+def _soda_payload(request):
+    """A `SodaRequest`'s parameters as astroquery posts them: one value as a string, several as a list."""
+    return {name: values[0] if len(values) == 1 else values for name, values in request.parameters().items()}
 
 
 def _check_on_error(on_error):
@@ -923,8 +1020,8 @@ def _cone_radius(radius, width, height, polygon):
 
 def _server_text(response):
     """The first line of a server's answer, for error messages."""
-    text = (response.text or "").strip()
-    return text.splitlines()[0][:300] if text else response.reason or ""
+    text = (getattr(response, "text", "") or "").strip()
+    return text.splitlines()[0][:300] if text else getattr(response, "reason", "") or ""
 
 
 def _log_response(response, *args, **kwargs):

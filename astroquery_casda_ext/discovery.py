@@ -368,13 +368,13 @@ def _service_errors(url, service="TAP"):
 
 def _raise_unreachable(exc, url, service):
     raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {describe_failure(exc)}",
-                       url=url) from None
+                       url=url, cause=exc) from None
 
 
 def _raise_http(status, message, url, service):
     if status == 401:
-        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})") \
-            from None
+        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})",
+                              status=status) from None
     shown = f" (HTTP {status})" if status else ""
     raise ServiceError(f"CASDA {service} error{shown} at {redact_url(url)}: {message}", url=url,
                        status=status or None) from None

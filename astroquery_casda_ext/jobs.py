@@ -291,16 +291,22 @@ def _pair_results(results):
 # --- the job --------------------------------------------------------------------------------
 
 def _form(params):
-    """Form fields from ``{name: value or [values]}``: list values become repeated keys."""
+    """Form fields from ``{name: value or [values]}`` (a list value is a repeated key).
+
+    A dict, as astroquery.casda posts its cutout parameters: one value is a string, several
+    a list (requests sends those as repeated keys).
+    """
     if not params:
-        return []
+        return {}
     items = params.items() if hasattr(params, "items") else params
-    fields = []
+    fields = {}
     for name, value in items:
         if value is None:
             continue
-        values = value if isinstance(value, (list, tuple)) else [value]
-        fields += [(str(name), str(item)) for item in values]
+        values = [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+        known = fields.get(str(name), [])
+        merged = (known if isinstance(known, list) else [known]) + values
+        fields[str(name)] = merged[0] if len(merged) == 1 else merged
     return fields
 
 
@@ -376,7 +382,9 @@ class SodaJob:
             The server refused (its message is quoted, tokens removed) or gave no job URL.
         """
         secrets = _token_strings(tokens)
-        form = [("ID", token) for token in secrets] + _form(params)
+        form = [("ID", token) for token in secrets] + [
+            (name, value) for name, values in _form(params).items()
+            for value in (values if isinstance(values, list) else [values])]
         job = cls(session, async_url, timeout=timeout, delete_on_exit=delete_on_exit, request=request,
                   _secrets=secrets)
         job.url = None   # no job yet: errors must not name the async endpoint as one
@@ -415,6 +423,9 @@ class SodaJob:
         return json.dumps({"url": self.url, "job_id": self.job_id, "phase": self.phase})
 
     def _job_url_from(self, async_url, response):
+        if response.url and response.url.rstrip("/") != async_url.rstrip("/") and _JOB_PATH.match(
+                urlsplit(response.url).path):
+            return response.url.rstrip("/")    # the redirect was followed (by a hook, proxy or mock)
         location = response.headers.get("Location")
         if location:
             return urljoin(async_url, location).rstrip("/")
@@ -487,7 +498,7 @@ class SodaJob:
                                             timeout=timeout or self.timeout)
         except requests.RequestException as exc:
             raise JobError(f"{what}: no answer from {redact_url(url)} ({describe_failure(exc)})",
-                           job_url=self.url, phase=self.phase) from exc
+                           job_url=self.url, phase=self.phase, cause=exc) from exc
         status = response.status_code
         if status < 400:
             return response
@@ -499,7 +510,8 @@ class SodaJob:
         elif job_statuses and status == 410:
             kind, text = JobExpiredError, (f"{what} failed: job {self.url} has expired (HTTP 410); "
                                            "stage the data again")
-        raise kind(text, job_url=self.url, phase=self.phase, server_message=message)
+        raise kind(text, job_url=self.url, phase=self.phase, server_message=message, status=status,
+                   response=response)
 
     def _read(self, response):
         try:
@@ -640,8 +652,15 @@ class SodaJob:
         return self._redact(response.text.strip())
 
     def result_urls(self):
-        """astroquery's list: every data file URL followed by its checksum URL."""
-        return [url for item in self.result_files() for url in (item.url, item.checksum_url) if url]
+        """astroquery's list: the URLs of the data files and their checksums, in the job's order.
+
+        CASDA lists each ``.checksum`` before its file; error files are left out.
+        """
+        if not self._document:
+            return []
+        kept = {item.result_id for item in self.result_files()}
+        return [_usable_href(href) for rid, href in self._document.results
+                if href and rid.removesuffix(".checksum") in kept]
 
 
 @dataclass(frozen=True)

@@ -512,7 +512,7 @@ class TapClient:
                                          timeout=self.timeout)
             response.raise_for_status()
         except requests.RequestException as exc:
-            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url) from exc
+            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url, cause=exc) from exc
         return response, url
 
     def _async(self, query, fmt, maxrec):
@@ -549,7 +549,7 @@ class TapClient:
             response = self.session.get(result_url, stream=True, timeout=self.timeout)
             response.raise_for_status()
         except requests.RequestException as exc:
-            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url) from exc
+            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url, cause=exc) from exc
         return response, job_url
 
     def _delete(self, job_url):
