@@ -3,7 +3,7 @@ hermetic environment (no CASDA_* variables, no real keyring)."""
 import pytest
 
 #: Prints one summary line per reliability/security matrix category at the end of a run.
-pytest_plugins = ["tests.matrix_summary"]
+pytest_plugins = ["tests.matrix_summary", "tests.astroquery_suite"]
 
 CASDA_ENV_VARS = ("CASDA_USER", "CASDA_PASSWORD", "CASDA_PASSWD")
 
