@@ -56,6 +56,8 @@ _SODA_JOB = re.compile(r"/data/async/[^/?#]+/?$")
 
 def _transport_bases(status, cause):
     """The `requests` (and astroquery) classes an error made from ``status`` / ``cause`` also is."""
+    if isinstance(cause, CasdaError):
+        return cause._added_bases    # one of ours made from a requests failure: the same bases
     if isinstance(cause, requests.RequestException):
         bases = (type(cause),)
         if isinstance(cause, requests.Timeout):
@@ -323,8 +325,8 @@ def scrub_secrets(text, secrets):
 class DownloadError(CasdaError, OSError):
     """A file could not be downloaded and verified. Retrying the call resumes it."""
 
-    def __init__(self, message, *, url=None, path=None):
-        super().__init__(message)
+    def __init__(self, message, *, url=None, path=None, status=None, cause=None, response=None):
+        super().__init__(message, status=status, cause=cause, response=response)
         self.url = redact_url(url)
         self.path = path
 

@@ -36,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from astropy.io.votable import parse as parse_votable
 from astropy.table import MaskedColumn, Table
 
 from .credentials import AuthSession   # re-exported: the session TapClient is given
-from .discovery import _query_status, _repair_units
+from .discovery import repair_units as _repair_units
+from .documents import StatusScanner, fetch, parse_votable, query_status, relaxed_votable
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
-from .discovery import _result_url, _tap_result_href
-from .jobs import is_final, parse_job_document
+from .jobs import PollPolicy, TapJob
+from .transport import BodyLimitError, Pacing, failure, read_some
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
            "read_casda_csv", "split_select", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
@@ -70,45 +70,6 @@ def _pyarrow():
         raise ImportError("catalogue-scale TAP needs pyarrow: pip install 'astroquery_casda_ext[parquet]'") \
             from None
     return pyarrow
-
-
-# --- the VOTable, with text columns as long as what they hold ------------------------------
-
-_FIELD_TAG = re.compile(rb"<FIELD\b[^>]*>")
-_CHAR_TYPE = re.compile(rb'\bdatatype\s*=\s*["\'](?:char|unicodeChar)["\']')
-_FIXED_SIZE = re.compile(rb'(\barraysize\s*=\s*["\'])\d+(["\'])')
-
-
-def _relax_field(match):
-    tag = match.group()
-    return _FIXED_SIZE.sub(rb"\g<1>*\g<2>", tag) if _CHAR_TYPE.search(tag) else tag
-
-
-def relaxed_votable(source):
-    """Parse a VOTable with its fixed-width text columns read as variable length.
-
-    astropy stores ``char`` FIELDs of ``arraysize="255"`` as 255 four-byte characters per
-    cell, whatever the cell holds; rewriting the arraysize to ``*`` before parsing (the
-    parser has no option for it) keeps each cell as long as its text.
-
-    Parameters
-    ----------
-    source : bytes or iterable of bytes
-        The whole document, or its chunks (joined: astropy's parser needs a seekable file;
-        the raw bytes are a small fraction of what fixed widths would cost).
-
-    Returns
-    -------
-    ``astropy.io.votable.tree.VOTableFile``
-    """
-    data = bytes(source) if isinstance(source, (bytes, bytearray)) else b"".join(source)
-    head_end = data.find(b"<DATA")
-    head_end = len(data) if head_end < 0 else head_end
-    data = _FIELD_TAG.sub(_relax_field, data[:head_end]) + data[head_end:]
-    with warnings.catch_warnings():
-        from astropy.io.votable.exceptions import VOWarning
-        warnings.simplefilter("ignore", VOWarning)
-        return parse_votable(io.BytesIO(data))   # astropy needs a seekable file
 
 
 # --- CASDA's CSV ---------------------------------------------------------------------------
@@ -149,17 +110,23 @@ def _unescape_strings(array):
 
 
 class _BodyReader(io.RawIOBase):
-    """A streamed HTTP body as a file: counts bytes, remembers how it ended, and turns a
-    transfer that breaks off into `IncompleteResultError`."""
+    """A streamed HTTP body as a file: counts bytes, keeps to the streams' pacing rule
+    (`~astroquery_casda_ext.transport.Pacing.for_streams`: a trickle ends), remembers how it
+    ended, and turns a transfer that breaks off into `IncompleteResultError`."""
 
-    def __init__(self, response, url, progress=None):
-        self._chunks = response.iter_content(_CHUNK)
+    def __init__(self, response, url, progress=None, pacing=None):
+        self._raw = response.raw
         self._url = url
         self._buffer = b""
         self._offset = 0            # into _buffer: slicing a 1 MB chunk per small read would copy it
         self.bytes_read = 0
         self.tail = b""
         self.progress = progress
+        self._pacing = pacing or Pacing.for_streams()
+        self._started = _time.monotonic()
+
+    def _elapsed(self):
+        return _time.monotonic() - self._started
 
     def readable(self):
         return True
@@ -168,7 +135,12 @@ class _BodyReader(io.RawIOBase):
         if self._offset >= len(self._buffer):
             self._buffer, self._offset = b"", 0
             try:
-                self._buffer = next(self._chunks, b"")
+                self._buffer = read_some(self._raw, self._pacing, self.bytes_read, self._elapsed, size=_CHUNK,
+                                         decode_content=True)
+            except BodyLimitError as exc:
+                raise IncompleteResultError(
+                    f"CASDA's TAP answer from {redact_url(self._url)}: {exc.why}; stopped, nothing was kept",
+                    url=self._url) from None
             except (requests.RequestException, OSError) as exc:
                 raise IncompleteResultError(
                     f"CASDA's TAP answer from {redact_url(self._url)} broke off after {self.bytes_read:,} "
@@ -506,55 +478,61 @@ class TapClient:
         return params
 
     def _sync(self, query, fmt, maxrec):
+        """The streamed answer of a synchronous query: (response, URL)."""
         url = self.tap_url + "/sync"
         try:
             response = self.session.post(url, data=self._params(query, fmt, maxrec), stream=True,
                                          timeout=self.timeout)
-            response.raise_for_status()
         except requests.RequestException as exc:
-            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url, cause=exc) from exc
+            raise failure(exc, url=url, what="CASDA TAP query") from exc
+        if response.status_code >= 400:
+            with response:
+                raise failure(url=url, what="CASDA TAP query", response=response)
         return response, url
 
-    def _async(self, query, fmt, maxrec):
-        """Submit, run and wait for an async job; (result response, job URL)."""
-        url = self.tap_url + "/async"
+    def _job(self, query, fmt, maxrec):
+        """An async job for ``query``, run to its end (`~astroquery_casda_ext.jobs.TapJob`)."""
+        job = TapJob.create(self.session, self.tap_url, self._params(query, fmt, maxrec), timeout=self.timeout)
         try:
-            created = self.session.post(url, data=self._params(query, fmt, maxrec), allow_redirects=False,
-                                        timeout=self.timeout)
-            created.raise_for_status()
-            job_url = created.headers.get("Location")
-            if created.status_code != 303 or not job_url:
-                raise ServiceError(f"CASDA's TAP did not create a job (HTTP {created.status_code})", url=url,
-                                   status=created.status_code)
-            job_url = job_url.rstrip("/")
-            self.session.post(job_url + "/phase", data={"PHASE": "RUN"}, allow_redirects=False,
-                              timeout=self.timeout).raise_for_status()
-            deadline, delay = _time.monotonic() + self.job_timeout, self.poll_first
-            while True:
-                answer = self.session.get(job_url, timeout=self.timeout)
-                answer.raise_for_status()
-                document = parse_job_document(answer.content)
-                if is_final(document.phase):
-                    break
-                if _time.monotonic() + delay > deadline:
-                    raise ServiceError(f"TAP job {redact_url(job_url)} still {document.phase} after "
-                                       f"{self.job_timeout:g} s", url=job_url)
-                self._sleep(delay)
-                delay = min(self.poll_cap, delay * 1.5)
-            if document.phase != "COMPLETED":
-                message = (document.error_summary or f"the job ended {document.phase}").strip()
-                message = message[len("Query Error: "):] if message.startswith("Query Error: ") else message
-                raise QueryError(f"CASDA TAP query failed: {message}", url=job_url, server_message=message)
-            result_url = _result_url(_tap_result_href(document), job_url)
-            response = self.session.get(result_url, stream=True, timeout=self.timeout)
-            response.raise_for_status()
+            job.run()
+            job.wait(PollPolicy(first=self.poll_first, cap=self.poll_cap, timeout=self.job_timeout),
+                     sleep=self._sleep)
+            job.raise_if_error()
+        except BaseException:
+            job.discard()
+            raise
+        return job
+
+    def _async(self, query, fmt, maxrec):
+        """Submit, run and wait for an async job; (streamed result response, job URL)."""
+        job = self._job(query, fmt, maxrec)
+        url = job.result_url()
+        try:
+            response = self.session.get(url, stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise ServiceError(f"CASDA TAP at {redact_url(url)} failed: {exc}", url=url, cause=exc) from exc
-        return response, job_url
+            job.discard()
+            raise failure(exc, url=url, what="reading the TAP job's result") from exc
+        if response.status_code >= 400:
+            job.discard()
+            with response:
+                raise failure(url=url, what="reading the TAP job's result", response=response)
+        return response, job.url
+
+    def _document(self, query, maxrec, async_job):
+        """The whole VOTable answer of ``query`` (metadata, small tables), read by the one reader."""
+        if not async_job:
+            url = self.tap_url + "/sync"
+            return fetch(self.session, "POST", url, what="CASDA TAP query", table=True,
+                         data=self._params(query, "votable", maxrec), timeout=self.timeout)
+        job = self._job(query, "votable", maxrec)
+        try:
+            return fetch(self.session, "GET", job.result_url(), what="reading the TAP job's result", table=True,
+                         timeout=self.timeout)
+        finally:
+            job.discard()
 
     def _delete(self, job_url):
-        with contextlib.suppress(requests.RequestException):   # good manners; failing is harmless
-            self.session.delete(job_url, allow_redirects=False, timeout=self.timeout)
+        TapJob(self.session, job_url, timeout=self.timeout).discard()   # good manners; failing is harmless
 
     # --- metadata
 
@@ -569,16 +547,11 @@ class TapClient:
         QueryError
             CASDA refused the query (its ``QUERY_STATUS=ERROR`` text is kept).
         """
-        response, url = self._async(query, "votable", 0) if async_job else self._sync(query, "votable", 0)
-        try:
-            with response:
-                votable = relaxed_votable(response.iter_content(_CHUNK))
-        finally:
-            if async_job:
-                self._delete(url)
-        status, message = _query_status(votable)
+        document = self._document(query, 0, async_job)
+        votable = parse_votable(document, what="CASDA TAP metadata", relaxed=True)
+        status, message = query_status(votable)
         if status == "ERROR":
-            raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
+            raise QueryError(f"CASDA TAP query failed: {message}", url=document.url, server_message=message)
         template, fields = _fields_of(votable)
         return template, _arrow_schema(fields)
 
@@ -611,6 +584,8 @@ class TapClient:
                     progress.update(rows=rows)
                 if batch.num_rows:
                     yield batch
+                if truncated:
+                    break   # MAXREC + 1 rows were asked for: more than that is never read (an endless answer)
         except _pyarrow().ArrowInvalid as exc:
             if body.tail != b"\r\n":     # a last row cut short fails to parse before we see the end
                 raise IncompleteResultError(
@@ -620,7 +595,9 @@ class TapClient:
                                url=url) from exc
         finally:
             paced.release()
-        if body.bytes_read > len(header) and body.tail != b"\r\n":
+            if hasattr(batches, "close"):
+                batches.close()
+        if not truncated and body.bytes_read > len(header) and body.tail != b"\r\n":
             raise IncompleteResultError(f"CASDA's TAP answer from {redact_url(url)} broke off mid-row after "
                                         f"{body.bytes_read:,} bytes; nothing was kept: run the query again",
                                         url=url)
@@ -672,22 +649,11 @@ class TapClient:
 
     def votable_table(self, query, *, maxrec=None, async_job=False):
         """The result through CASDA's VOTable, text columns relaxed to variable length."""
-        if async_job:
-            response, url = self._async(query, "votable", maxrec)
-        else:
-            response, url = self._sync(query, "votable", maxrec)
-        try:
-            with response:
-                votable = relaxed_votable(response.iter_content(_CHUNK))
-        except (requests.RequestException, OSError) as exc:
-            raise IncompleteResultError(f"CASDA's VOTable from {redact_url(url)} broke off ({exc}): run the "
-                                        "query again", url=url) from exc
-        finally:
-            if async_job:
-                self._delete(url)
-        status, message = _query_status(votable)
+        document = self._document(query, maxrec, async_job)
+        votable = parse_votable(document, what="CASDA TAP query", relaxed=True)
+        status, message = query_status(votable)
         if status == "ERROR":
-            raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
+            raise QueryError(f"CASDA TAP query failed: {message}", url=document.url, server_message=message)
         table = _repair_units(_fields_of(votable)[0])
         table.meta["complete"] = status != "OVERFLOW"
         if status == "OVERFLOW":
@@ -760,12 +726,14 @@ class TapClient:
         return rows, bytes_read, self._warn_if_cut(rows, truncated, maxrec)
 
     def _stream_votable(self, query, temporary, maxrec, async_job, meter):
-        """CASDA's VOTable copied as it arrives; its QUERY_STATUS read from the head and tail."""
+        """CASDA's VOTable copied as it arrives; its QUERY_STATUS found wherever it is (an ERROR
+        met while writing rows comes after ``</TABLE>``), its rows bounded by ``maxrec``."""
         if async_job:
             response, url = self._async(query, "votable", maxrec)
         else:
             response, url = self._sync(query, "votable", maxrec)
-        head, tail, rows = b"", b"", 0
+        limit = self._limit(maxrec)
+        tail, rows, status = b"", 0, StatusScanner()
         try:
             with response, open(temporary, "xb") as sink:
                 body = _BodyReader(response, url, meter)
@@ -775,21 +743,24 @@ class TapClient:
                         break
                     sink.write(chunk)
                     rows += (tail[-2:] + chunk).count(b"<TR")    # a "<TR" may straddle two chunks
-                    head = head if len(head) >= 65536 else (head + chunk)[:65536]
+                    status.feed(chunk)
                     tail = (tail + chunk)[-4096:]
                     if meter is not None:
                         meter.update(rows=rows)
+                    if rows > limit:
+                        raise IncompleteResultError(
+                            f"CASDA's VOTable from {redact_url(url)} went on past MAXREC={limit:,} rows; stopped, "
+                            "nothing was kept", url=url)
         finally:
             if async_job:
                 self._delete(url)
-        error = re.search(rb'QUERY_STATUS"\s+value="ERROR"\s*>([^<]*)<', head)
-        if error:
-            message = error.group(1).decode("utf-8", "replace").strip()
+        state, message = status.status
+        if state == "ERROR":
             raise QueryError(f"CASDA TAP query failed: {message}", url=url, server_message=message)
         if not tail.rstrip().endswith(b"</VOTABLE>"):
             raise IncompleteResultError(f"CASDA's VOTable from {redact_url(url)} broke off; nothing was kept",
                                         url=url)
-        complete = b'value="OVERFLOW"' not in tail
+        complete = state != "OVERFLOW"
         if not complete:
             warnings.warn(IncompleteResultWarning("CASDA's TAP stopped at MAXREC: there are more rows"),
                           stacklevel=4)

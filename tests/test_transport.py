@@ -152,7 +152,9 @@ def test_a_persistent_503_while_polling_ends_with_the_job_url_and_how_to_resume(
     with pytest.raises(JobError, match="503") as info:
         job.wait()
     error = info.value
-    assert type(error) is JobError and error.job_url == job.url and error.job_urls == [job.url]
+    assert type(error).__name__ == "JobError" and isinstance(error, JobError)    # the plain kind...
+    assert isinstance(error, requests.HTTPError)      # ...made from an HTTP 503, as raise_for_status would
+    assert error.job_url == job.url and error.job_urls == [job.url]
     assert f"Casda.load_job('{job.url}')" in str(error)
     polls = [entry for entry in emulator.request_log[start:] if entry.path.endswith(job.job_id)]
     assert [entry.status for entry in polls] == [503] * 6      # one look, five retries: no second loop
