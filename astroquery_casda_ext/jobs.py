@@ -487,7 +487,9 @@ class UwsJob:
         """Raise `JobFailedError` (with the errorSummary) if the job ended in ERROR or ABORTED."""
         if self.phase in ("ERROR", "ABORTED"):
             summary = self.error_summary or "the server gave no error summary"
-            raise JobFailedError(f"job {self.url} ended {self.phase}: {summary}", job_url=self.url,
+            # astroquery.casda's words first (code written for it matches on them)
+            raise JobFailedError(f"Data staging job did not complete successfully. Status was {self.phase}. "
+                                 f"Job {self.url} ended {self.phase}: {summary}", job_url=self.url,
                                  phase=self.phase, server_message=self.error_summary)
         if self.phase in _ALSO_FINAL:
             raise JobExpiredError(f"job {self.url} is {self.phase}: its results were deleted; "
@@ -882,7 +884,7 @@ class JobBatch:
         if on_error == "keep" or not jobs:
             kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
             return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],
-                                      server_message=exc.server_message)
+                                      server_message=exc.server_message, cause=exc)
         left = []
         for job in jobs:
             try:
@@ -893,7 +895,7 @@ class JobBatch:
         tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
                 if left else f"; the {len(jobs)} job(s) already made were aborted")
         return JobSubmissionError(what + tail, jobs=jobs, job_urls=[job.url for job in jobs],
-                                  server_message=exc.server_message)
+                                  server_message=exc.server_message, cause=exc)
 
     def finish(self, policy=None, *, verbose=False, sleep=time.sleep, clock=time.monotonic):
         """Wait for every job (`wait_all`), raise the first failure naming every job of the
