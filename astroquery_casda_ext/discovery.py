@@ -30,6 +30,7 @@ from .errors import InvalidInputError, InvalidTableError, NotLoggedInError, Quer
 from .jobs import PollPolicy, TapJob
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
+from .tables import own_width_text
 
 __all__ = ["Discovery", "parse_sia2", "table_of", "repair_units", "SIA2_DATAPRODUCT_TYPES"]
 
@@ -237,7 +238,7 @@ def parse_sia2(content, *, dataproduct_subtype=None):
 
 
 def _votable_table(content, service):
-    return table_of(parse_votable(content, what=f"CASDA's {service} answer"), service)
+    return table_of(parse_votable(content, what=f"CASDA's {service} answer", relaxed=True), service)
 
 
 def table_of(votable, service, *, url=None):
@@ -255,7 +256,9 @@ def table_of(votable, service, *, url=None):
     resources = [res for res in votable.resources if res.tables]
     if not resources:
         raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
-    table = resources[0].tables[0].to_table(use_names_over_ids=True)
+    # read relaxed (see parse_votable): text columns declared with a width get their longest value's
+    table = own_width_text(resources[0].tables[0].to_table(use_names_over_ids=True),
+                           getattr(votable, "fixed_width_text", ()))
     if status == "OVERFLOW":
         _warn_overflow(table, service)
     return repair_units(table)
@@ -373,7 +376,7 @@ class Discovery:
         url = self.endpoints.proxy_sia2_url if authenticated else self.endpoints.sia2_url
         document = fetch(self._session_for(authenticated), "GET", url, what="CASDA SIA2 query", table=True,
                          params=payload, timeout=self.timeout)
-        table = table_of(parse_votable(document, what="CASDA SIA2 query"), "SIA2", url=url)
+        table = table_of(parse_votable(document, what="CASDA SIA2 query", relaxed=True), "SIA2", url=url)
         return table if dataproduct_subtype is None else _filter_subtypes(table, dataproduct_subtype)
 
     # --- TAP ------------------------------------------------------------------------------
@@ -445,7 +448,7 @@ class Discovery:
             url = base + "/sync"
             document = fetch(session, "POST", url, what="CASDA TAP query", table=True, data=params,
                              timeout=self.timeout)
-            return table_of(parse_votable(document, what="CASDA TAP query"), "TAP", url=url)
+            return table_of(parse_votable(document, what="CASDA TAP query", relaxed=True), "TAP", url=url)
         job = TapJob.create(session, base, params, timeout=self.timeout)
         try:
             job.run()
@@ -454,7 +457,7 @@ class Discovery:
             url = job.result_url()
             document = fetch(session, "GET", url, what="reading the TAP job's result", table=True,
                              timeout=self.timeout)
-            return table_of(parse_votable(document, what="CASDA TAP query"), "TAP", url=url)
+            return table_of(parse_votable(document, what="CASDA TAP query", relaxed=True), "TAP", url=url)
         finally:
             job.discard()   # good manners (CASDA keeps finished jobs for 12 h); failing to is harmless
 

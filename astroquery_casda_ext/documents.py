@@ -196,15 +196,24 @@ _CHAR_TYPE = re.compile(rb'\bdatatype\s*=\s*["\'](?:char|unicodeChar)["\']')
 _FIXED_SIZE = re.compile(rb'(\barraysize\s*=\s*["\'])\d+(["\'])')
 
 
-def _relax_field(match):
-    tag = match.group()
-    return _FIXED_SIZE.sub(rb"\g<1>*\g<2>", tag) if _CHAR_TYPE.search(tag) else tag
+_NAME = re.compile(rb'\bname\s*=\s*["\']([^"\']*)["\']')
 
 
 def _relaxed(data):
+    """``data`` with its fixed-width text FIELDs made variable length, and their names."""
     head_end = data.find(b"<DATA")
     head_end = len(data) if head_end < 0 else head_end
-    return _FIELD_TAG.sub(_relax_field, data[:head_end]) + data[head_end:]
+    fixed = []
+
+    def relax(match):
+        tag = match.group()
+        if not (_CHAR_TYPE.search(tag) and _FIXED_SIZE.search(tag)):
+            return tag
+        name = _NAME.search(tag)
+        if name:
+            fixed.append(name.group(1).decode("utf-8", "replace"))
+        return _FIXED_SIZE.sub(rb"\g<1>*\g<2>", tag)
+    return _FIELD_TAG.sub(relax, data[:head_end]) + data[head_end:], tuple(fixed)
 
 
 def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, relaxed=False, url=None,
@@ -217,6 +226,8 @@ def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, r
     relaxed : bool
         Read fixed-width text columns (``arraysize="255"``) as variable length, so each
         cell costs what it holds (astropy has no option for it: the FIELDs are rewritten).
+        Their names are kept as the result's ``fixed_width_text`` attribute, for
+        `~astroquery_casda_ext.tables.own_width_text`.
     warn : bool
         Let astropy's VOTable warnings reach the caller (as astroquery.casda does for DataLink
         documents) instead of silencing them; a warning the caller's filters turn into an
@@ -231,12 +242,12 @@ def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, r
         source.encode() if isinstance(source, str) else bytes(source)
     url = source.url if isinstance(source, Document) else url
     _refuse_entities(content, what, kind, url, details)
-    data = _relaxed(content) if relaxed else content
+    data, fixed = _relaxed(content) if relaxed else (content, ())
     with warnings.catch_warnings():
         if not warn:
             warnings.simplefilter("ignore", VOWarning)
         try:
-            return _astropy_parse(io.BytesIO(data), verify="warn")
+            votable = _astropy_parse(io.BytesIO(data), verify="warn")
         except Exception as exc:   # expat, astropy and numpy raise unrelated types for bad input
             if isinstance(exc, Warning) and not isinstance(exc, ValueError):
                 raise   # a warning (W50...) the caller's filters made an error stays what it is
@@ -244,6 +255,8 @@ def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, r
             where = f" from {redact_url(url)}" if url else ""
             raise _make(kind, f"{what}: the answer{where} is not a VOTable ({type(exc).__name__}: "
                               f"{squeeze(str(exc), 200)}): {snippet!r}", url, snippet, details) from None
+    votable.fixed_width_text = fixed
+    return votable
 
 
 def relaxed_votable(source):

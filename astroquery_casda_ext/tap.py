@@ -44,6 +44,7 @@ from .documents import StatusScanner, fetch, parse_votable, query_status, relaxe
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
 from .jobs import PollPolicy, TapJob
+from .tables import numpy_text, own_width_text
 from .transport import BodyLimitError, Pacing, failure, read_some
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
@@ -213,12 +214,13 @@ class _PacedReader(io.BufferedReader):
 
 
 def _fields_of(votable):
-    """(astropy Table with no rows, list of FIELDs) of a parsed result VOTable."""
+    """(astropy Table, list of FIELDs) of a parsed (relaxed) result VOTable; text columns
+    declared with a width are ``U`` at their longest value, the others objects."""
     resources = [res for res in votable.resources if res.tables]
     if not resources:
         raise ServiceError("CASDA's TAP answer has no result table")
     table = resources[0].tables[0]
-    return table.to_table(use_names_over_ids=True), list(table.fields)
+    return own_width_text(table.to_table(use_names_over_ids=True), votable.fixed_width_text), list(table.fields)
 
 
 def _arrow_schema(fields):
@@ -262,10 +264,12 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
 
 def astropy_table(arrow_table, template):
     """An astropy Table from an arrow table, with the metadata of ``template`` (the
-    VOTable path's empty table): same names, dtypes, units, descriptions and masks."""
+    VOTable path's empty table): same names, units, descriptions and masks, and the same
+    dtypes but for text, at its longest value (`~astroquery_casda_ext.tables.numpy_text`)."""
     columns = []
-    for name, column in zip(template.colnames, arrow_table.columns):
+    for index, name in enumerate(template.colnames):
         like = template[name]
+        column = arrow_table.column(index)
         array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
         mask = array.is_null().to_numpy(zero_copy_only=False)
         if like.dtype.kind == "f":
@@ -273,11 +277,13 @@ def astropy_table(arrow_table, template):
         elif like.dtype.kind in "iub":
             data = array.fill_null(False if like.dtype.kind == "b" else 0).to_numpy(zero_copy_only=False)
         else:
-            data = array.to_numpy(zero_copy_only=False).astype(object)
-        columns.append(MaskedColumn(data.astype(like.dtype, copy=False), mask=mask, name=name,
+            data = numpy_text(array, fixed=like.dtype.kind == "U")
+        del array, column
+        columns.append(MaskedColumn(data.astype(like.dtype, copy=False) if like.dtype.kind not in "UO" else data,
+                                    mask=mask, name=name,
                                     unit=like.unit, description=like.description, format=like.format,
                                     meta=like.meta))
-    return Table(columns, meta=dict(template.meta))
+    return Table(columns, meta=dict(template.meta), copy=False)
 
 
 # --- progress --------------------------------------------------------------------------------

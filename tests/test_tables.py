@@ -1,0 +1,100 @@
+"""Every Table the package returns holds its text at the data's own width, and is otherwise
+pyvo's Table: the same values, masks, units and dtype kinds.  Over real HTTP (the emulator),
+pyvo reading the same answers as the baseline."""
+import numpy as np
+import pyarrow as pa
+import pytest
+import pyvo
+from astropy.table import Table
+
+from astroquery_casda_ext import CasdaClass, core
+from astroquery_casda_ext.discovery import table_of
+from astroquery_casda_ext.documents import parse_votable
+from astroquery_casda_ext.tables import numpy_text
+
+OBSCORE = "SELECT * FROM ivoa.obscore"
+
+
+def assert_pyvos_table_at_own_width(ours, pyvos):
+    assert ours.colnames == pyvos.colnames and len(ours) == len(pyvos) > 0
+    for name in pyvos.colnames:
+        mine, theirs = ours[name], pyvos[name]
+        assert mine.dtype.kind == theirs.dtype.kind, name
+        assert str(mine.unit) == str(theirs.unit), name
+        assert np.array_equal(np.ma.getmaskarray(mine), np.ma.getmaskarray(theirs)), name
+        shown = ~np.ma.getmaskarray(theirs)
+        if theirs.dtype.kind == "f":
+            assert np.allclose(np.ma.getdata(mine)[shown], np.ma.getdata(theirs)[shown], rtol=0, atol=0,
+                               equal_nan=True), name
+        else:
+            assert list(np.ma.getdata(mine)[shown]) == list(np.ma.getdata(theirs)[shown]), name
+        if theirs.dtype.kind == "U":
+            longest = max((len(value) for value in np.ma.getdata(theirs)), default=0)
+            assert mine.dtype.itemsize == 4 * max(1, longest), f"{name} is not at its longest value"
+            assert mine.dtype.itemsize <= theirs.dtype.itemsize
+
+
+@pytest.fixture
+def pyvo_tap(emulator):
+    return pyvo.dal.TAPService(emulator.url + "casda_vo_tools/tap")
+
+
+@pytest.mark.parametrize("how", [{}, {"result_format": "votable"}, {"cache": True}], ids=["default", "votable",
+                                                                                         "cached"])
+def test_query_tap_is_pyvos_table_at_its_own_width(emulator, pyvo_tap, how, tmp_path):
+    client = CasdaClass(server=emulator.url)
+    client.cache_location = tmp_path
+    ours = client.query_tap(OBSCORE, maxrec=500, **how)
+    assert_pyvos_table_at_own_width(ours, pyvo_tap.run_sync(OBSCORE, maxrec=500).to_table())
+    assert ours["access_url"].dtype.itemsize < 2000 * 4 // 10      # declared U2000
+
+
+def test_the_default_asks_for_csv_and_without_pyarrow_reads_the_votable(emulator, pyvo_tap, monkeypatch):
+    client = CasdaClass(server=emulator.url)
+    start = len(emulator.request_log)
+    client.query_tap(OBSCORE, maxrec=50)
+    sent = [entry for entry in emulator.request_log[start:] if entry.path.endswith("tap/sync")]
+    assert len(sent) == 2      # the FIELDs (MAXREC=0), then CASDA's CSV
+    monkeypatch.setattr(core, "_pyarrow_installed", lambda: False)
+    start = len(emulator.request_log)
+    ours = client.query_tap(OBSCORE, maxrec=50)
+    assert len([e for e in emulator.request_log[start:] if e.path.endswith("tap/sync")]) == 1
+    assert_pyvos_table_at_own_width(ours, pyvo_tap.run_sync(OBSCORE, maxrec=50).to_table())
+
+
+def test_query_region_is_pyvos_sia2_table_at_its_own_width(emulator):
+    client = CasdaClass(server=emulator.url)
+    ours = client.query_region("187.5 -45.0", radius="3 deg", cache=False)
+    pyvos = pyvo.dal.sia2.SIA2Query(emulator.url + "casda_vo_tools/sia2/query", pos=(187.5, -45.0, 3.0)).execute()
+    assert_pyvos_table_at_own_width(ours, pyvos.to_table())
+
+
+def test_catalogue_helpers_return_text_at_its_own_width(emulator, pyvo_tap):
+    client = CasdaClass(server=emulator.url)
+    ours = client.query_sbid_images(609, subtypes=None)
+    pyvos = pyvo_tap.run_sync("SELECT * FROM ivoa.obscore WHERE obs_id = '609' AND dataproduct_type = 'cube'")
+    assert_pyvos_table_at_own_width(Table(ours, copy=False), pyvos.to_table())
+
+
+VARIABLE_AND_FIXED = b"""<?xml version="1.0"?>
+<VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE type="results"><TABLE>
+<FIELD name="fixed" datatype="char" arraysize="255"/><FIELD name="free" datatype="char" arraysize="*"/>
+<FIELD name="n" datatype="int"/>
+<DATA><TABLEDATA><TR><TD>&lt;ab&gt;</TD><TD>x</TD><TD>1</TD></TR><TR><TD>\xc3\xa9t\xc3\xa9</TD><TD/><TD/></TR>
+</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"""
+
+
+def test_declared_widths_shrink_and_variable_text_stays_objects_as_pyvo_gives_it():
+    ours = table_of(parse_votable(VARIABLE_AND_FIXED, relaxed=True), "TAP")
+    theirs = parse_votable(VARIABLE_AND_FIXED).get_first_table().to_table()
+    assert (ours["fixed"].dtype, theirs["fixed"].dtype) == (np.dtype("U4"), np.dtype("U255"))
+    assert ours["free"].dtype.kind == theirs["free"].dtype.kind == "O"
+    assert list(ours["fixed"]) == ["<ab>", "été"] and list(ours["n"].mask) == [False, True]
+
+
+@pytest.mark.parametrize("values", [["a", "", "abc"], ["é", "ab"], [], ["x" * 3000]])
+def test_numpy_text_is_as_wide_as_its_longest_value(values):
+    array = numpy_text(pa.array(values, pa.string()))
+    assert list(array) == values
+    assert array.dtype == np.dtype(f"U{max([len(v) for v in values] + [1])}")
+    assert list(numpy_text(pa.array(values, pa.string()).slice(1))) == values[1:]   # an offset view
