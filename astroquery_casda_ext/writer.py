@@ -42,8 +42,8 @@ API
 ``refuse_link(path)``, ``is_regular_file(path)``
     The link-safe primitives downloads use for their resumable ``.part`` files (whose
     claim is the folder lock and the run's `~astroquery_casda_ext.download.Claims`).
-``plain_text(text)``
-    Server text made safe to show in a terminal (control characters escaped).
+``plain_text(text)`` (from `astroquery_casda_ext.errors`)
+    Server text made safe for a line-based file or a terminal (control characters escaped).
 """
 import contextlib
 import errno
@@ -59,14 +59,15 @@ import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError, redact_url
+from .errors import (FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError,
+                     plain_text, redact_url)
 
 try:
     import fcntl
 except ImportError:   # Windows: filelock's msvcrt locking for folders; O_EXCL alone for claims
     fcntl = None
 
-__all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved", "plain_text",
+__all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved",
            "RESERVED_NAMES", "RESERVED_SUFFIXES", "MANIFEST_NAME", "LOCK_NAME", "PARTITION_MANIFEST_NAME"]
 
 log = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -126,26 +127,6 @@ def refuse_reserved(name, *, url=None, source="the server's"):
             f"itself (its manifests, folder lock and temporaries: {', '.join(RESERVED_NAMES)}, "
             f"*{', *'.join(RESERVED_SUFFIXES)}, .casda*)", url=url)
     return name
-
-
-# --- terminal text ------------------------------------------------------------------------------
-
-# C0 and C1 controls, DEL, and the line/paragraph separators; tab and newline are kept as text.
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def plain_text(text):
-    """Server text made safe to print: control characters shown as escapes, never obeyed.
-
-    ESC sequences (colours, cursor moves, window titles, OSC 8 links), other C0/C1
-    controls, DEL, bidirectional overrides and Unicode line separators become ``\\x1b``,
-    ``\\u202e``... so a server's message can neither rewrite the terminal nor hide part of
-    itself.  Tab and newline are kept.  ``None`` stays ``None``.
-    """
-    if text is None:
-        return None
-    text = str(text)
-    return _TERMINAL_UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
 # --- link-safe primitives -----------------------------------------------------------------------
