@@ -882,6 +882,7 @@ class TapClient:
         schema = self.metadata(manifest.queries[0], async_job=True)[1]
         manifest.check_columns(schema)
         todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
+        manifest.forget(todo)      # a part not verified is not finished, whatever an earlier run wrote
         resumed = len(manifest.queries) - len(todo)
         show = sys.stderr.isatty() if progress is None else progress
         own = executor is None
@@ -1181,6 +1182,11 @@ class _Manifest:
         with os.fdopen(fd, "rb") as stream:
             digest, size = _sha256(stream)
         return (digest, size) == (entry["sha256"], entry["bytes"])
+
+    def forget(self, indices):
+        """Drop the entries of parts about to be written again (saved with the next part)."""
+        for index in indices:
+            self.data["written"].pop(str(index), None)
 
     def done(self, index, written):
         self.data["written"][str(index)] = {"rows": written.rows, "bytes": written.size,

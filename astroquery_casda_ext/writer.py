@@ -281,16 +281,18 @@ def _claim(path):
     flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | _BINARY
     for _ in range(5):      # only a claim renamed away under us, again and again, repeats
         try:
-            fd = os.open(temporary, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fd, created = os.open(temporary, flags | os.O_CREAT | os.O_EXCL, 0o644), True
         except FileExistsError:
             try:
-                fd = _open_existing(temporary, flags)
+                fd, created = _open_existing(temporary, flags), False
             except FileNotFoundError:
                 continue          # the holder just finished: claim again
         _own_plain_file(fd, temporary)
         try:
             taken = _flock(fd, temporary, f"{path.name!r}")
         except BaseException:
+            if created and same_file(fd, temporary):
+                os.unlink(temporary)      # no lock to be had here: leave nothing behind
             os.close(fd)
             raise
         if not taken:
@@ -425,17 +427,25 @@ class FolderLock:
     def _try(self):
         if fcntl is None:
             return self._try_filelock()
+        flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+            try:
+                fd, created = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                fd, created = os.open(self.path, flags), False
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafeFilenameError(f"{self.path} is a symbolic link; the folder cannot be locked",
                                           path=str(self.path)) from None
+            if isinstance(exc, FileNotFoundError) and os.path.isdir(self.path.parent):
+                return False      # removed by its holder between our two opens: try again
             raise LockUnavailableError(f"cannot lock the folder {self.path.parent}: {exc}",
                                        path=str(self.path.parent)) from None
         try:
             taken = _flock(fd, self.path, "the folder")
         except BaseException:
+            if created and same_file(fd, self.path):
+                os.unlink(self.path)      # no lock to be had here: leave nothing behind
             os.close(fd)
             raise
         if not taken:
