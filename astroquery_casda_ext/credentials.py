@@ -376,7 +376,7 @@ class AuthSession:
     the shared session itself never carries credentials and no other host sees them.
     pyvo (through ``discovery.py``) and the catalogue-scale TAP client (``tap.py``) are
     both handed one.  Pickled (for a process pool or dask workers), it arrives with the
-    session guarded again (`guard_session`): the redirect guard is not lost on the way.
+    session guarded again (``guard_session``): the redirect guard is not lost on the way.
     """
 
     def __init__(self, session, auth=None):

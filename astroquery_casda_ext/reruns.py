@@ -11,7 +11,7 @@ sources that are missing.
 The downloader fetches files under CASDA's names; they are then renamed to their stable
 names (one rename each).  When the downloader takes caller-chosen names itself, the
 rename step goes and `stable_name` is passed to it instead.  Renames go through the package's
-one writer (`~astroquery_casda_ext.writer.place`): a link at a stable name is refused.
+one writer (``writer.place``): a link at a stable name is refused.
 """
 import os
 import re

@@ -17,11 +17,11 @@ command line's ``-o FILE`` and plots are all written here, under one set of rule
   ``link`` then ``unlink``, which cannot replace a file that appeared meanwhile.
 - **No silent overwrite.**  An output that exists is refused unless the caller passed
   ``overwrite=True``.
-- **Reserved names.**  The names the package itself uses (`RESERVED_NAMES`: the
+- **Reserved names.**  The names the package itself uses (``RESERVED_NAMES``: the
   download manifest, the folder lock, the partition manifest; and every name ending in
-  `RESERVED_SUFFIXES` or starting with ``.casda``) are refused wherever a name comes from
-  a server or a caller (`refuse_reserved`): the URL path, ``Content-Disposition``, an
-  explicit name.
+  ``RESERVED_SUFFIXES`` or starting with ``.casda`` or ``casda_manifest``) are refused
+  wherever a name comes from a server or a caller (`refuse_reserved`): the URL path,
+  ``Content-Disposition``, an explicit name.
 - **Locks that cannot be taken are errors.**  Where the file system refuses ``flock``
   (NFS without lockd, Lustre mounted ``noflock``: ``ENOLCK``, ``EOPNOTSUPP``,
   ``ENOSYS``), `~astroquery_casda_ext.errors.LockUnavailableError` names the folder at
@@ -38,11 +38,10 @@ API
     One writer per folder (downloads, partitioned TAP outputs), across processes and hosts.
 ``refuse_reserved(name, *, url=None, source=...)``, ``is_reserved(name)``
     The reserved-name check.
-``open_part(path)``, ``same_file(fd, path)``, ``place(source, target, *, replace)``,
-``refuse_link(path)``, ``is_regular_file(path)``
+``open_part``, ``same_file``, ``place``, ``refuse_link``, ``is_regular_file``
     The link-safe primitives downloads use for their resumable ``.part`` files (whose
     claim is the folder lock and the run's `~astroquery_casda_ext.download.Claims`).
-``plain_text(text)`` (from `astroquery_casda_ext.errors`)
+``plain_text(text)`` (from ``astroquery_casda_ext.errors``)
     Server text made safe for a line-based file or a terminal (control characters escaped).
 """
 import contextlib
@@ -110,12 +109,12 @@ def is_reserved(name):
 
 
 def refuse_reserved(name, *, url=None, source="the server's"):
-    """Return ``name``, or raise `UnsafeFilenameError` if it is a reserved name.
+    """Return ``name``, or raise `~astroquery_casda_ext.errors.UnsafeFilenameError` if it is reserved.
 
     Parameters
     ----------
     name : str
-        A plain file name (already checked by ``download.naming.safe_filename``).
+        A plain file name (already checked by `~astroquery_casda_ext.download.safe_filename`).
     url : str, optional
         Where the name came from (named, redacted, in the message).
     source : str
@@ -140,7 +139,7 @@ def is_regular_file(path):
 
 
 def refuse_link(path):
-    """Raise `UnsafeFilenameError` if ``path`` is a symbolic link or not a regular file."""
+    """Raise `~astroquery_casda_ext.errors.UnsafeFilenameError` if ``path`` is a link or not a regular file."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -198,7 +197,7 @@ def place(source, target, *, replace):
     """Rename ``source`` to ``target`` in one directory, never through or over a link.
 
     With ``replace`` an existing regular file at ``target`` is replaced; without it an
-    existing ``target`` raises `FileExistsError` (``os.link`` then unlink: an atomic
+    existing ``target`` raises ``FileExistsError`` (``os.link`` then unlink: an atomic
     no-replace rename on POSIX).
     """
     refuse_link(target)
@@ -374,7 +373,7 @@ class FolderLock:
     planted at the lock's name is refused, never truncated through).  Linux NFS clients
     turn ``flock`` into POSIX byte-range locks the server arbitrates, so nodes of a cluster
     sharing the folder exclude each other too.  Where ``fcntl`` does not exist (Windows),
-    `filelock.FileLock` does the locking.  Where the file system refuses locks,
+    ``filelock.FileLock`` does the locking.  Where the file system refuses locks,
     `~astroquery_casda_ext.errors.LockUnavailableError` names the folder at once.
 
     The lock file is removed on release.  A waiter that then wins the lock on the removed
@@ -385,7 +384,8 @@ class FolderLock:
     ----------
     folder : str or path-like
     wait : bool
-        Wait for another run to finish (True), or raise `FolderBusyError` at once.
+        Wait for another run to finish (True), or raise
+        `~astroquery_casda_ext.errors.FolderBusyError` at once.
     poll : float
         Seconds between two tries while waiting.
     sleep : callable

@@ -207,7 +207,7 @@ class Manifest:
 
         Text cells are written with the characters that would break ECSV's line-based format
         (NUL, CR, form feed, U+2028/U+2029, other C0/C1 controls) escaped as ``\\x..`` /
-        ``\\u....`` (`~astroquery_casda_ext.writer.plain_text`); a server's text therefore
+        ``\\u....`` (`~astroquery_casda_ext.errors.plain_text`); a server's text therefore
         never makes the manifest unreadable.  Local paths never hold such characters (they
         are refused as file names).
 
