@@ -29,8 +29,9 @@ from astropy.table import Table
 from astropy.time import Time
 
 from . import __version__, conf
-from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError, NoAccessError,
-                     NotLoggedInError, ServiceError, UnsafeFilenameError, plain_text, redact_url)
+from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError,
+                     MissingDependencyError, NoAccessError, NotLoggedInError, ServiceError, UnsafeFilenameError,
+                     plain_text, redact_url)
 from .writer import refuse_link, write_bytes
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
@@ -727,6 +728,7 @@ def exit_code_for(exc):
     from astroquery.exceptions import LoginError
     table = [
         (click.exceptions.UsageError, EXIT_USAGE),
+        (MissingDependencyError, EXIT_USAGE),      # says what to install
         (NothingFound, EXIT_NOTHING_FOUND),
         (UnsafeFilenameError, EXIT_DOWNLOAD),
         (DownloadError, EXIT_DOWNLOAD),

@@ -31,7 +31,7 @@ __all__ = [
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
     "OutputExistsError", "LockUnavailableError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
-    "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
+    "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError", "MissingDependencyError",
 ]
 
 
@@ -213,6 +213,13 @@ class QueryError(ServiceError, InvalidQueryError):
 
 
 # --- catalogue-scale TAP (tap.py) -------------------------------------------------------------
+
+class MissingDependencyError(CasdaError, ImportError):
+    """An optional package the call needs is not installed; the message says how to install it.
+
+    Raised before anything is sent (the command line answers it as a usage error, exit 2).
+    """
+
 
 class IncompleteResultError(ServiceError):
     """A TAP result broke off before its end (CASDA's CSV has no end marker: we check).

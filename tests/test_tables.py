@@ -98,3 +98,54 @@ def test_numpy_text_is_as_wide_as_its_longest_value(values):
     assert list(array) == values
     assert array.dtype == np.dtype(f"U{max([len(v) for v in values] + [1])}")
     assert list(numpy_text(pa.array(values, pa.string()).slice(1))) == values[1:]   # an offset view
+
+
+# --- Parquet outputs -----------------------------------------------------------------------------
+
+def test_a_parquet_output_reads_back_with_table_read_as_the_table_path(emulator, tmp_path):
+    """astropy's own Parquet convention: units, descriptions, formats, UCDs, masks and dtypes."""
+    client = CasdaClass(server=emulator.url)
+    query = "SELECT * FROM ivoa.obscore WHERE obs_id = '609'"
+    client.query_tap(query, output=tmp_path / "x.parquet")
+    back, table = Table.read(tmp_path / "x.parquet"), client.query_tap(query)
+    assert back.colnames == table.colnames and len(back) == len(table) > 0
+    masked = [name for name in table.colnames if np.ma.getmaskarray(table[name]).any()]
+    assert masked and set(masked) >= {"t_resolution", "thumbnail_id"}     # a float and an integer
+    for name in table.colnames:
+        ours, read = table[name], back[name]
+        assert (read.dtype, read.unit, read.description) == (ours.dtype, ours.unit, ours.description), name
+        assert read.meta.get("ucd") == ours.meta.get("ucd"), name
+        assert np.array_equal(np.ma.getmaskarray(read), np.ma.getmaskarray(ours)), name
+        shown = ~np.ma.getmaskarray(ours)
+        assert np.array_equal(np.ma.getdata(read)[shown], np.ma.getdata(ours)[shown],
+                              equal_nan=ours.dtype.kind == "f"), name
+    import pyarrow.parquet as pq
+    assert b"pandas" not in (pq.read_metadata(tmp_path / "x.parquet").metadata or {})   # astropy's keys only
+
+
+@pytest.fixture
+def without_pyarrow(monkeypatch):
+    """As if pyarrow were not installed (``import pyarrow`` fails)."""
+    import sys
+    for name in [module for module in sys.modules if module == "pyarrow" or module.startswith("pyarrow.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_without_pyarrow_the_default_reads_the_votable_and_a_parquet_output_says_what_to_install(
+        emulator, tmp_path, without_pyarrow):
+    from astroquery_casda_ext.errors import MissingDependencyError
+    client = CasdaClass(server=emulator.url)
+    table = client.query_tap("SELECT TOP 20 * FROM ivoa.obscore")
+    assert len(table) == 20 and table["access_url"].dtype.kind == "U" and table["access_url"].dtype.itemsize < 800
+    start = len(emulator.request_log)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'astroquery_casda_ext\[parquet\]'"):
+        client.query_tap(OBSCORE, output=tmp_path / "x.parquet")
+    assert emulator.request_log[start:] == [] and not list(tmp_path.iterdir())   # nothing sent, nothing left
+
+
+def test_the_command_line_without_pyarrow_is_a_usage_error_with_the_install_hint(
+        emulator, tmp_path, without_pyarrow, capsys):
+    from astroquery_casda_ext import cli
+    code = cli.main(["tap", OBSCORE, "-o", str(tmp_path / "x.parquet"), "--server", emulator.url])
+    assert code == cli.EXIT_USAGE == 2
+    assert "pip install 'astroquery_casda_ext[parquet]'" in capsys.readouterr().err
