@@ -88,6 +88,7 @@ class HoldingsConfig:
     pol_channels: int = 8
     bulk_count: int = 0            # extra products of bulk_size bytes (benchmarks), in their own SBID
     bulk_size: int = 5_000_000
+    bulk_listed_rows: int = 0      # ObsCore rows listed beyond the products (benchmarks): see obscore_rows
     seed: int = 609
 
 
@@ -120,6 +121,19 @@ class Holdings:
     observations: list
     projects: list
     member_projects: frozenset
+
+    def obscore_rows(self):
+        """The ``ivoa.obscore`` rows (what SIA2 and TAP list): one per product, then
+        ``config.bulk_listed_rows`` copies of them in turn under new ids (``cube-200000``...),
+        which SIA2 and TAP list but DataLink and SODA do not know (they have no file)."""
+        rows = [product.obscore for product in self.products]
+        yield from rows
+        for index in range(self.config.bulk_listed_rows):
+            row = dict(rows[index % len(rows)])
+            product_id = f"cube-{200_000 + index}"
+            row["obs_publisher_did"] = product_id
+            row["access_url"] = f"#{{baseUrl}}datalink/links?ID={product_id}"
+            yield row
 
     def product(self, product_id):
         """The product whose ``obs_publisher_did`` is ``product_id`` (case-insensitive).
