@@ -133,7 +133,7 @@ def parse_datalink(content):
 
     Parameters
     ----------
-    content : bytes
+    content : bytes or `~astroquery_casda_ext.documents.Document`
         The body of a ``datalink/links`` response.
 
     Returns
@@ -377,7 +377,7 @@ class DataLinkClient:
     def _fetch(self, batch):
         url = self.datalink_url
         return fetch(self.session, "GET", url, what="DataLink request", kind=DataLinkError,
-                     params=[("ID", pid) for pid in batch], auth=self._auth_for(url), timeout=self.timeout).content
+                     params=[("ID", pid) for pid in batch], auth=self._auth_for(url), timeout=self.timeout)
 
     def _auth_for(self, url):
         if self.auth is None or isinstance(self.auth, requests.auth.AuthBase):

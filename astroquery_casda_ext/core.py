@@ -10,7 +10,6 @@ import warnings
 from datetime import datetime, timezone
 
 import astropy.units as u
-import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
 
@@ -28,7 +27,7 @@ from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, Inva
 from .jobs import JobBatch, PollPolicy, SodaJob
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
-from .transport import BodyLimitError, RetryPolicy, failure, install_log_redaction, mount_api_retries
+from .transport import RetryPolicy, failure, failures_as, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass", "poll_policy"]
 
@@ -231,10 +230,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         """A synchronous TAP query through astroquery's `_request` (and so its cache)."""
         url = (self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url) + "/sync"
         auth = self._proxy_auth()(url) if authenticated else None
-        try:
+        with failures_as(url=url, what="CASDA TAP query"):
             response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA TAP query") from exc
         try:
             if not response.ok:
                 raise failure(url=url, what="CASDA TAP query", response=response)
@@ -292,10 +289,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         log.info(f"Authenticating {credentials.username} on CASDA ...")
         auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
         url = self.endpoints.login_url
-        try:
+        with failures_as(url=url, what="CASDA's login check"):
             response = self._request("GET", url, auth=auth(url), timeout=self.TIMEOUT, cache=False)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA's login check") from exc
         if response.status_code in (401, 403):
             raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
                                   f"HTTP {response.status_code} {_server_text(response)}")
@@ -371,10 +366,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         if get_query_payload:
             return payload
         url = self.endpoints.sia2_url
-        try:
+        with failures_as(url=url, what="CASDA SIA2 query"):
             response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA SIA2 query") from exc
         if cache and not response.ok:
             # astroquery caches every answer: a 503 must not be replayed once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)

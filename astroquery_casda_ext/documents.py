@@ -33,7 +33,7 @@ from pyvo.io.uws import parse_job
 
 from . import conf
 from .errors import JobError, ServiceError, redact_url
-from .transport import DOCUMENT_CODINGS, BodyLimitError, Pacing, bounded, failure, read_body, squeeze
+from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
            "StatusScanner", "JobDocument", "parse_job_document", "XML_TYPES"]
@@ -115,28 +115,19 @@ def fetch(session, method, url, *, what, kind=ServiceError, table=False, statuse
     pacing = Pacing.for_streams() if table else Pacing.for_documents()
     if budget is not None and not table:
         pacing = Pacing(deadline=min(budget, pacing.deadline) if pacing.deadline else budget)
-    try:
-        with bounded(limit, pacing, setting=f"conf.{'table' if table else 'document'}_max_bytes") as bounds:
-            response = session.request(method, url, headers=headers, stream=True, **kwargs)
-            with response:
-                if response.status_code >= 400:
-                    raise failure(url=url, what=what, kind=kind, response=response, statuses=statuses,
-                                  scrub=scrub, **details)
-                read_body(response, bounds)   # already read when the adapter is mounted
-    except Exception as exc:
-        if not _transport_failure(exc):
-            raise
-        raise failure(exc, url=url, what=what, kind=kind, scrub=scrub, **details) from exc
+    with failures_as(kind, url=url, what=what, **details), \
+            bounded(limit, pacing, setting=f"conf.{'table' if table else 'document'}_max_bytes") as bounds:
+        response = session.request(method, url, headers=headers, stream=True, **kwargs)
+        with response:
+            if response.status_code >= 400:
+                raise failure(url=url, what=what, kind=kind, response=response, statuses=statuses,
+                              scrub=scrub, **details)
+            read_body(response, bounds)   # already read when the adapter is mounted
     media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     document = Document(url, response.status_code, media, response.content, dict(response.headers))
     if expect_xml and response.status_code < 300 and document.content:
         _require_xml(document, what, kind, details)
     return document
-
-
-def _transport_failure(exc):
-    import requests   # local: only this check needs it
-    return isinstance(exc, (requests.RequestException, BodyLimitError))
 
 
 def _require_xml(document, what, kind, details):
@@ -166,8 +157,9 @@ def _refuse_entities(content, what, kind, url, details):
     """No VOTable or UWS document has a DTD of its own: one that declares entities is refused
     before expat expands them (the "billion laughs" bomb)."""
     if _INTERNAL_SUBSET.search(content[:65536]) or b"<!ENTITY" in content[:65536]:
-        raise _make(kind, f"{what}: the answer from {redact_url(url)} declares XML entities (a DTD of its own); "
-                          "refused unread", url, None, details)
+        source = f" from {redact_url(url)}" if url else ""
+        raise _make(kind, f"{what}: the answer{source} declares XML entities (a DTD of its own); refused unread",
+                    url, None, details)
 
 
 def _snippet(content):

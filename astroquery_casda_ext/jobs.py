@@ -367,8 +367,7 @@ class UwsJob:
         try:
             parsed = parse_job_document(document)
         except JobError as exc:   # a garbled answer: the job itself may be fine, keep its URL
-            raise JobError(f"reading job {self.url}: {self._redact(str(exc))}", job_url=self.url,
-                           phase=self.phase, server_message=exc.server_message) from exc
+            raise self._kind_error(f"reading job {self.url}: {self._redact(str(exc))}", self.url) from exc
         self._document = parsed
         return self
 

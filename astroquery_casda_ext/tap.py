@@ -44,7 +44,7 @@ from .documents import StatusScanner, fetch, parse_votable, query_status, relaxe
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
 from .jobs import PollPolicy, TapJob
-from .transport import BodyLimitError, Pacing, failure, read_some
+from .transport import BodyLimitError, Pacing, failure, failures_as, read_some
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
            "read_casda_csv", "split_select", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
@@ -480,11 +480,9 @@ class TapClient:
     def _sync(self, query, fmt, maxrec):
         """The streamed answer of a synchronous query: (response, URL)."""
         url = self.tap_url + "/sync"
-        try:
+        with failures_as(url=url, what="CASDA TAP query"):
             response = self.session.post(url, data=self._params(query, fmt, maxrec), stream=True,
                                          timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise failure(exc, url=url, what="CASDA TAP query") from exc
         if response.status_code >= 400:
             with response:
                 raise failure(url=url, what="CASDA TAP query", response=response)
@@ -508,10 +506,11 @@ class TapClient:
         job = self._job(query, fmt, maxrec)
         url = job.result_url()
         try:
-            response = self.session.get(url, stream=True, timeout=self.timeout)
-        except requests.RequestException as exc:
+            with failures_as(url=url, what="reading the TAP job's result"):
+                response = self.session.get(url, stream=True, timeout=self.timeout)
+        except ServiceError:
             job.discard()
-            raise failure(exc, url=url, what="reading the TAP job's result") from exc
+            raise
         if response.status_code >= 400:
             job.discard()
             with response:
