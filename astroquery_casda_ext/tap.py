@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 from astropy.table import MaskedColumn, Table
 
 from .credentials import AuthSession   # re-exported: the session TapClient is given
@@ -44,7 +43,7 @@ from .documents import StatusScanner, fetch, parse_votable, query_status, relaxe
 from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
 from .jobs import PollPolicy, TapJob
-from .transport import BodyLimitError, Pacing, failure, failures_as, read_some
+from .transport import Pacing, failure, failures_as, read_some
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
            "read_casda_csv", "split_select", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
@@ -134,18 +133,11 @@ class _BodyReader(io.RawIOBase):
     def readinto(self, target):
         if self._offset >= len(self._buffer):
             self._buffer, self._offset = b"", 0
-            try:
+            with failures_as(IncompleteResultError, url=self._url,
+                             what=f"CASDA's TAP answer broke off or stalled after {self.bytes_read:,} bytes; "
+                                  "nothing was kept, run the query again"):
                 self._buffer = read_some(self._raw, self._pacing, self.bytes_read, self._elapsed, size=_CHUNK,
                                          decode_content=True)
-            except BodyLimitError as exc:
-                raise IncompleteResultError(
-                    f"CASDA's TAP answer from {redact_url(self._url)}: {exc.why}; stopped, nothing was kept",
-                    url=self._url) from None
-            except (requests.RequestException, OSError) as exc:
-                raise IncompleteResultError(
-                    f"CASDA's TAP answer from {redact_url(self._url)} broke off after {self.bytes_read:,} "
-                    f"bytes ({type(exc).__name__}); nothing was kept: run the query again",
-                    url=self._url) from exc
             if self._buffer:
                 self.bytes_read += len(self._buffer)
                 self.tail = (self.tail + self._buffer[-2:])[-2:]
