@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 #: one a newer CASDA invents) is logged once and waited through for
 #: ``PollPolicy.unknown_phase_polls`` looks, then reported as a `JobError`.
 #: (pyvo's parser keeps any phase, but ``AsyncTAPJob.wait`` gives up on SUSPENDED and
-#: HELD, which is why `SodaJob.wait` follows these sets instead.)
+#: HELD, which is why `UwsJob.wait` follows these sets instead.)
 ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD"})
 
 #: Phases after which nothing more will happen.
