@@ -20,11 +20,30 @@ __all__ = [
     "NotLoggedInError", "CasdaLoginError", "InsecureTransportError",
     "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
-    "JobSubmissionError", "scrub_secrets",
+    "JobSubmissionError", "scrub_secrets", "plain_text",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
+    "OutputExistsError", "LockUnavailableError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
     "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
 ]
+
+
+# C0 and C1 controls, DEL, and the line/paragraph separators; tab and newline are kept as text.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain_text(text):
+    """Server text made safe to print: control characters shown as escapes, never obeyed.
+
+    ESC sequences (colours, cursor moves, window titles, OSC 8 links), other C0/C1
+    controls, DEL, bidirectional overrides and Unicode line separators become ``\\x1b``,
+    ``\\u202e``... so a server's message can neither rewrite the terminal nor hide part of
+    itself.  Tab and newline are kept.  ``None`` stays ``None``.
+    """
+    if text is None:
+        return None
+    text = str(text)
+    return _TERMINAL_UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def redact_url(url):
@@ -262,6 +281,23 @@ class UnsafeFilenameError(DownloadError, InvalidInputError):
 
 class FolderBusyError(DownloadError):
     """Another download is writing into the same folder (raised at once with ``no_wait``)."""
+
+
+class OutputExistsError(DownloadError, InvalidInputError, FileExistsError):
+    """An output file exists, or another run is writing it: not overwritten.
+
+    Raised by every writer of the package (``writer.atomic_output``): TAP outputs, the
+    command line's ``-o FILE``, plots, downloads.  Pass ``overwrite=True`` (``--overwrite``)
+    to replace a finished file; a file another run is still writing is never replaced.
+    """
+
+
+class LockUnavailableError(DownloadError):
+    """The file system refuses locks (``flock``: NFS without lockd, Lustre ``noflock``).
+
+    ``path`` is the folder.  Raised at once instead of waiting for a lock that can never be
+    granted; use a folder on a file system with locking.
+    """
 
 
 # --- warnings ---------------------------------------------------------------------------------

@@ -137,16 +137,10 @@ def _store_validator(fd, part, validator):
     except (AttributeError, OSError):   # no extended attributes (macOS, Windows, some file systems)
         pass
     sidecar = part + VALIDATOR_SUFFIX.removeprefix(PART_SUFFIX)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        handle = os.open(sidecar, flags, 0o644)
+        naming.write_file(sidecar, data)      # the one writer: never through a link
     except OSError:
         return   # no validator: a later resume restarts from zero unless a checksum guards it
-    try:
-        if os.fstat(handle).st_nlink == 1:
-            os.write(handle, data)
-    finally:
-        os.close(handle)
 
 
 def _load_validator(fd, part):
