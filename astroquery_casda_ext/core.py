@@ -18,8 +18,8 @@ from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
 from .credentials import (PasswordNotStoredWarning, ProxyAuth, find_password, guard_session, keyring_advice,
                           store_password as save_password)
-from .discovery import Discovery, table_of
-from .documents import Document, parse_votable
+from .discovery import Discovery
+from .documents import Document, parse_votable, table_of
 from .download import Downloader
 from .endpoints import Endpoints
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, NotLoggedInError,
@@ -448,23 +448,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                    get_query_payload=True)
             if maxrec is not None and (isinstance(maxrec, bool) or not isinstance(maxrec, int) or maxrec < 1):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
-            client = self._tap_client(authenticated)
-            if output is not None:
-                return client.stream_to(query, output, maxrec=maxrec, async_job=async_job,
-                                        overwrite=overwrite, progress=progress)
-            if result_format == "votable":
-                return client.votable_table(query, maxrec=maxrec, async_job=async_job)
-            return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
+            return self._tap_client(authenticated).query(query, maxrec=maxrec, async_job=async_job, output=output,
+                                                         overwrite=overwrite, result_format=result_format,
+                                                         progress=progress)
         return self._query("tap", query, async_job=async_job, maxrec=maxrec, authenticated=authenticated,
                            cache=cache, get_query_payload=get_query_payload)
 
-    # --- catalogue-scale TAP (tap.py) ------------------------------------------------------
+    # --- catalogue-scale TAP (tap/) ------------------------------------------------------
 
     def _tap_client(self, authenticated):
-        from .tap import AuthSession, TapClient
-        url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
-        auth = self._proxy_auth() if authenticated else None
-        return TapClient(AuthSession(self._session, auth), url, timeout=self.TIMEOUT)
+        return self._discovery.tap_client(authenticated)
 
     def query_tap_partitioned(self, query, *, by, parts=8, output, bounds=None, executor=None, max_running=4,
                               part_retries=2, verify_counts=False, authenticated=None, progress=None):

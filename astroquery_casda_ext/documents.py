@@ -27,16 +27,18 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from astropy import units as u
 from astropy.io.votable import parse as _astropy_parse
 from astropy.io.votable.exceptions import VOWarning
+from astroquery.exceptions import MaxResultsWarning
 from pyvo.io.uws import parse_job
 
 from . import conf
-from .errors import JobError, ServiceError, redact_url
+from .errors import JobError, QueryError, ServiceError, redact_url
 from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
-           "StatusScanner", "JobDocument", "parse_job_document", "XML_TYPES"]
+           "StatusScanner", "table_of", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
 
 #: What an XML document is asked for with.
 XML_TYPES = "application/x-votable+xml, text/xml, application/xml;q=0.9, text/plain;q=0.5"
@@ -299,6 +301,58 @@ def _unescape(text):
     for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
         text = text.replace(entity, char)
     return text.strip()
+
+
+# --- VOTable answers as Tables -------------------------------------------------------------------
+
+# Columns that hold ICRS degrees; given a unit if the server left it out, so that
+# SkyCoord(t['s_ra'], t['s_dec']) works on every table the package returns.
+_DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
+#: CASDA's TAP prefixes some error messages with this.
+_QUERY_ERROR_PREFIX = "Query Error: "
+
+
+def repair_units(table):
+    """Units astropy's VOTable reader could not read (CDS syntax has no ``beam``, so
+    ``flux_peak`` in ``mJy/beam`` arrives unrecognised) are read again in astropy's own
+    syntax; degree columns without a unit get one, so SkyCoord can use them."""
+    for column in table.itercols():
+        if isinstance(column.unit, u.UnrecognizedUnit):
+            try:
+                column.unit = u.Unit(column.unit.name, parse_strict="raise")
+            except ValueError:
+                pass               # e.g. CASDA's 'h:m:s' on text columns: keep it as written
+    for name in _DEGREE_COLUMNS:
+        if name in table.colnames and table[name].unit is None:
+            table[name].unit = u.deg
+    return table
+
+
+def _warn_overflow(table, service):
+    warnings.warn(MaxResultsWarning(
+        f"CASDA's {service} stopped at {len(table)} rows (MAXREC or the server's limit): there are more. "
+        "Narrow the query or raise maxrec."), stacklevel=3)
+
+
+def table_of(votable, service, *, url=None):
+    """The result Table of a parsed VOTable answer: ``QUERY_STATUS=ERROR`` (wherever it is)
+    becomes `QueryError` with the server's words, OVERFLOW a `MaxResultsWarning`.
+
+    Raises
+    ------
+    QueryError, ServiceError
+    """
+    status, message = query_status(votable)
+    if status == "ERROR":
+        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
+        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+    resources = [res for res in votable.resources if res.tables]
+    if not resources:
+        raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
+    table = resources[0].tables[0].to_table(use_names_over_ids=True)
+    if status == "OVERFLOW":
+        _warn_overflow(table, service)
+    return repair_units(table)
 
 
 # --- UWS job documents ------------------------------------------------------------------------
