@@ -134,7 +134,7 @@ def parse_datalink(content):
 
     Parameters
     ----------
-    content : bytes
+    content : bytes or `~astroquery_casda_ext.documents.Document`
         The body of a ``datalink/links`` response.
 
     Returns
@@ -383,7 +383,7 @@ class DataLinkClient:
         # the ids go in the URL itself, as in the access_url links astroquery.casda GETs
         url = f"{self.datalink_url}?{urlencode([('ID', pid) for pid in batch])}"
         return fetch(self.session, "GET", url, what="DataLink request", kind=DataLinkError,
-                     auth=self._auth_for(url), timeout=self.timeout).content
+                     auth=self._auth_for(url), timeout=self.timeout)
 
     def _auth_for(self, url):
         if self.auth is None or isinstance(self.auth, requests.auth.AuthBase):

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import astropy.units as u
-import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
 
@@ -22,8 +21,8 @@ from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
 from .credentials import (BasicAuthPair, Credentials, PasswordNotStoredWarning, ProxyAuth, find_password,
                           guard_session, keyring_advice, store_password as save_password)
-from .discovery import Discovery, table_of
-from .documents import Document, parse_votable
+from .discovery import Discovery
+from .documents import Document, parse_votable, table_of
 from .download import Downloader
 from .download.naming import filename_from_url, safe_filename
 from .endpoints import Endpoints
@@ -32,7 +31,7 @@ from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, Inva
 from .jobs import JobBatch, PollPolicy, SodaJob
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
-from .transport import BodyLimitError, RetryPolicy, failure, install_log_redaction, mount_api_retries
+from .transport import RetryPolicy, failure, failures_as, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass", "poll_policy"]
 
@@ -244,10 +243,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         """A synchronous TAP query through astroquery's `_request` (and so its cache)."""
         url = (self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url) + "/sync"
         auth = self._proxy_auth()(url) if authenticated else None
-        try:
+        with failures_as(url=url, what="CASDA TAP query"):
             response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA TAP query") from exc
         try:
             if response.status_code >= 400:
                 raise failure(url=url, what="CASDA TAP query", response=response)
@@ -305,10 +302,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         log.info(f"Authenticating {credentials.username} on CASDA ...")
         auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
         url = self.endpoints.login_url
-        try:
+        with failures_as(url=url, what="CASDA's login check"):
             response = self._request("GET", url, auth=auth(url), timeout=self.TIMEOUT, cache=False)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA's login check") from exc
         if response.status_code in (401, 403):
             raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
                                   f"HTTP {response.status_code} {_server_text(response)}")
@@ -386,10 +381,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         if get_query_payload:
             return payload
         url = self.endpoints.sia2_url
-        try:
+        with failures_as(url=url, what="CASDA SIA2 query"):
             response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
-        except (requests.RequestException, BodyLimitError) as exc:
-            raise failure(exc, url=url, what="CASDA SIA2 query") from exc
         if cache and response.status_code >= 400:
             # astroquery caches every answer: a 503 must not be replayed once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
@@ -503,23 +496,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                    get_query_payload=True)
             if maxrec is not None and (isinstance(maxrec, bool) or not isinstance(maxrec, int) or maxrec < 1):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
-            client = self._tap_client(authenticated)
-            if output is not None:
-                return client.stream_to(query, output, maxrec=maxrec, async_job=async_job,
-                                        overwrite=overwrite, progress=progress)
-            if result_format == "votable":
-                return client.votable_table(query, maxrec=maxrec, async_job=async_job)
-            return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
+            return self._tap_client(authenticated).query(query, maxrec=maxrec, async_job=async_job, output=output,
+                                                         overwrite=overwrite, result_format=result_format,
+                                                         progress=progress)
         return self._query("tap", query, async_job=async_job, maxrec=maxrec, authenticated=authenticated,
                            cache=cache, get_query_payload=get_query_payload)
 
-    # --- catalogue-scale TAP (tap.py) ------------------------------------------------------
+    # --- catalogue-scale TAP (tap/) ------------------------------------------------------
 
     def _tap_client(self, authenticated):
-        from .tap import AuthSession, TapClient
-        url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
-        auth = self._proxy_auth() if authenticated else None
-        return TapClient(AuthSession(self._session, auth), url, timeout=self.TIMEOUT)
+        return self._discovery.tap_client(authenticated)
 
     def query_tap_partitioned(self, query, *, by, parts=8, output, bounds=None, executor=None, max_running=4,
                               part_retries=2, verify_counts=False, authenticated=None, progress=None):

@@ -7,42 +7,35 @@ CASDA's answers become astropy Tables, ``QUERY_STATUS=ERROR`` becomes
 `~astroquery_casda_ext.errors.QueryError` with the server's words, and ``OVERFLOW``
 becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 
-Answers are fetched and parsed by `~astroquery_casda_ext.documents` (bounded in bytes and
+SIA2 answers are fetched and parsed by `~astroquery_casda_ext.documents` (bounded in bytes and
 time, parser failures mapped); `parse_sia2` is a pure function of bytes, testable on recorded
-CASDA responses; async TAP queries are `~astroquery_casda_ext.jobs.TapJob` jobs followed by
-the package's one poll loop.
+CASDA responses; TAP queries go through the TAP package's one entry point
+(`~astroquery_casda_ext.tap.TapClient.query`).
 """
 import logging
 import re
 import time as _time
-import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.table import Row
 from astropy.time import Time
-from astroquery.exceptions import MaxResultsWarning
 from pyvo.dal.tap import escape
 
 from .credentials import AuthSession
-from .documents import fetch, parse_votable, query_status
-from .errors import InvalidInputError, InvalidTableError, NotLoggedInError, QueryError, ServiceError
-from .jobs import PollPolicy, TapJob
+from .documents import fetch, parse_votable, table_of
+from .errors import InvalidInputError, InvalidTableError, NotLoggedInError
+from .tap import TapClient
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
-from .tables import own_width_text
 
-__all__ = ["Discovery", "parse_sia2", "table_of", "repair_units", "SIA2_DATAPRODUCT_TYPES"]
+__all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
 
 _log = logging.getLogger(__name__)
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")
-# Columns that hold ICRS degrees; given a unit if the server left it out, so that
-# SkyCoord(t['s_ra'], t['s_dec']) works on every table this module returns.
-_DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_UWS_ERROR_PREFIX = "Query Error: "
 
 
 # --- small validators -------------------------------------------------------------------------
@@ -175,28 +168,6 @@ def _is_number(text):
 
 # --- documents --------------------------------------------------------------------------------
 
-def repair_units(table):
-    """Units astropy's VOTable reader could not read (CDS syntax has no ``beam``, so
-    ``flux_peak`` in ``mJy/beam`` arrives unrecognised) are read again in astropy's own
-    syntax; degree columns without a unit get one, so SkyCoord can use them."""
-    for column in table.itercols():
-        if isinstance(column.unit, u.UnrecognizedUnit):
-            try:
-                column.unit = u.Unit(column.unit.name, parse_strict="raise")
-            except ValueError:
-                pass               # e.g. CASDA's 'h:m:s' on text columns: keep it as written
-    for name in _DEGREE_COLUMNS:
-        if name in table.colnames and table[name].unit is None:
-            table[name].unit = u.deg
-    return table
-
-
-def _warn_overflow(table, service):
-    warnings.warn(MaxResultsWarning(
-        f"CASDA's {service} stopped at {len(table)} rows (MAXREC or the server's limit): there are more. "
-        "Narrow the query or raise maxrec."), stacklevel=3)
-
-
 def _filter_subtypes(table, subtypes):
     wanted = {item.lower() for item in _strings(subtypes, "dataproduct_subtype")}
     if "dataproduct_subtype" not in table.colnames:
@@ -239,29 +210,6 @@ def parse_sia2(content, *, dataproduct_subtype=None):
 
 def _votable_table(content, service):
     return table_of(parse_votable(content, what=f"CASDA's {service} answer", relaxed=True), service)
-
-
-def table_of(votable, service, *, url=None):
-    """The result Table of a parsed VOTable answer: ``QUERY_STATUS=ERROR`` (wherever it is)
-    becomes `QueryError` with the server's words, OVERFLOW a `MaxResultsWarning`.
-
-    Raises
-    ------
-    QueryError, ServiceError
-    """
-    status, message = query_status(votable)
-    if status == "ERROR":
-        message = message[len(_UWS_ERROR_PREFIX):] if message.startswith(_UWS_ERROR_PREFIX) else message
-        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
-    resources = [res for res in votable.resources if res.tables]
-    if not resources:
-        raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
-    # read relaxed (see parse_votable): text columns declared with a width get their longest value's
-    table = own_width_text(resources[0].tables[0].to_table(use_names_over_ids=True),
-                           getattr(votable, "fixed_width_text", ()))
-    if status == "OVERFLOW":
-        _warn_overflow(table, service)
-    return repair_units(table)
 
 
 class Discovery:
@@ -396,11 +344,6 @@ class Discovery:
         """The TAP base URL: the anonymous VO tools' or the OPAL proxy's."""
         return self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
 
-    def poll_policy(self):
-        """How an async TAP job is followed (`tap_poll_first`, `tap_poll_cap`, `tap_async_timeout`)."""
-        return PollPolicy(first=self.tap_poll_first, cap=self.tap_poll_cap, timeout=self.tap_async_timeout,
-                          unknown_phase_polls=PollPolicy.from_conf().unknown_phase_polls)
-
     def tap(self, query, *, async_job=False, maxrec=None, authenticated=False):
         """Run an ADQL query on CASDA's TAP service.
 
@@ -439,27 +382,14 @@ class Discovery:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError(f"query {query!r} must be a non-empty ADQL string")
         maxrec = None if maxrec is None else _positive_int(maxrec, "maxrec")
-        params = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
-        if maxrec is not None:
-            params["MAXREC"] = str(maxrec)
-        session = self._session_for(bool(authenticated))
-        base = self.tap_url(bool(authenticated))
-        if not async_job:
-            url = base + "/sync"
-            document = fetch(session, "POST", url, what="CASDA TAP query", table=True, data=params,
-                             timeout=self.timeout)
-            return table_of(parse_votable(document, what="CASDA TAP query", relaxed=True), "TAP", url=url)
-        job = TapJob.create(session, base, params, timeout=self.timeout)
-        try:
-            job.run()
-            job.wait(self.poll_policy(), sleep=self._sleep, clock=self._clock)
-            job.raise_if_error()
-            url = job.result_url()
-            document = fetch(session, "GET", url, what="reading the TAP job's result", table=True,
-                             timeout=self.timeout)
-            return table_of(parse_votable(document, what="CASDA TAP query", relaxed=True), "TAP", url=url)
-        finally:
-            job.discard()   # good manners (CASDA keeps finished jobs for 12 h); failing to is harmless
+        return self.tap_client(bool(authenticated)).query(query, maxrec=maxrec, async_job=async_job)
+
+    def tap_client(self, authenticated):
+        """The `~astroquery_casda_ext.tap.TapClient` (the one TAP entry point) of the anonymous
+        or the proxy TAP, with this object's timeout, async poll policy and clock."""
+        return TapClient(self._session_for(authenticated), self.tap_url(authenticated), timeout=self.timeout,
+                         poll_first=self.tap_poll_first, poll_cap=self.tap_poll_cap,
+                         job_timeout=self.tap_async_timeout, sleep=self._sleep, clock=self._clock)
 
     # --- ADQL helpers ---------------------------------------------------------------------
 

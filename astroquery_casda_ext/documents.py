@@ -27,17 +27,20 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from astropy import units as u
 from astropy.io.votable import parse as _astropy_parse
 from astropy.io.votable.exceptions import VOWarning
+from astroquery.exceptions import MaxResultsWarning
 from pyvo.io.uws import parse_job
 from requests.structures import CaseInsensitiveDict
 
 from . import conf
-from .errors import CasdaError, JobError, ServiceError, redact_url
-from .transport import DOCUMENT_CODINGS, BodyLimitError, Pacing, bounded, failure, read_body, squeeze
+from .tables import own_width_text
+from .errors import JobError, QueryError, ServiceError, redact_url
+from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
-           "StatusScanner", "JobDocument", "parse_job_document", "XML_TYPES"]
+           "StatusScanner", "table_of", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
 
 #: What an XML document is asked for with.
 XML_TYPES = "application/x-votable+xml, text/xml, application/xml;q=0.9, text/plain;q=0.5"
@@ -116,20 +119,16 @@ def fetch(session, method, url, *, what, kind=ServiceError, table=False, statuse
     pacing = Pacing.for_streams() if table else Pacing.for_documents()
     if budget is not None and not table:
         pacing = Pacing(deadline=min(budget, pacing.deadline) if pacing.deadline else budget)
-    try:
-        with bounded(limit, pacing, setting=f"conf.{'table' if table else 'document'}_max_bytes") as bounds:
-            response = session.request(method, url, headers=headers, stream=True, **kwargs)
-            try:
-                if response.status_code >= 400:
-                    raise failure(url=url, what=what, kind=kind, response=response, statuses=statuses,
-                                  scrub=scrub, **details)
-                read_body(response, bounds)   # already read when the adapter is mounted
-            finally:
-                _close(response)
-    except Exception as exc:
-        if not _transport_failure(exc):
-            raise
-        raise failure(exc, url=url, what=what, kind=kind, scrub=scrub, **details) from exc
+    with failures_as(kind, url=url, what=what, **details), \
+            bounded(limit, pacing, setting=f"conf.{'table' if table else 'document'}_max_bytes") as bounds:
+        response = session.request(method, url, headers=headers, stream=True, **kwargs)
+        try:
+            if response.status_code >= 400:
+                raise failure(url=url, what=what, kind=kind, response=response, statuses=statuses,
+                              scrub=scrub, **details)
+            read_body(response, bounds)   # already read when the adapter is mounted
+        finally:
+            _close(response)
     # Only status_code, headers and content are read: a minimal response object (astroquery's
     # test mocks, a user's hook on requests.Session.request) has no more.
     answer_headers = CaseInsensitiveDict(getattr(response, "headers", None) or {})
@@ -146,12 +145,6 @@ def _close(response):
     close = getattr(response, "close", None)
     if callable(close):
         close()
-
-
-def _transport_failure(exc):
-    import requests   # local: only this check needs it
-    # the package's own errors may also be requests exceptions (errors.CasdaError): already made
-    return isinstance(exc, (requests.RequestException, BodyLimitError)) and not isinstance(exc, CasdaError)
 
 
 def _require_xml(document, what, kind, details):
@@ -181,8 +174,9 @@ def _refuse_entities(content, what, kind, url, details):
     """No VOTable or UWS document has a DTD of its own: one that declares entities is refused
     before expat expands them (the "billion laughs" bomb)."""
     if _INTERNAL_SUBSET.search(content[:65536]) or b"<!ENTITY" in content[:65536]:
-        raise _make(kind, f"{what}: the answer from {redact_url(url)} declares XML entities (a DTD of its own); "
-                          "refused unread", url, None, details)
+        source = f" from {redact_url(url)}" if url else ""
+        raise _make(kind, f"{what}: the answer{source} declares XML entities (a DTD of its own); refused unread",
+                    url, None, details)
 
 
 def _snippet(content):
@@ -342,6 +336,60 @@ def _unescape(text):
     for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
         text = text.replace(entity, char)
     return text.strip()
+
+
+# --- VOTable answers as Tables -------------------------------------------------------------------
+
+# Columns that hold ICRS degrees; given a unit if the server left it out, so that
+# SkyCoord(t['s_ra'], t['s_dec']) works on every table the package returns.
+_DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
+#: CASDA's TAP prefixes some error messages with this.
+_QUERY_ERROR_PREFIX = "Query Error: "
+
+
+def repair_units(table):
+    """Units astropy's VOTable reader could not read (CDS syntax has no ``beam``, so
+    ``flux_peak`` in ``mJy/beam`` arrives unrecognised) are read again in astropy's own
+    syntax; degree columns without a unit get one, so SkyCoord can use them."""
+    for column in table.itercols():
+        if isinstance(column.unit, u.UnrecognizedUnit):
+            try:
+                column.unit = u.Unit(column.unit.name, parse_strict="raise")
+            except ValueError:
+                pass               # e.g. CASDA's 'h:m:s' on text columns: keep it as written
+    for name in _DEGREE_COLUMNS:
+        if name in table.colnames and table[name].unit is None:
+            table[name].unit = u.deg
+    return table
+
+
+def _warn_overflow(table, service):
+    warnings.warn(MaxResultsWarning(
+        f"CASDA's {service} stopped at {len(table)} rows (MAXREC or the server's limit): there are more. "
+        "Narrow the query or raise maxrec."), stacklevel=3)
+
+
+def table_of(votable, service, *, url=None):
+    """The result Table of a parsed VOTable answer: ``QUERY_STATUS=ERROR`` (wherever it is)
+    becomes `QueryError` with the server's words, OVERFLOW a `MaxResultsWarning`.
+
+    Raises
+    ------
+    QueryError, ServiceError
+    """
+    status, message = query_status(votable)
+    if status == "ERROR":
+        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
+        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+    resources = [res for res in votable.resources if res.tables]
+    if not resources:
+        raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
+    # read relaxed (parse_votable(relaxed=True)): text declared with a width gets its longest value's
+    table = own_width_text(resources[0].tables[0].to_table(use_names_over_ids=True),
+                           getattr(votable, "fixed_width_text", ()))
+    if status == "OVERFLOW":
+        _warn_overflow(table, service)
+    return repair_units(table)
 
 
 # --- UWS job documents ------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class QueryError(ServiceError, InvalidQueryError):
     """A TAP or SIA2 query came back with ``QUERY_STATUS=ERROR``."""
 
 
-# --- catalogue-scale TAP (tap.py) -------------------------------------------------------------
+# --- catalogue-scale TAP (tap/) -------------------------------------------------------------
 
 class MissingDependencyError(CasdaError, ImportError):
     """An optional package the call needs is not installed; the message says how to install it.

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 #: one a newer CASDA invents) is logged once and waited through for
 #: ``PollPolicy.unknown_phase_polls`` looks, then reported as a `JobError`.
 #: (pyvo's parser keeps any phase, but ``AsyncTAPJob.wait`` gives up on SUSPENDED and
-#: HELD, which is why `SodaJob.wait` follows these sets instead.)
+#: HELD, which is why `UwsJob.wait` follows these sets instead.)
 ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD"})
 
 #: Phases after which nothing more will happen.
@@ -373,8 +373,7 @@ class UwsJob:
         try:
             parsed = parse_job_document(document)
         except JobError as exc:   # a garbled answer: the job itself may be fine, keep its URL
-            raise JobError(f"reading job {self.url}: {self._redact(str(exc))}", job_url=self.url,
-                           phase=self.phase, server_message=exc.server_message) from exc
+            raise self._kind_error(f"reading job {self.url}: {self._redact(str(exc))}", self.url) from exc
         self._document = parsed
         return self
 

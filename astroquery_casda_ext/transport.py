@@ -74,7 +74,7 @@ from .errors import CasdaError, CasdaLoginError, DownloadError, JobError, Servic
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
            "describe_failure", "one_call", "gave_up", "TRANSIENT_STATUSES", "Pacing", "BodyBounds",
-           "BodyLimitError", "bounded", "read_body", "failure", "server_message", "rate_text"]
+           "BodyLimitError", "bounded", "read_body", "failure", "failures_as", "server_message", "rate_text"]
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class ApiRetryAdapter(HTTPAdapter):
                 response = super().send(request, stream, timeout, verify, cert, proxies)
                 if bounds is not None:
                     # read here, within the bounds, so that a body cut short can be asked for again
-                    read_body(response, bounds)
+                    read_body(response, bounds, error_page=response.status_code >= 400)
             except requests.RequestException as exc:
                 if not _worth_resending(exc, reads_only) or \
                         not state.wait(within=state.policy.refused_budget if _refused(exc) else None):
@@ -598,6 +598,8 @@ DOCUMENT_CODINGS = "gzip, deflate"
 _DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "x-gzip": lambda: zlib.decompressobj(
     16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
 _READ_SIZE = 1 << 16
+#: The most of an error page that is read (an error message quotes its beginning only).
+_ERROR_TEXT_BYTES = 64 << 10
 
 
 def _socket_of(raw):
@@ -642,8 +644,11 @@ def read_some(raw, pacing, done, elapsed, *, size=_READ_SIZE, decode_content=Fal
     return chunk
 
 
-def read_body(response, bounds):
+def read_body(response, bounds, *, error_page=False):
     """Read ``response``'s whole body within ``bounds``; sets ``response.content``.
+
+    An ``error_page`` (an answer with an error status) is read only up to its first 64 KiB,
+    all an error message quotes; the rest is never read.
 
     Reads what has arrived (``read1``), never waiting past the pacing rule (the socket's
     timeout is shortened to the time left), and decodes gzip/deflate here with
@@ -664,7 +669,7 @@ def read_body(response, bounds):
         if coding not in ("", "identity") and coding not in _DECODERS:
             raise BodyLimitError(f"is encoded as {coding!r}, which this client does not decode")
         decoder = _DECODERS[coding]() if coding in _DECODERS else None
-        parts, size, room = [], 0, bounds.max_bytes
+        parts, size, room = [], 0, min(bounds.max_bytes, _ERROR_TEXT_BYTES) if error_page else bounds.max_bytes
         while True:
             chunk = read_some(raw, bounds.pacing, size, bounds.elapsed)
             if not chunk:
@@ -678,6 +683,12 @@ def read_body(response, bounds):
                 piece = decoder.decompress(data, room - size + 1) if decoder is not None else data
                 data = decoder.unconsumed_tail if decoder is not None else b""
                 size += len(piece)
+                if size > room and error_page:
+                    parts.append(piece[:len(piece) - (size - room)])
+                    response._content = b"".join(parts)
+                    response._content_consumed = True
+                    response.close()   # the rest is not read: the connection cannot be used again
+                    return response._content
                 if size > room:
                     raise BodyLimitError(f"is longer than {room:,} bytes{' once decoded' if decoder else ''} "
                                          f"({bounds.setting})")
@@ -696,9 +707,6 @@ def read_body(response, bounds):
 
 # --- the one failure mapper --------------------------------------------------------------------
 
-_ERROR_TEXT_BYTES = 64 << 10
-
-
 def server_message(response, limit=500):
     """The server's own words from an error response, readable and bounded.
 
@@ -708,8 +716,8 @@ def server_message(response, limit=500):
     """
     if getattr(response, "_content", None) is False:   # streamed and not read: take its beginning only
         with contextlib.suppress(Exception):
-            with bounded(_ERROR_TEXT_BYTES, Pacing(deadline=5.0)):
-                read_body(response, _BOUNDS.get())
+            with bounded(_ERROR_TEXT_BYTES, Pacing(deadline=5.0)) as bounds:
+                read_body(response, bounds, error_page=True)
         if response._content is False:
             response._content = b""
     text = getattr(response, "text", "")
@@ -790,3 +798,14 @@ def failure(exc=None, *, url, what, kind=ServiceError, response=None, statuses=N
         return CasdaLoginError(f"{what}: CASDA rejected the login (HTTP {status} from {shown}): {said}",
                                status=status, response=response)
     return _build(special_kind, message, url, status, said, details, response=response)
+
+
+@contextlib.contextmanager
+def failures_as(kind=ServiceError, *, url, what, **details):
+    """Raise `failure` (as ``kind``) for any transport failure or broken bound inside the block."""
+    try:
+        yield
+    except (requests.RequestException, BodyLimitError) as exc:
+        if isinstance(exc, CasdaError):
+            raise       # already one of ours (errors.CasdaError may also be a requests exception)
+        raise failure(exc, url=url, what=what, kind=kind, **details) from exc
