@@ -5,7 +5,6 @@ does the work (see ``docs/internals.rst``): `discovery` (SIA2, TAP), `access` (D
 tokens), `jobs` (SODA/UWS), `download`, `credentials`.
 """
 import dataclasses
-import importlib.util
 import logging
 import os
 import warnings
@@ -22,7 +21,6 @@ from .access import DataLinkClient, product_ids_from_table
 from .credentials import (BasicAuthPair, Credentials, PasswordNotStoredWarning, ProxyAuth, find_password,
                           guard_session, keyring_advice, store_password as save_password)
 from .discovery import Discovery
-from .documents import Document, parse_votable, table_of
 from .download import Downloader
 from .download.naming import filename_from_url, safe_filename
 from .endpoints import Endpoints
@@ -31,6 +29,7 @@ from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, Inva
 from .jobs import JobBatch, PollPolicy, SodaJob
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
+from .tap.rows import answer_table
 from .transport import RetryPolicy, failure, failures_as, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass", "poll_policy"]
@@ -248,8 +247,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         try:
             if response.status_code >= 400:
                 raise failure(url=url, what="CASDA TAP query", response=response)
-            document = Document(url, response.status_code, "", response.content)
-            return table_of(parse_votable(document, what="CASDA TAP query", relaxed=True), "TAP", url=url)
+            return answer_table(response.content, "TAP", url=url)
         except QueryError:
             raise   # CASDA's answer to this query: the same query gets the same answer
         except ServiceError:
@@ -465,13 +463,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         overwrite : bool, optional
             Replace an existing ``output`` (never a link, nor a file being written).
         result_format : {'csv', 'votable'}, optional
-            How the Table travels and is read; either way it is the same Table as pyvo's
-            (types, units, masks), but each text column is only as wide as its longest
-            value.  ``'csv'`` (needs pyarrow): CASDA's CSV typed by the query's own FIELDs
-            (asked for first, with ``MAXREC=0``), read by pyarrow: many times faster and
-            smaller for large results.  ``'votable'``: CASDA's VOTable in one request, read
-            by astropy with text columns as variable length.  Default: ``'csv'`` when
-            pyarrow is installed and ``cache`` is not asked for, else ``'votable'``.
+            How the Table travels and is read; every way gives pyvo's Table (types, units,
+            masks) with each text column only as wide as its longest value.  Default: CASDA's
+            VOTable in one request, streamed, its rows read by pyarrow when it is installed
+            (many times faster and smaller than pyvo for large results; the error and
+            overflow markers kept), else by astropy.  ``'votable'``: the VOTable read whole
+            by astropy, text read as variable length.  ``'csv'`` (needs pyarrow): CASDA's
+            CSV typed by the query's own FIELDs (asked for first, with ``MAXREC=0``); CASDA's
+            CSV has no error marker, so a query that fails while its rows are written looks
+            complete there.
         progress : bool, optional
             Show rows and bytes while streaming (default: when stderr is a terminal).
 
@@ -488,9 +488,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             authenticated = self._logged_in()
         elif authenticated:
             self._require_login()
-        if result_format is None and output is None and not cache and _pyarrow_installed():
-            result_format = "csv"      # the default is the fast, bounded path when it can be had
-        if output is not None or result_format is not None:
+        if output is not None or result_format is not None or not cache:
             if get_query_payload:
                 return self._query("tap", query, maxrec=maxrec, authenticated=authenticated,
                                    get_query_payload=True)
@@ -910,10 +908,6 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                 items.append(item)
         return self._downloader(workers, progress, executor).download(
             items, savedir, names=names, labels=labels, no_wait=no_wait, save_manifest=save_manifest)
-
-
-def _pyarrow_installed():
-    return importlib.util.find_spec("pyarrow") is not None
 
 
 def _soda_payload(request):

@@ -40,7 +40,7 @@ from .errors import JobError, QueryError, ServiceError, redact_url
 from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
-           "StatusScanner", "table_of", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
+           "StatusScanner", "table_of", "finish_table", "repair_units", "require_xml", "JobDocument", "parse_job_document", "XML_TYPES"]
 
 #: What an XML document is asked for with.
 XML_TYPES = "application/x-votable+xml, text/xml, application/xml;q=0.9, text/plain;q=0.5"
@@ -145,6 +145,12 @@ def _close(response):
     close = getattr(response, "close", None)
     if callable(close):
         close()
+
+
+def require_xml(document, what, kind=ServiceError):
+    """Refuse an HTML page (a login page, a proxy's error) or JSON where XML was asked for,
+    quoting the page's text; ``document`` may hold just the beginning of a streamed answer."""
+    _require_xml(document, what, kind, {})
 
 
 def _require_xml(document, what, kind, details):
@@ -378,15 +384,27 @@ def table_of(votable, service, *, url=None):
     QueryError, ServiceError
     """
     status, message = query_status(votable)
-    if status == "ERROR":
-        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
-        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+    _raise_if_error(status, message, service, url)
     resources = [res for res in votable.resources if res.tables]
     if not resources:
         raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
     # read relaxed (parse_votable(relaxed=True)): text declared with a width gets its longest value's
     table = own_width_text(resources[0].tables[0].to_table(use_names_over_ids=True),
                            getattr(votable, "fixed_width_text", ()))
+    return finish_table(table, status, message, service, url=url)
+
+
+def _raise_if_error(status, message, service, url):
+    if status == "ERROR":
+        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
+        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+
+
+def finish_table(table, status, message, service, *, url=None):
+    """``table`` as an answer whose ``QUERY_STATUS`` was ``status``: ERROR is `QueryError` with the
+    server's words, OVERFLOW a `MaxResultsWarning`; units repaired (`repair_units`)."""
+    _raise_if_error(status, message, service, url)
+    table.meta["complete"] = status != "OVERFLOW"
     if status == "OVERFLOW":
         _warn_overflow(table, service)
     return repair_units(table)
