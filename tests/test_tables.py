@@ -145,3 +145,67 @@ def test_the_command_line_without_pyarrow_is_a_usage_error_with_the_install_hint
     code = cli.main(["tap", OBSCORE, "-o", str(tmp_path / "x.parquet"), "--server", emulator.url])
     assert code == cli.EXIT_USAGE == 2
     assert "pip install 'astroquery_casda_ext[parquet]'" in capsys.readouterr().err
+
+
+# --- CASDA's VOTable rows through pyarrow ----------------------------------------------------------
+
+AWKWARD = b"""<?xml version="1.0" encoding="UTF-8"?>
+<VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">
+ <RESOURCE type="results">
+  <INFO name="QUERY_STATUS" value="OK"/>
+  <TABLE>
+   <FIELD name="name" datatype="char" arraysize="64"/>
+   <FIELD name="note" datatype="char" arraysize="*"/>
+   <FIELD name="flux" datatype="double" unit="mJy"/>
+   <FIELD name="n" datatype="long"/>
+   <FIELD name="flag" datatype="boolean"/>
+   <DATA>
+    <TABLEDATA>
+     <TR><TD>a &lt;b&gt; &amp; &quot;c&quot;</TD><TD>line one
+line two</TD><TD>1.5</TD><TD>7</TD><TD>T</TD></TR>
+     <TR>
+      <TD>caf&#233;, d\xc3\xa9j\xc3\xa0 vu</TD>
+      <TD/>
+      <TD>NaN</TD>
+      <TD></TD>
+      <TD>F</TD>
+     </TR>
+     <TR><TD>tab\there</TD><TD>x</TD><TD>-2e-05</TD><TD>-9</TD><TD></TD></TR>
+    </TABLEDATA>
+   </DATA>
+  </TABLE>
+  <INFO name="QUERY_STATUS" value="OVERFLOW"/>
+ </RESOURCE>
+</VOTABLE>
+"""
+
+
+def test_votable_rows_through_pyarrow_are_astropys_rows_at_their_own_width():
+    from astropy.io.votable.exceptions import VOWarning
+    from astroquery.exceptions import MaxResultsWarning
+    from astroquery_casda_ext.tap.rows import answer_table
+    with pytest.warns(MaxResultsWarning):
+        ours = answer_table(AWKWARD, "TAP")
+    with pytest.warns(MaxResultsWarning), np.errstate(all="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VOWarning)
+            astropys = table_of(parse_votable(AWKWARD, relaxed=True), "TAP")
+    assert ours.meta["complete"] is False
+    for name in astropys.colnames:
+        assert ours[name].dtype == astropys[name].dtype, name
+        assert list(np.ma.getmaskarray(ours[name])) == list(np.ma.getmaskarray(astropys[name])), name
+        shown = ~np.ma.getmaskarray(astropys[name])
+        assert list(np.ma.getdata(ours[name])[shown]) == list(np.ma.getdata(astropys[name])[shown]), name
+    assert list(ours["name"]) == ['a <b> & "c"', "café, déjà vu", "tab\there"]
+    assert ours["note"][0] == "line one\nline two" and ours["flux"].unit == "mJy"
+
+
+@pytest.mark.parametrize("cut", [-40, -400])
+def test_a_votable_cut_short_is_incomplete_and_markup_in_a_cell_is_refused(cut):
+    from astroquery_casda_ext.errors import IncompleteResultError, ServiceError
+    from astroquery_casda_ext.tap.rows import answer_table
+    with pytest.raises(IncompleteResultError, match="broke off"):
+        answer_table(AWKWARD[:cut], "TAP")
+    with pytest.raises(ServiceError, match="result_format='votable'"):
+        answer_table(AWKWARD.replace(b"<TD>7</TD>", b'<TD ref="x">7</TD>'), "TAP")

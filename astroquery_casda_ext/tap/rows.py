@@ -222,7 +222,10 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
         parse_options=pa.csv.ParseOptions(delimiter=separator, double_quote=False, newlines_in_values=True),
         convert_options=pa.csv.ConvertOptions(column_types={f.name: f.type for f in schema},
                                               null_values=["", "NaN"], strings_can_be_null=False,
-                                              quoted_strings_can_be_null=False))
+                                              quoted_strings_can_be_null=False,
+                                              # VOTable booleans (T/F, ? for none) as well as CASDA CSV's
+                                              true_values=["true", "True", "TRUE", "T", "t", "1"],
+                                              false_values=["false", "False", "FALSE", "F", "f", "0"]))
     strings = [index for index, field in enumerate(schema) if pa.types.is_string(field.type)]
     for batch in reader:
         if strings:
@@ -348,15 +351,15 @@ def _header_votable(head, parse):
     return parse(head + b"</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
 
 
-def votable_table(source, parse, service, *, url=None, block_size=1 << 20, limit=None):
+def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
     """The result Table of a VOTable answer read from ``source`` (a binary file), as
     `~astroquery_casda_ext.documents.table_of` gives it from astropy's parse.
 
     ``parse(bytes)`` parses a VOTable relaxed (`~astroquery_casda_ext.documents.parse_votable`).
     Rows go through pyarrow (`VOTableRows`) when the document is plain TABLEDATA and has no
     array cells; otherwise the whole document goes through ``parse``.  ``QUERY_STATUS`` is
-    read wherever it is (ERROR: `QueryError`; OVERFLOW: a `MaxResultsWarning`).  More than
-    ``limit`` rows (an answer that does not stop at MAXREC) is an `IncompleteResultError`.
+    read wherever it is (ERROR: `QueryError`; OVERFLOW: a `MaxResultsWarning`).  What bounds
+    an answer that does not end is ``source`` (``conf.table_max_bytes``).
 
     Raises
     ------
@@ -376,14 +379,8 @@ def votable_table(source, parse, service, *, url=None, block_size=1 << 20, limit
         return table_of(parse(head + rows.rest()), service, url=url)     # array cells: astropy's
     pa = _pyarrow()
     schema = _arrow_schema(fields)
-    batches, count = [], 0
-    for batch in ([] if _empty_rows(rows) else read_casda_csv(rows, schema, separator=_CELL,
-                                                               block_size=block_size)):
-        count += batch.num_rows
-        if limit is not None and count > limit:
-            raise IncompleteResultError(f"CASDA's {service} answer went on past MAXREC={limit:,} rows; stopped, "
-                                        "nothing was kept", url=url)
-        batches.append(batch)
+    batches = [] if _empty_rows(rows) else list(read_casda_csv(rows, schema, separator=_CELL,
+                                                               block_size=block_size))
     if not rows.rows_done:
         rows.read()          # (an empty table: reach </TABLEDATA>)
     if not rows.tail.rstrip().endswith(b"</VOTABLE>"):
