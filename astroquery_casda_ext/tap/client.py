@@ -126,7 +126,7 @@ class TapClient(PartitionedQueries):
                 # a Table is held in memory: its answer keeps to conf.table_max_bytes, as a fetched one
                 return votable_table(_BodyReader(response, url, max_bytes=int(conf.table_max_bytes)),
                                      lambda data: parse_votable(data, what="CASDA TAP query", url=url, relaxed=True),
-                                     "TAP", url=url)
+                                     "TAP", url=url, block_size=4 << 20)
         finally:
             if async_job:
                 self._delete(url)

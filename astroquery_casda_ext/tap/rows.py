@@ -322,7 +322,7 @@ class VOTableRows(io.RawIOBase):
         return self._pending + self._source.read()
 
     def _refill(self):
-        while not self._out[self._offset:] and not self.rows_done:
+        while self._offset >= len(self._out) and not self.rows_done:
             chunk = self._source.read(self._block)
             self._pending += chunk
             end = self._pending.find(b"</TABLEDATA>")
@@ -333,8 +333,8 @@ class VOTableRows(io.RawIOBase):
                 raise IncompleteResultError("CASDA's VOTable broke off inside its rows; nothing was kept")
             else:
                 cut = self._pending.rfind(b"</TR>")
-                if cut < 0:
-                    continue
+                if cut < 0 or len(self._pending) < self._block:
+                    continue        # whole rows, a block of them at a time
                 rows, self._pending = self._pending[:cut + 5], self._pending[cut + 5:]
             self._out, self._offset = _rows_as_lines(rows), 0
 
@@ -400,12 +400,14 @@ def answer_table(source, service, *, url=None, what=None):
     import importlib.util
     from ..documents import parse_votable, table_of
     what = what or f"CASDA {service} query"
+    block = 1 << 20
     if isinstance(source, (bytes, bytearray)):
+        block = min(max(block, len(source)), 64 << 20)    # in memory already: fewer, larger batches
         source = io.BytesIO(source)
     if importlib.util.find_spec("pyarrow") is None:
         return table_of(parse_votable(source.read(), what=what, url=url, relaxed=True), service, url=url)
     return votable_table(source, lambda data: parse_votable(data, what=what, url=url, relaxed=True), service,
-                         url=url)
+                         url=url, block_size=block)
 
 
 def _empty_rows(rows):
