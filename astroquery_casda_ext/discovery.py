@@ -10,7 +10,7 @@ becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 SIA2 answers are fetched and parsed by `~astroquery_casda_ext.documents` (bounded in bytes and
 time, parser failures mapped); `parse_sia2` is a pure function of bytes, testable on recorded
 CASDA responses; TAP queries go through the TAP package's one entry point
-(`~astroquery_casda_ext.tap.TapClient.query`).
+(``tap.TapClient.query``).
 """
 import logging
 import re
