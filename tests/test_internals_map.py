@@ -53,6 +53,31 @@ def _imports_emulator(path):
     return False
 
 
+def _imported_modules(path):
+    """Every module name an emulator file imports, made absolute (``..x`` -> ``astroquery_casda_ext.x``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module
+            elif node.level == 1:
+                yield "astroquery_casda_ext.emulator." + (node.module or "")
+            else:
+                yield "astroquery_casda_ext." + (node.module or "") + \
+                    "".join("." + alias.name for alias in node.names if not node.module)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "emulator").rglob("*.py")), ids=lambda path: path.name)
+def test_no_emulator_module_imports_the_client(path):
+    """The emulator is an oracle for the client: sharing its code would hide the client's mistakes."""
+    for name in _imported_modules(path):
+        parts = name.split(".")
+        if parts[0] == "astroquery_casda_ext":
+            assert parts[1:2] == ["emulator"], f"{path.name} imports {name} from the client"
+
+
 def test_the_map_names_the_client_modules_that_import_the_emulator():
     importers = {path.name for path in PACKAGE.rglob("*.py")
                  if "emulator" not in path.relative_to(PACKAGE).parts and _imports_emulator(path)}

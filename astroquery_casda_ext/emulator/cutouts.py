@@ -34,7 +34,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .holdings import SPEED_OF_LIGHT, fits_chunks, write_file
+from .holdings import SPEED_OF_LIGHT, fits_chunks
+from .sidecars import write_file
 
 __all__ = ["GeneratedFile", "NothingMatched", "validate_soda_params", "process_job",
            "SODA_PARAMETERS", "NOTHING_MATCHED_MESSAGE"]

@@ -55,12 +55,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from ..checksum import ChecksumAccumulator, parse_checksum
+from .sidecars import StoredFile, sidecar_size, write_file
 
 __all__ = [
     "HoldingsConfig", "Product", "Holdings", "build_holdings",
     "spectral_line_source", "polarised_source", "variable_source_fluxes",
-    "write_file", "fits_chunks", "fits_header_bytes",
+    "fits_chunks", "fits_header_bytes",
     "EMBARGO_DATE", "MANIFEST_NAME", "SPEED_OF_LIGHT",
 ]
 
@@ -437,33 +437,6 @@ def fits_chunks(header, planes, *, dtype=">f4"):
         yield bytes(FITS_BLOCK - written % FITS_BLOCK)
 
 
-def write_file(path, chunks):
-    """Write ``chunks`` (bytes) to ``path`` and its CASDA ``.checksum`` sidecar.
-
-    The bytes go to a temporary name first and are checksummed as they pass, so no
-    file is held in memory and a reader never sees a half-written file.
-
-    Returns
-    -------
-    astroquery_casda_ext.checksum.Checksum
-    """
-    path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    accumulator = ChecksumAccumulator()
-    try:
-        with open(temporary, "wb") as stream:
-            for chunk in chunks:
-                accumulator.update(chunk)
-                stream.write(chunk)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    checksum = accumulator.result()
-    pathlib.Path(f"{path}.checksum").write_text(str(checksum), encoding="ascii")
-    return checksum
-
-
 # --- product plans ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -803,7 +776,7 @@ def _reusable(entry, key, path):
         return False
     try:
         sidecar = pathlib.Path(f"{path}.checksum").read_text(encoding="ascii")
-        return path.stat().st_size == entry["size"] == parse_checksum(sidecar).size \
+        return path.stat().st_size == entry["size"] == sidecar_size(sidecar) \
             and sidecar == entry["checksum"]
     except (OSError, ValueError, KeyError):
         return False
@@ -817,20 +790,20 @@ def _materialise(config, plan, sky, data_dir, manifest, new_manifest):
     entry = manifest.get(plan.relpath)
     if plan.kind == "bulk":
         header = _bulk_obscore_header()
-        checksum = parse_checksum(entry["checksum"]) if _reusable(entry, key, path) \
+        stored = StoredFile(entry["size"], entry["checksum"]) if _reusable(entry, key, path) \
             else write_file(path, _bulk_chunks(config, plan))
     else:
-        checksum = parse_checksum(entry["checksum"]) if _reusable(entry, key, path) \
+        stored = StoredFile(entry["size"], entry["checksum"]) if _reusable(entry, key, path) \
             else _write_image(config, plan, sky, path)
         # Metadata always comes from the header on disk, so a reused file gives the same rows.
         header = fits.getheader(path)
-    new_manifest[plan.relpath] = {"key": key, "size": checksum.size, "checksum": str(checksum)}
+    new_manifest[plan.relpath] = {"key": key, "size": stored.size, "checksum": stored.checksum}
     obs = plan.observation
     product = Product(
         product_id=f"cube-{plan.numeric_id}", numeric_id=plan.numeric_id, kind=plan.kind, path=path,
         filename=plan.filename, staged_name=_staged_name(obs.sbid, plan.filename, plan.numeric_id),
-        size=checksum.size, checksum=str(checksum), project_code=obs.project, sbid=obs.sbid,
-        release_date=plan.release, obscore=_obscore_row(plan, header, checksum.size))
+        size=stored.size, checksum=stored.checksum, project_code=obs.project, sbid=obs.sbid,
+        release_date=plan.release, obscore=_obscore_row(plan, header, stored.size))
     return product
 
 

@@ -24,7 +24,6 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from ..endpoints import Endpoints
 from . import routes
 from .backend import BUILTIN_PASSWORD, BUILTIN_USERNAME, EmulatorBackend, LoggedRequest
 from .options import EmulatorOptions, FaultRule
@@ -388,11 +387,6 @@ class CasdaEmulator:
     def request_log(self):
         """Every request served so far (`LoggedRequest`), oldest first."""
         return self.backend.request_log.snapshot()
-
-    @property
-    def endpoints(self):
-        """The client's `Endpoints` for this emulator."""
-        return Endpoints.for_server(self.url)
 
     # ----- controls
     def add_fault(self, rule=None, **fields):
