@@ -100,13 +100,19 @@ _XML_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&qu
 _NUMERIC_ESCAPE = re.compile(r"[^\t\n\r\x20-\x7e]")
 
 
+#: Characters commons-text's ``ESCAPE_XML11`` drops: NUL, U+FFFE, U+FFFF and lone surrogates.
+_DROPPED = frozenset({0, 0xFFFE, 0xFFFF}) | frozenset(range(0xD800, 0xE000))
+
+
 def _numeric_entity(match):
     code = ord(match.group())
-    return "" if code == 0 else f"&#{code};"
+    return "" if code in _DROPPED else f"&#{code};"
 
 
 def xml_escape(text):
-    """Escape like CASDA's cells: the five XML entities, and ``&#N;`` for anything not ASCII."""
+    """Escape like CASDA's cells (``ResultsExtractor.getFieldValue``: ``ESCAPE_XML11`` plus
+    numeric entities from U+007F): the five XML entities, ``&#N;`` for other C0 controls and
+    anything beyond ASCII; tab, newline and carriage return stay raw."""
     text = text.translate(_XML_ENTITIES)
     if not (text.isascii() and text.isprintable()):
         text = _NUMERIC_ESCAPE.sub(_numeric_entity, text)
@@ -598,10 +604,14 @@ def vosi_tables(tables):
 # TAP async jobs (UWS 1.0, default namespace, as CASDA's UWS 4.1 library writes them)
 # --------------------------------------------------------------------------------------
 
-_UWS_NAMESPACES = ('xmlns="http://www.ivoa.net/xml/UWS/v1.0" '
+#: The root attributes of CASDA's TAP job documents, as recorded (tests/data/tap_async_*.xml):
+#: UWS 4.1's ``XMLSerializer`` declares ``xs`` too and gives three schema locations.
+_UWS_NAMESPACES = ('xmlns="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                   'xmlns:xs="http://www.w3.org/2001/XMLSchema" '
                    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-                   'xmlns:xlink="http://www.w3.org/1999/xlink" '
-                   'xsi:schemaLocation="http://www.ivoa.net/xml/UWS/v1.0 http://www.ivoa.net/xml/UWS/v1.0"')
+                   'xsi:schemaLocation="http://www.ivoa.net/xml/UWS/v1.0 http://www.ivoa.net/xml/UWS/v1.0 '
+                   'http://www.w3.org/1999/xlink http://www.w3.org/1999/xlink.xsd '
+                   'http://www.w3.org/2001/XMLSchema http://www.w3.org/2001/XMLSchema.xsd"')
 
 
 def uws_time(moment):
@@ -660,7 +670,7 @@ def tap_job(job, *, job_url, href_style):
         "\t<results>\n", _result_xml(job, job_url, href_style, "\t\t"), "\t</results>\n",
     ]
     if job.error is not None:
-        body.append(f'\t<errorSummary type="fatal" hasDetail="false">\n'
+        body.append(f'\t<errorSummary type="FATAL" hasDetail="false">\n'
                     f"\t\t<message>{_cdata(job.error)}</message>\n\t</errorSummary>\n")
     body.append("</job>")
     return "".join(body).encode("utf-8")
