@@ -11,7 +11,8 @@ import pyvo
 import requests
 from astropy.io.votable import parse_single_table
 
-from astroquery_casda_ext.emulator.render import java_double, java_float, xml_escape
+from astroquery_casda_ext.emulator.java_formats import java_double, java_float
+from astroquery_casda_ext.emulator.result_writers import xml_escape
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 VOT = "{http://www.ivoa.net/xml/VOTable/v1.3}"
@@ -245,7 +246,7 @@ def awkward_rows(count, odd, run=1):
 @pytest.mark.parametrize("separator", [",", "\t"])
 def test_large_results_render_exactly_as_cell_by_cell(separator, monkeypatch):
     """Whole-column rendering (for millions of rows) gives the bytes of one cell at a time."""
-    from astroquery_casda_ext.emulator import render
+    from astroquery_casda_ext.emulator import result_writers as render
     monkeypatch.setattr(render, "_BATCH_CHARS", 4096)      # batches of about 100 rows: many kinds
     from astroquery_casda_ext.emulator.adql import QueryResult
     from astroquery_casda_ext.emulator.schema import Column

@@ -35,6 +35,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .holdings import SPEED_OF_LIGHT, fits_chunks
+from .java_formats import java_trim
 from .sidecars import write_file
 
 __all__ = ["GeneratedFile", "NothingMatched", "validate_soda_params", "process_job",
@@ -173,7 +174,7 @@ def _parse_region(name, value):
 
     Accepts at least what `_region_faults` finds valid (CASDA trims the value first).
     """
-    parts = _java_trim(str(value)).split(" ")
+    parts = java_trim(str(value)).split(" ")
     key = name.lower()
     if key == "circle":
         shape, numbers = "CIRCLE", _parse_circle(parts)
@@ -230,16 +231,6 @@ LATITUDE_FAULT = "UsageFault: Invalid latitude value. Valid range is [-90,90]"
 RADIUS_FAULT = "UsageFault: Invalid radius value. Valid range is [0,10]"
 
 
-def _java_trim(text):
-    """Java's ``String.trim`` (``StringUtils.trimToEmpty``): strips every character <= space."""
-    start, end = 0, len(text)
-    while start < end and text[start] <= " ":
-        start += 1
-    while end > start and text[end - 1] <= " ":
-        end -= 1
-    return text[start:end]
-
-
 def _out_of_range(text, low, high, *, optional=False):
     """Whether a coordinate fails CASDA's ``verify*`` (optional ones may be -Inf/+Inf)."""
     if optional and text in ("-Inf", "+Inf"):
@@ -278,7 +269,7 @@ def _region_faults(name, value):
     Like CASDA, the numbers are split on single spaces, so doubled spaces give an empty
     (out of range) coordinate rather than a pattern error.
     """
-    text = _java_trim(str(value))
+    text = java_trim(str(value))
     key = name.lower()
     if key == "circle":
         return _circle_faults(text.split(" ")) if _CIRCLE_VALUE.fullmatch(text) else [

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import pathlib
-import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 

@@ -27,7 +27,7 @@ from werkzeug.wrappers import Request, Response
 from . import routes
 from .backend import BUILTIN_PASSWORD, BUILTIN_USERNAME, EmulatorBackend, LoggedRequest
 from .options import EmulatorOptions, FaultRule
-from .render import FileBody
+from .file_responses import FileBody
 
 __all__ = ["CasdaEmulator", "EmulatorApp", "PROXY_REALM"]
 
