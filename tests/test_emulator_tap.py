@@ -4,6 +4,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 import pytest
@@ -11,6 +12,7 @@ import pyvo
 import requests
 from astropy.io.votable import parse_single_table
 
+from astroquery_casda_ext.emulator import ManualClock
 from astroquery_casda_ext.emulator.java_formats import java_double, java_float
 from astroquery_casda_ext.emulator.result_writers import xml_escape
 
@@ -431,12 +433,21 @@ def test_async_through_the_proxy_applies_the_users_projects(emulator):
 
 
 def test_uws_wait_blocks_only_when_enabled(emulator):
+    clock = emulator.use_clock(ManualClock())
     emulator.set_options(uws_wait=True)
     job_url = create_job(emulator, QUERY=OBSCORE_TOP2)
-    started = time.monotonic()
-    job = ET.fromstring(requests.get(job_url, params={"WAIT": "0.3"}, timeout=10).content)
+    started = clock.time()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.get, job_url, params={"WAIT": "0.3"}, timeout=10)
+        deadline = time.monotonic() + 10
+        while emulator.backend.request_log.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        clock.advance(0.2)
+        assert not waiting.done()           # held for the WAIT's 0.3 s of the emulator's clock
+        clock.advance(0.1)
+        job = ET.fromstring(waiting.result().content)
     assert job.find(f"{UWS}phase").text == "PENDING"
-    assert time.monotonic() - started >= 0.3
+    assert clock.time() - started >= 0.3
 
 
 # --- VOSI and pyvo ----------------------------------------------------------------------------------

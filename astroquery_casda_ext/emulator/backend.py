@@ -102,6 +102,12 @@ class RequestLog:
             self._in_flight -= 1
             self._changed.notify_all()
 
+    @property
+    def in_flight(self):
+        """How many requests are being answered right now."""
+        with self._changed:
+            return self._in_flight
+
     def snapshot(self, settle=1.0):
         """The entries so far, after waiting up to ``settle`` seconds for requests in flight.
 

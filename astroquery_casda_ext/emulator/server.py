@@ -384,6 +384,16 @@ class CasdaEmulator:
         return self.backend.options
 
     @property
+    def clock(self):
+        """The clock every service reads (`clock.Clock`, or the one given to `use_clock`)."""
+        return self.backend.clock
+
+    def use_clock(self, clock):
+        """Run the services by ``clock`` (e.g. a `clock.ManualClock`) until `reset`; returns it."""
+        self.backend.set_clock(clock)
+        return clock
+
+    @property
     def request_log(self):
         """Every request served so far (`LoggedRequest`), oldest first."""
         return self.backend.request_log.snapshot()
