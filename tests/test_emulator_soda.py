@@ -498,7 +498,7 @@ def test_wait_blocks_until_the_phase_changes(emulator, clock):
         wait_until_in_flight(emulator)
         clock.advance(0.2)
         assert not waiting.done()           # still QUEUED: the request is held
-        clock.advance(0.2)
+        clock.advance(0.25)
         response = waiting.result()
     waited = clock.time() - started
     root = ET.fromstring(response.content)

@@ -444,7 +444,7 @@ def test_uws_wait_blocks_only_when_enabled(emulator):
             time.sleep(0.001)
         clock.advance(0.2)
         assert not waiting.done()           # held for the WAIT's 0.3 s of the emulator's clock
-        clock.advance(0.1)
+        clock.advance(0.15)
         job = ET.fromstring(waiting.result().content)
     assert job.find(f"{UWS}phase").text == "PENDING"
     assert clock.time() - started >= 0.3
