@@ -34,7 +34,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .holdings import SPEED_OF_LIGHT, fits_chunks
+from .fits_synthesis import fits_chunks
+from .sky_model import SPEED_OF_LIGHT
 from .java_formats import java_trim
 from .sidecars import write_file
 
