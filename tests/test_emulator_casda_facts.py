@@ -154,7 +154,8 @@ def test_failing_tap_job_error_type_is_upper_case_fatal(emulator):
     recorded = ET.parse(DATA / "tap_async_error.xml").getroot().find(f"{UWS}errorSummary")
     response = final_tap_job(tap_job(emulator, QUERY="SELECT nothing FROM casda.no_such_table", PHASE="RUN"))
     summary = ET.fromstring(response.content).find(f"{UWS}errorSummary")
-    assert (summary.get("type"), summary.get("hasDetail")) == (recorded.get("type"), recorded.get("hasDetail"))
+    assert (summary.get("type"), summary.get("hasDetail")) == \
+        (recorded.get("type"), recorded.get("hasDetail"))
     assert summary.get("type") == "FATAL"
 
 

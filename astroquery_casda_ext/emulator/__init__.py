@@ -25,7 +25,8 @@ REQUIREMENTS = ("werkzeug", "sqlglot")
 # The public names and the modules that define them, imported on first use (PEP 562) so that
 # `python -m astroquery_casda_ext.emulator` can say what is missing in one line.
 _EXPORTS = {"CasdaEmulator": "server", "EmulatorOptions": "options", "FaultRule": "options",
-            "HoldingsConfig": "holdings", "LoggedRequest": "backend", "User": "backend", "ManualClock": "clock"}
+            "HoldingsConfig": "holdings", "LoggedRequest": "backend", "User": "backend",
+            "ManualClock": "clock"}
 
 
 def missing_requirements():

@@ -17,8 +17,8 @@ from sqlglot import exp
 from .geometry import (
     Box, Circle, Point, Polygon, bounding_cap, contains, great_circle_distance, intersects, parse_region)
 
-__all__ = ["SQL_FUNCTIONS", "ADQL_FUNCTIONS", "FUNCTION_CLASSES", "AGGREGATES", "REFUSED_FUNCTIONS", "CAP_SUFFIXES",
-           "cap_condition", "sql_function", "function_errors"]
+__all__ = ["SQL_FUNCTIONS", "ADQL_FUNCTIONS", "FUNCTION_CLASSES", "AGGREGATES", "REFUSED_FUNCTIONS",
+           "CAP_SUFFIXES", "cap_condition", "sql_function", "function_errors"]
 
 
 # --- bounding caps: a fast first test in SQL ----------------------------------------------

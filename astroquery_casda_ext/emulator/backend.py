@@ -23,7 +23,8 @@ from .options import EmulatorOptions, FaultRule
 from .soda_state import DataAccessJobStore
 from .tap_state import TapJobStore
 
-__all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "EmulatorBackend", "BUILTIN_USERNAME", "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
+__all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "EmulatorBackend", "BUILTIN_USERNAME",
+           "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
 
 #: The built-in OPAL account (a local test account; the password is not a secret).
 BUILTIN_USERNAME = "casda-user"

@@ -5,10 +5,12 @@ Shared by the per-service routes (``tap_routes``, ``sia2_routes``, ``vosi_routes
 ``routes.py``.
 """
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from werkzeug.wrappers import Request, Response
 
-__all__ = ["RequestContext", "PROXY_PREFIX", "TOOLS_PREFIX", "text_response", "xml_response", "see_other"]
+__all__ = ["RequestContext", "PROXY_PREFIX", "TOOLS_PREFIX", "request_params", "text_response",
+           "xml_response", "see_other"]
 
 PROXY_PREFIX = "casda_vo_proxy/vo/"
 TOOLS_PREFIX = "casda_vo_tools/"
@@ -76,3 +78,19 @@ class RequestContext:
         for name, value in self.params():
             params.setdefault(name.lower(), value)
         return params
+
+
+def request_params(request):
+    """Query and form parameters as (lower-case key, value) pairs, in the order sent.
+
+    Parsed from the raw query string and body because werkzeug's ``MultiDict`` groups
+    values by key, which would reorder ``ID=a&id=b&ID=c``.
+    """
+    pairs = parse_qsl(request.query_string.decode("utf-8", "replace"), keep_blank_values=True)
+    if request.method == "POST":
+        if request.mimetype == "application/x-www-form-urlencoded":
+            body = request.get_data(cache=True, as_text=True)
+            pairs += parse_qsl(body, keep_blank_values=True) if body else list(request.form.items(multi=True))
+        else:
+            pairs += list(request.form.items(multi=True))
+    return [(key.lower(), value) for key, value in pairs]

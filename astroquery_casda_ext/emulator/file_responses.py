@@ -63,7 +63,8 @@ class FileBody:
 def file_response(path, *, content_type, rate=None):
     """The whole of ``path`` with its ``Content-Length`` (a TAP result; no Range, as at CASDA)."""
     size = path.stat().st_size
-    response = Response(FileBody(path, 0, size, rate=rate), content_type=content_type, direct_passthrough=True)
+    response = Response(FileBody(path, 0, size, rate=rate), content_type=content_type,
+                        direct_passthrough=True)
     response.headers["Content-Length"] = str(size)
     return response
 

@@ -57,8 +57,8 @@ from .fits_synthesis import (
 from .product_rows import component_rows, obscore_row, observation_row
 from .sidecars import StoredFile, sidecar_size, write_file
 from .sky_model import (
-    BULK_FIELD, BULK_PROJECT, BULK_SBID, EMBARGO_DATE, MEMBER_PROJECTS, OBSERVATIONS, PROJECTS, SPEED_OF_LIGHT,
-    SUBTYPES, VARIABLE_FACTORS, HoldingsConfig, Observation, field_sources, polarised_source,
+    BULK_FIELD, BULK_PROJECT, BULK_SBID, EMBARGO_DATE, MEMBER_PROJECTS, OBSERVATIONS, PROJECTS,
+    SPEED_OF_LIGHT, SUBTYPES, VARIABLE_FACTORS, HoldingsConfig, Observation, field_sources, polarised_source,
     spectral_line_source, variable_source_fluxes)
 
 __all__ = [

@@ -11,24 +11,18 @@ from . import result_writers
 from .adql import AdqlError
 from .sia2_state import DISTANCE_COLUMN, UsageFault, build_sia2_query
 from .tap_routes import place_of, result_chunks
-from .tap_state import OUTPUT_FORMATS, TAP_MAX_RECORDS
+from .tap_state import OUTPUT_FORMATS, TAP_MAX_RECORDS, user_scope
 
 __all__ = ["ROUTES"]
 
 SIA2_RESOURCE = "CASDA SIAPv2 Result"
 
 
-def _user_scope(ctx):
-    """(projects, admin) for the embargo rules of the TAP database."""
-    if ctx.user is None:
-        return frozenset(), False
-    return frozenset(ctx.user.projects), bool(ctx.user.admin)
-
-
 def _sia2_response(body, response_format):
     if response_format is None:
         return Response(body, content_type="text/xml", direct_passthrough=not isinstance(body, bytes))
-    return Response(body, content_type=result_writers.VOTABLE_TYPE, direct_passthrough=not isinstance(body, bytes),
+    return Response(body, content_type=result_writers.VOTABLE_TYPE,
+                    direct_passthrough=not isinstance(body, bytes),
                     headers={"Content-Disposition": 'attachment; filename="sia2_results.xml"'})
 
 
@@ -38,7 +32,7 @@ def sia2_query(ctx):
     response_format = next((value for name, value in params if name.lower() == "responseformat"), None)
     try:
         query = build_sia2_query(params)
-        projects, admin = _user_scope(ctx)
+        projects, admin = user_scope(ctx.user)
         maxrec = TAP_MAX_RECORDS if query.maxrec is None else query.maxrec
         result = ctx.backend.database.execute(query.adql, maxrec=maxrec, projects=projects, admin=admin)
     except UsageFault as exc:

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from . import vosi_render
 from .file_responses import stream_file
-from .datalink_routes import request_params
+from .context import request_params
 from .soda_render import (
     ERROR_PAGE, SERVICE_DESCRIPTOR, capabilities_document, error_summary_text, exception_file_text,
     format_time, href_maker, render_job, render_job_list, render_named_parameter, render_parameters,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from .java_formats import java_trim
 
-__all__ = ["validate_soda_params", "SodaRequest", "SODA_PARAMETERS", "STOKES_NUMBERS", "STOKES_NAMES", "FORMATS"]
+__all__ = ["validate_soda_params", "SodaRequest", "SODA_PARAMETERS", "STOKES_NUMBERS", "STOKES_NAMES",
+           "FORMATS"]
 
 #: Parameter names CASDA's SODA service accepts (lower-case).
 SODA_PARAMETERS = ("id", "pos", "circle", "polygon", "band", "channel", "pol", "coord", "time", "format")

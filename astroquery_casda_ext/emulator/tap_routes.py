@@ -11,6 +11,7 @@ from functools import partial
 from werkzeug.wrappers import Response
 
 from . import result_writers, tap_render
+from .result_writers import VOTABLE_TYPE, votable_error
 from .context import PROXY_PREFIX, TOOLS_PREFIX, see_other, text_response, xml_response
 from .file_responses import file_response
 from .tap_state import (
@@ -46,8 +47,8 @@ def result_chunks(backend, result, fmt, *, place, query_name, query_text, starte
     infos = result_writers.service_infos(vo_tools_base=place.tools_base, query_name=query_name,
                                          query_text=query_text, started=started, now=backend.clock.now(),
                                          table=table)
-    return result_writers.votable_chunks(result, resource_name=resource, stylesheet_base=place.stylesheet_base,
-                                         proxy_base=place.proxy_base, infos=infos)
+    return result_writers.votable_chunks(result, resource_name=resource, proxy_base=place.proxy_base,
+                                         stylesheet_base=place.stylesheet_base, infos=infos)
 
 
 def run_tap_query(backend, params, *, user, place, started):
@@ -78,8 +79,8 @@ def tap_sync(ctx):
         # "paramater" is CASDA's spelling.
         message = ("Missing REQUEST paramater." if request_param is None
                    else f"Unsupported request: {request_param}")
-        return xml_response(result_writers.votable_error(TAP_RESOURCE, message), content_type=result_writers.VOTABLE_TYPE)
-    headers, content_type = {}, result_writers.VOTABLE_TYPE
+        return xml_response(votable_error(TAP_RESOURCE, message), content_type=VOTABLE_TYPE)
+    headers, content_type = {}, VOTABLE_TYPE
     fmt = output_format(params.get("format"))
     if fmt is not None:
         content_type = tap_content_type(fmt, params.get("format"))
@@ -88,8 +89,8 @@ def tap_sync(ctx):
         fmt, chunks = run_tap_query(ctx.backend, params, user=ctx.user, place=place_of(ctx), started=started)
     except TapJobFailed as exc:
         # vo_tools resets the type to VOTable but keeps the Content-Disposition already set.
-        return Response(result_writers.votable_error(TAP_RESOURCE, str(exc)),
-                        content_type=result_writers.VOTABLE_TYPE, headers=headers)
+        return Response(votable_error(TAP_RESOURCE, str(exc)),
+                        content_type=VOTABLE_TYPE, headers=headers)
     return Response(chunks, content_type=content_type, headers=headers, direct_passthrough=True)
 
 
@@ -126,8 +127,8 @@ def _apply_phase(ctx, job, phase):
     elif phase == "ABORT":
         ctx.backend.tap_jobs.abort(job)
     else:
-        return text_response(f"Incorrect value for the parameter PHASE: \"{phase}\"! It should be RUN or ABORT.",
-                     status=400)
+        return text_response(
+            f"Incorrect value for the parameter PHASE: \"{phase}\"! It should be RUN or ABORT.", status=400)
     return None
 
 
@@ -203,7 +204,9 @@ def tap_job_phase(ctx, job_id):
     if ctx.request.method != "POST":
         return text_response(job.phase)
     phase = ctx.first_params().get("phase")
-    error = _apply_phase(ctx, job, phase) if phase is not None else text_response("Missing PHASE parameter", 400)
+    if phase is None:
+        return text_response("Missing PHASE parameter", 400)
+    error = _apply_phase(ctx, job, phase)
     return error or see_other(_job_url(ctx, job_id))
 
 
@@ -229,7 +232,8 @@ def tap_job_results(ctx, job_id):
     job, missing = _tap_job_or_404(ctx, job_id)
     if missing:
         return missing
-    document = tap_render.tap_results(job, job_url=_job_url(ctx, job_id), href_style=ctx.options.tap_result_href)
+    document = tap_render.tap_results(job, job_url=_job_url(ctx, job_id),
+                                      href_style=ctx.options.tap_result_href)
     return xml_response(document, content_type=UWS_TYPE)
 
 
@@ -250,7 +254,7 @@ def tap_job_error(ctx, job_id):
         return missing
     if job.phase != "ERROR" or job.error is None:
         return text_response(f"No error summary for the job \"{job_id}\"!", status=404)
-    return xml_response(result_writers.votable_error(TAP_RESOURCE, job.error), content_type=result_writers.VOTABLE_TYPE)
+    return xml_response(votable_error(TAP_RESOURCE, job.error), content_type=VOTABLE_TYPE)
 
 
 def _job_attribute(read, write=None):

@@ -17,8 +17,8 @@ from .adql import AdqlError
 from .job_store import JobStore
 
 __all__ = ["TapJob", "TapJobStore", "TapJobFailed", "OutputFormat", "OUTPUT_FORMATS", "output_format",
-           "tap_content_type", "validate_tap", "run_query", "set_execution_duration", "set_destruction",
-           "TAP_MAX_RECORDS"]
+           "tap_content_type", "validate_tap", "run_query", "user_scope", "set_execution_duration",
+           "set_destruction", "TAP_MAX_RECORDS"]
 
 #: vo_tools ``tap.max.records``: the row limit when MAXREC is not given.
 TAP_MAX_RECORDS = 20_000_000
@@ -227,6 +227,13 @@ def validate_tap(params):
     return fmt, maxrec
 
 
+def user_scope(user):
+    """(projects, admin) of a user (None: anonymous) for the embargo rules of the TAP database."""
+    if user is None:
+        return frozenset(), False
+    return frozenset(user.projects), bool(user.admin)
+
+
 def run_query(database, params, user):
     """Validate and run a TAP query for ``user``; returns (OutputFormat, QueryResult).
 
@@ -238,7 +245,7 @@ def run_query(database, params, user):
         With the text CASDA puts in ``QUERY_STATUS=ERROR``.
     """
     fmt, maxrec = validate_tap(params)
-    projects, admin = (frozenset(), False) if user is None else (frozenset(user.projects), bool(user.admin))
+    projects, admin = user_scope(user)
     try:
         result = database.execute(params["query"], maxrec=maxrec, projects=projects, admin=admin, stream=True)
     except AdqlError as exc:
