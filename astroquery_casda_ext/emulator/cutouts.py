@@ -213,37 +213,37 @@ class _Outputs:
                                         region.label if region else None, None))
 
 
-def _process_product(product, request, mode, outputs):
+def _process_product(product, wanted, mode, outputs):
     cube = open_cube(product)
     if cube is None:        # not an image: every value misses
-        for given, region in _all_given(request):
+        for given, region in _all_given(wanted):
             outputs.error(product, given, region)
         return
     try:
-        _cross_product(cube, product, request, mode, outputs)
+        _cross_product(cube, product, wanted, mode, outputs)
     finally:
         cube.close()
 
 
-def _all_given(request):
-    given = [(r.given, r) for r in request.regions] + [(s.given, None) for s in request.spectral]
-    given += [(f"POL={p}", None) for p in request.pols]
+def _all_given(wanted):
+    given = [(r.given, r) for r in wanted.regions] + [(s.given, None) for s in wanted.spectral]
+    given += [(f"POL={p}", None) for p in wanted.pols]
     return given or [(None, None)]
 
 
-def _cross_product(cube, product, request, mode, outputs):
-    spectral = [(s, cube.planes_for(s)) for s in request.spectral]
+def _cross_product(cube, product, wanted, mode, outputs):
+    spectral = [(s, cube.planes_for(s)) for s in wanted.spectral]
     freq_ranges = [planes for _, planes in spectral if planes is not None]
-    if not request.spectral:
+    if not wanted.spectral:
         freq_ranges = [cube.all_planes(cube.freq_axis)]
-    stokes_ranges, missing_pols = cube.stokes_ranges(request.pols)
-    for region in request.regions or [None]:
+    stokes_ranges, missing_pols = cube.stokes_ranges(wanted.pols)
+    for region in wanted.regions or [None]:
         box = cube.locate(region)
         if box is None:
             outputs.error(product, region.given, region)
             continue
         for freq_range, stokes_range in itertools.product(freq_ranges, stokes_ranges):
-            _emit(cube, product, region, box, freq_range, stokes_range, request, mode, outputs)
+            _emit(cube, product, region, box, freq_range, stokes_range, wanted, mode, outputs)
     for selection, planes in spectral:
         if planes is None:
             outputs.error(product, selection.given)
@@ -251,10 +251,10 @@ def _cross_product(cube, product, request, mode, outputs):
         outputs.error(product, f"POL={pol}")
 
 
-def _emit(cube, product, region, box, freq_range, stokes_range, request, mode, outputs):
+def _emit(cube, product, region, box, freq_range, stokes_range, wanted, mode, outputs):
     if mode == "cutout":
-        outputs.data("cutout", product, region, request.image_format, lambda path: _write_cutout(
-            cube, box, freq_range, stokes_range, product, region, path, request.image_format))
+        outputs.data("cutout", product, region, wanted.image_format, lambda path: _write_cutout(
+            cube, box, freq_range, stokes_range, product, region, path, wanted.image_format))
         return
     first, last = stokes_range if stokes_range is not None else (0, 0)
     for plane in range(first, last + 1):
@@ -298,11 +298,11 @@ def process_job(products, params, out_dir, *, mode, first_number):
     problems = validate_soda_params(params)
     if problems:
         raise ValueError("\r\n".join(problems))
-    request = SodaRequest.from_params(params)
+    wanted = SodaRequest.from_params(params)
     outputs = _Outputs(out_dir, first_number)
     outputs.out_dir.mkdir(parents=True, exist_ok=True)
     for product in products:
-        _process_product(product, request, mode, outputs)
+        _process_product(product, wanted, mode, outputs)
     if not any(f.message is None for f in outputs.files):
         raise NothingMatched(NOTHING_MATCHED_MESSAGE, outputs.files)
     return outputs.files
