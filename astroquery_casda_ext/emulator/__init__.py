@@ -15,7 +15,7 @@ the extra raises `ModuleNotFoundError` naming `INSTALL_COMMAND`.
 import importlib
 
 __all__ = ["CasdaEmulator", "EmulatorOptions", "FaultRule", "HoldingsConfig", "LoggedRequest", "User",
-           "ManualClock", "INSTALL_COMMAND", "missing_requirements"]
+           "INSTALL_COMMAND", "missing_requirements"]
 
 #: What installs the emulator's own dependencies.
 INSTALL_COMMAND = "pip install 'astroquery_casda_ext[emulator]'"
@@ -23,7 +23,8 @@ INSTALL_COMMAND = "pip install 'astroquery_casda_ext[emulator]'"
 REQUIREMENTS = ("werkzeug", "sqlglot")
 
 # The public names and the modules that define them, imported on first use (PEP 562) so that
-# `python -m astroquery_casda_ext.emulator` can say what is missing in one line.
+# `python -m astroquery_casda_ext.emulator` can say what is missing in one line.  ManualClock
+# is documented with its module (astroquery_casda_ext.emulator.clock).
 _EXPORTS = {"CasdaEmulator": "server", "EmulatorOptions": "options", "FaultRule": "options",
             "HoldingsConfig": "holdings", "LoggedRequest": "backend", "User": "backend",
             "ManualClock": "clock"}

@@ -1,6 +1,6 @@
 """The emulator's time, injected: every job phase, expiry, WAIT and signed URL reads it.
 
-`Clock` is the real one.  `ManualClock` stands still until told to `~ManualClock.advance`,
+`Clock` is the real one.  `ManualClock` stands still until told to ``advance``,
 so a test can walk a job through timed phases, expire it or end a UWS ``WAIT`` without
 sleeping (``CasdaEmulator.use_clock``).  Transfer rates and injected latencies stay on
 real time: they shape how bytes leave the socket.
@@ -39,7 +39,7 @@ class Clock:
 
 
 class ManualClock(Clock):
-    """A clock that moves only when `advance` is called (thread-safe).
+    """A clock that moves only when ``advance`` is called (thread-safe).
 
     Parameters
     ----------

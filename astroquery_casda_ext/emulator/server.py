@@ -385,11 +385,13 @@ class CasdaEmulator:
 
     @property
     def clock(self):
-        """The clock every service reads (`clock.Clock`, or the one given to `use_clock`)."""
+        """The clock every service reads (`~astroquery_casda_ext.emulator.clock.Clock`, or the one
+        given to `use_clock`)."""
         return self.backend.clock
 
     def use_clock(self, clock):
-        """Run the services by ``clock`` (e.g. a `clock.ManualClock`) until `reset`; returns it."""
+        """Run the services by ``clock`` (e.g. a `~astroquery_casda_ext.emulator.clock.ManualClock`)
+        until `reset`; returns it."""
         self.backend.set_clock(clock)
         return clock
 
