@@ -374,8 +374,11 @@ class UwsJob:
     def refresh(self, *, budget=None):
         """Read the job document from the server; returns ``self``.
 
-        ``budget`` (seconds) shortens ``conf.request_budget`` for this read (a wait's time left).
+        ``budget`` (seconds) shortens ``conf.request_budget`` for this read (a wait's time left);
+        by default no read of a job document outlives ``conf.job_timeout`` either.
         """
+        if budget is None:
+            budget = float(conf.job_timeout) or None
         return self._read(self._call("GET", self.url, "reading the job", document=True, budget=budget))
 
     def add_parameters(self, params):

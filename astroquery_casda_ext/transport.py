@@ -548,6 +548,8 @@ DOCUMENT_CODINGS = "gzip, deflate"
 _DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "x-gzip": lambda: zlib.decompressobj(
     16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
 _READ_SIZE = 1 << 16
+#: Most decoded bytes made from one step of decompression.
+_DECODED_STEP = 1 << 20
 #: The most of an error page that is read (an error message quotes its beginning only).
 _ERROR_TEXT_BYTES = 64 << 10
 
@@ -630,7 +632,9 @@ def read_body(response, bounds, *, error_page=False):
                 break
             data = chunk
             while data:
-                piece = decoder.decompress(data, room - size + 1) if decoder is not None else data
+                # at most one read's worth of output at a time: zlib holds a second copy of each piece
+                piece = decoder.decompress(data, min(room - size + 1, _DECODED_STEP)) if decoder is not None \
+                    else data
                 data = decoder.unconsumed_tail if decoder is not None else b""
                 size += len(piece)
                 if size > room and error_page:
