@@ -31,7 +31,7 @@ from astropy.time import Time
 from . import __version__, conf
 from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError, NoAccessError,
                      NotLoggedInError, ServiceError, UnsafeFilenameError, plain_text, redact_url)
-from .writer import refuse_link, write_bytes
+from .writer import refuse_link, refuse_reserved, write_bytes
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
            "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES"]
@@ -447,6 +447,7 @@ def _check_output(path, overwrite, output_format=None):
 
 def _refuse_output(path, overwrite):
     """Refuse an ``--output`` before anything is sent (the writer checks again when it writes)."""
+    refuse_reserved(Path(path).name, source="the output's")
     refuse_link(path)
     if os.path.lexists(path) and not overwrite:
         raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")

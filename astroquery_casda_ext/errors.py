@@ -29,7 +29,8 @@ __all__ = [
 
 
 # C0 and C1 controls, DEL, and the line/paragraph separators; tab and newline are kept as text.
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f"                 # C0 but tab, newline; DEL; C1
+                              "\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # separators, bidi
 
 
 def plain_text(text):

@@ -226,7 +226,7 @@ class Manifest:
         table = _text_safe(self.merged_with(previous))
         text = io.StringIO()
         table.write(text, format="ascii.ecsv")
-        write_file(path, text.getvalue().encode("utf-8"))
+        write_file(path, text.getvalue().encode("utf-8"), package_file=True)
         return str(path)
 
     def raise_for_errors(self):

@@ -138,7 +138,7 @@ def _store_validator(fd, part, validator):
         pass
     sidecar = part + VALIDATOR_SUFFIX.removeprefix(PART_SUFFIX)
     try:
-        naming.write_file(sidecar, data)      # the one writer: never through a link
+        naming.write_file(sidecar, data, package_file=True)      # the one writer: never via a link
     except OSError:
         return   # no validator: a later resume restarts from zero unless a checksum guards it
 
