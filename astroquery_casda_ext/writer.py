@@ -48,7 +48,6 @@ API
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import re
 import socket
@@ -60,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import (FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError,
-                     plain_text, redact_url)
+                     package_logger, plain_text, redact_url)
 
 try:
     import fcntl
@@ -70,7 +69,7 @@ except ImportError:   # Windows: filelock's msvcrt locking for folders; O_EXCL a
 __all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved",
            "RESERVED_NAMES", "RESERVED_SUFFIXES", "MANIFEST_NAME", "LOCK_NAME", "PARTITION_MANIFEST_NAME"]
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = package_logger(__name__.rsplit(".", 1)[0])
 
 #: The download manifest `~astroquery_casda_ext.download.Manifest` saves into a download folder.
 MANIFEST_NAME = "casda_manifest.ecsv"
