@@ -473,12 +473,13 @@ def test_a_damaged_partition_manifest_is_a_clear_error_naming_it(casda, world, d
 
 # --- file systems that refuse flock ---------------------------------------------------------------------
 
-@pytest.fixture
-def no_flock(monkeypatch):
+@pytest.fixture(params=[errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS], ids=["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
+def no_flock(monkeypatch, request):
+    """NFS without lockd answers ENOLCK; Lustre mounted noflock, EOPNOTSUPP or ENOSYS."""
     import fcntl
 
     def refuse(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        raise OSError(request.param, os.strerror(request.param))
     monkeypatch.setattr(fcntl, "flock", refuse)
 
 
