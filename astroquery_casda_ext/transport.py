@@ -71,12 +71,13 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutio
 
 from . import conf
 from .errors import CasdaLoginError, DownloadError, JobError, ServiceError, redact_url
+from .errors import package_logger
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
            "describe_failure", "TRANSIENT_STATUSES", "Pacing", "BodyBounds",
            "BodyLimitError", "bounded", "read_body", "failure", "failures_as", "server_message", "rate_text"]
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 # --- retry policy -------------------------------------------------------------------------------
 

@@ -378,8 +378,8 @@ class _Manifest:
     def _read(path):
         """The manifest's content, checked entry by entry; a damaged one names the file."""
         def damaged(why):
-            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the directory "
-                                     "(or that file and the parts) to start again")
+            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the "
+                                     "directory (or that file and the parts) to start again")
         try:
             with open(path, "rb") as stream:       # refuse_link checked it is no link
                 data = json.loads(stream.read(64 << 20))
@@ -421,8 +421,8 @@ class _Manifest:
         """Record the columns (and the fingerprint), or refuse if the folder's parts have others."""
         columns = _columns(schema)
         if self.data.get("columns") is not None and self.data["columns"] != columns:
-            raise InvalidInputError(f"{self.directory} holds parts with other columns ({self.data['columns']!r} "
-                                    f"there, {columns!r} now): use another directory")
+            raise InvalidInputError(f"{self.directory} holds parts with other columns "
+                                    f"({self.data['columns']!r} there, {columns!r} now): use another directory")
         if self.data.get("columns") is None or self.data.get("fingerprint") is None:
             self.data["columns"] = columns
             self._save()
@@ -467,4 +467,5 @@ class _Manifest:
     def _save(self):
         self.data["version"] = self.VERSION
         self.data["fingerprint"] = self._fingerprint()
-        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True)
+        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True,
+                    package_file=True)
