@@ -32,7 +32,8 @@ from . import __version__, conf
 from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError,
                      MissingDependencyError, NoAccessError, NotLoggedInError, ServiceError, UnsafeFilenameError,
                      plain_text, redact_url)
-from .writer import refuse_link, write_bytes
+from .errors import package_logger
+from .writer import refuse_link, refuse_reserved, write_bytes
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
            "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES"]
@@ -104,7 +105,7 @@ _JOB_URL = re.compile(r"/data/async/[^/?#]+/?$")
 _OBSCORE_SCREEN_COLUMNS = ("obs_publisher_did", "obs_id", "obs_collection", "dataproduct_subtype",
                            "filename", "s_ra", "s_dec", "t_min", "em_min", "em_max", "obs_release_date")
 
-log = logging.getLogger("astroquery_casda_ext.cli")
+log = package_logger("astroquery_casda_ext.cli")
 
 
 class NothingFound(Exception):
@@ -191,7 +192,7 @@ class JobProgress:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             name, phase, since = self._status
-            line = f"\r  job {name}: {phase}, {time.monotonic() - since:5.0f} s elapsed"
+            line = f"\r  job {name}: {plain_text(phase)}, {time.monotonic() - since:5.0f} s elapsed"
             click.echo(line, err=True, nl=False)
             time.sleep(min(self.tick, left))
         self._clear()
@@ -448,6 +449,7 @@ def _check_output(path, overwrite, output_format=None):
 
 def _refuse_output(path, overwrite):
     """Refuse an ``--output`` before anything is sent (the writer checks again when it writes)."""
+    refuse_reserved(Path(path).name, source="the output's")
     refuse_link(path)
     if os.path.lexists(path) and not overwrite:
         raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
@@ -868,8 +870,8 @@ def _json_value(value):
 def _write_stdout(table, output_format, columns):
     """``-o -``: the table on standard output, in ``--format``, and nothing else there."""
     import io
-    if output_format == "table":
-        click.echo("\n".join(table[columns].pformat(max_lines=-1, max_width=-1)))
+    if output_format == "table":       # the screen layout: server text escaped as on the screen
+        click.echo(plain_text("\n".join(table[columns].pformat(max_lines=-1, max_width=-1))))
     elif output_format == "json":
         click.echo(json.dumps(_rows_as_dicts(table[columns]), indent=1, default=_json_default))
     elif output_format == "votable":
@@ -1583,7 +1585,10 @@ def _demo_casda(options, console):
         log_in(casda, options, console)
         yield casda, None
         return
-    from .emulator import CasdaEmulator
+    try:
+        from .emulator import CasdaEmulator
+    except ModuleNotFoundError as exc:     # the [emulator] extra is not installed: one line, exit 2
+        raise click.UsageError(f"{exc} (or run the demo on CASDA with --server)") from None
     console.say("Starting a local CASDA emulator (synthetic ASKAP data; nothing leaves this machine) ...")
     with CasdaEmulator() as emu:
         console.say(f"  CASDA emulator at {emu.url}")

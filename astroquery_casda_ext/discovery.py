@@ -10,9 +10,8 @@ becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 SIA2 answers are fetched and parsed by `~astroquery_casda_ext.documents` (bounded in bytes and
 time, parser failures mapped); `parse_sia2` is a pure function of bytes, testable on recorded
 CASDA responses; TAP queries go through the TAP package's one entry point
-(`~astroquery_casda_ext.tap.TapClient.query`).
+(``tap.TapClient.query``).
 """
-import logging
 import re
 import time as _time
 
@@ -32,7 +31,6 @@ from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions,
 
 __all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
 
-_log = logging.getLogger(__name__)
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")

@@ -377,7 +377,8 @@ def _warn_overflow(table, service):
 
 def table_of(votable, service, *, url=None):
     """The result Table of a parsed VOTable answer: ``QUERY_STATUS=ERROR`` (wherever it is)
-    becomes `QueryError` with the server's words, OVERFLOW a `MaxResultsWarning`.
+    becomes `~astroquery_casda_ext.errors.QueryError` with the server's words, OVERFLOW a
+    `~astroquery.exceptions.MaxResultsWarning`.
 
     Raises
     ------

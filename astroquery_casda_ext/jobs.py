@@ -21,7 +21,6 @@ and the ``load_job(...)`` call that does it.  Job documents are read by
 transport adapter (`~astroquery_casda_ext.transport.ApiRetryAdapter`) is the one retry layer.
 """
 import json
-import logging
 import math
 import re
 import time
@@ -33,13 +32,14 @@ from .access import AccessToken
 from .documents import JobDocument, fetch, parse_job_document
 from .errors import (CasdaError, InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
                      JobNotFoundError, JobSubmissionError, JobTimeoutError, QueryError, ServiceError, redact_url)
+from .errors import package_logger
 from .soda_params import SodaRequest
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
            "PollPolicy", "ResultFile", "UwsJob", "SodaJob", "TapJob", "JobBatch", "product_id_of", "wait_all",
            "request_from_parameters"]
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 #: Phases in which a job is still going somewhere.  SUSPENDED (CASDA: staging from tape)
 #: and HELD (paused by an operator) are *not* final.  Any other phase (UWS's UNKNOWN, or
@@ -380,8 +380,11 @@ class UwsJob:
     def refresh(self, *, budget=None):
         """Read the job document from the server; returns ``self``.
 
-        ``budget`` (seconds) shortens ``conf.request_budget`` for this read (a wait's time left).
+        ``budget`` (seconds) shortens ``conf.request_budget`` for this read (a wait's time left);
+        by default no read of a job document outlives ``conf.job_timeout`` either.
         """
+        if budget is None:
+            budget = float(conf.job_timeout) or None
         return self._read(self._call("GET", self.url, "reading the job", document=True, budget=budget))
 
     def add_parameters(self, params):

@@ -4,11 +4,11 @@ the login check) is retried here, and nowhere above.
 `ApiRetryAdapter`, mounted on the façade's session, sends a request again when the failure
 is transient, under one `RetryPolicy` and one total-time budget per call
 (``conf.request_budget``), so a failure reaches the user in seconds, not minutes.  Callers
-(pyvo, DataLink, SODA jobs, astroquery's ``_request``) never loop; the two places that must
-send a request again after its answer has started to arrive (a streamed TAP result that
-breaks off, a download resumed with ``Range``) ask a `RetryState` of the same policy, and
-a streamed query shares the adapter's state through `one_call`, so its retries and time
-are counted once.
+(the document reader, DataLink, jobs, astroquery's ``_request``) never loop: a body read
+whole is read inside the adapter's loop (`read_body`), so one cut short is asked for again
+here too.  The one place that must send a request again after its answer has started to
+be written (a download resumed with ``Range``) asks a `RetryState` of the same policy; a
+TAP result streamed to a file that breaks off is an error (nothing kept: run it again).
 
 Which failures are retried depends on the failure and on whether sending the request
 twice is harmless:
@@ -71,12 +71,13 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutio
 
 from . import conf
 from .errors import CasdaError, CasdaLoginError, DownloadError, JobError, ServiceError, redact_url
+from .errors import package_logger
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
-           "describe_failure", "one_call", "gave_up", "TRANSIENT_STATUSES", "Pacing", "BodyBounds",
+           "describe_failure", "TRANSIENT_STATUSES", "Pacing", "BodyBounds",
            "BodyLimitError", "bounded", "read_body", "failure", "failures_as", "server_message", "rate_text"]
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 # --- retry policy -------------------------------------------------------------------------------
 
@@ -245,36 +246,6 @@ class RetryState:
         return f"<RetryState retries={self.retries}/{self.policy.total} elapsed={self.elapsed:.1f}s>"
 
 
-_CALL = contextvars.ContextVar("astroquery_casda_ext_retry_call", default=None)
-
-
-class _Call:
-    """The `RetryState` shared by every request sent inside one `one_call` block."""
-
-    def __init__(self):
-        self.state = None
-
-    def retry(self, retry_after=None):
-        """Wait before sending the call again; False when its retries or budget are spent."""
-        return self.state is not None and self.state.wait(retry_after)
-
-
-@contextlib.contextmanager
-def one_call():
-    """Count every request sent inside the block as one call: one `RetryState`, one budget.
-
-    For the few callers that must send a request again after its answer began to arrive
-    (a streamed TAP result that broke off): ``with one_call() as call: ... if call.retry():``
-    so that the adapter's retries and theirs share one count and one time budget.
-    """
-    call = _Call()
-    token = _CALL.set(call)
-    try:
-        yield call
-    finally:
-        _CALL.reset(token)
-
-
 #: Methods that may be sent twice (RFC 9110 idempotent methods).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT", "TRACE"})
 
@@ -297,10 +268,9 @@ def _reads_only(request):
 
 
 def _streamed_query(request):
-    """A synchronous query whose answer is parsed as it streams in (pyvo's TAP ``sync``).
+    """A synchronous query whose answer is streamed to a file (``tap.TapClient.stream_to``).
 
-    It is retried here until its headers arrive; a body that breaks off later is sent for
-    again by its caller (`~astroquery_casda_ext.discovery.Discovery`), inside `one_call`.
+    It is retried here until its headers arrive; a body that breaks off later is an error.
     """
     return request.method == "POST" and bool(_READING_POST.search(urlsplit(request.url).path))
 
@@ -374,7 +344,7 @@ class ApiRetryAdapter(HTTPAdapter):
     """An `~requests.adapters.HTTPAdapter` that sends API requests again when CASDA is busy.
 
     See the module docstring for what is retried.  Each request is one call with its own
-    `RetryState` (retries and time budget), unless it is sent inside `one_call`.
+    `RetryState` (retries and time budget).
 
     Parameters
     ----------
@@ -400,14 +370,8 @@ class ApiRetryAdapter(HTTPAdapter):
         return state
 
     def _state(self):
-        call = _CALL.get()
-        if call is not None and call.state is not None:
-            return call.state
         policy = self.policy if self.policy is not None else RetryPolicy.for_api()
-        state = policy.start(sleep=self._sleep, clock=self._clock, rand=self._rand)
-        if call is not None:
-            call.state = state
-        return state
+        return policy.start(sleep=self._sleep, clock=self._clock, rand=self._rand)
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         bounds = _BOUNDS.get()
@@ -430,7 +394,6 @@ class ApiRetryAdapter(HTTPAdapter):
             except requests.RequestException as exc:
                 if not _worth_resending(exc, reads_only) or \
                         not state.wait(within=state.policy.refused_budget if _refused(exc) else None):
-                    exc.casda_retries_spent = True   # see gave_up(): no caller sends it again
                     raise
                 why = describe_failure(exc)
             else:
@@ -443,18 +406,6 @@ class ApiRetryAdapter(HTTPAdapter):
                 response.close()
             log.info("%s %s: %s; sent again (retry %d of at most %d, %.1f s into the call)", request.method,
                      redact_url(request.url), why, state.retries, state.policy.total, state.elapsed)
-
-
-def gave_up(exc):
-    """True when ``exc`` (or its cause) was raised by `ApiRetryAdapter` after deciding not to
-    retry: a caller that sends again after a broken-off body must not retry it a second time."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if getattr(exc, "casda_retries_spent", False):
-            return True
-        seen.add(id(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return False
 
 
 def mount_api_retries(session, policy=None, **kwargs):
@@ -598,6 +549,8 @@ DOCUMENT_CODINGS = "gzip, deflate"
 _DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "x-gzip": lambda: zlib.decompressobj(
     16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
 _READ_SIZE = 1 << 16
+#: Most decoded bytes made from one step of decompression.
+_DECODED_STEP = 1 << 20
 #: The most of an error page that is read (an error message quotes its beginning only).
 _ERROR_TEXT_BYTES = 64 << 10
 
@@ -680,7 +633,9 @@ def read_body(response, bounds, *, error_page=False):
                 break
             data = chunk
             while data:
-                piece = decoder.decompress(data, room - size + 1) if decoder is not None else data
+                # at most one read's worth of output at a time: zlib holds a second copy of each piece
+                piece = decoder.decompress(data, min(room - size + 1, _DECODED_STEP)) if decoder is not None \
+                    else data
                 data = decoder.unconsumed_tail if decoder is not None else b""
                 size += len(piece)
                 if size > room and error_page:

@@ -29,10 +29,11 @@ command line's ``-o FILE`` and plots are all written here, under one set of rule
 
 API
 ---
-``atomic_output(path, *, overwrite=False)``
+``atomic_output(path, *, overwrite=False, package_file=False)``
     Context manager yielding a binary file object; the output appears, complete, when the
-    block ends without an exception, and nothing appears otherwise.
-``write_bytes(path, data, *, overwrite=False)``
+    block ends without an exception, and nothing appears otherwise.  Only the package's
+    own files (``package_file=True``) may have reserved names.
+``write_bytes(path, data, *, overwrite=False, package_file=False)``
     The same for bytes in memory.
 ``FolderLock(folder, *, wait=True)``
     One writer per folder (downloads, partitioned TAP outputs), across processes and hosts.
@@ -47,7 +48,6 @@ API
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import re
 import socket
@@ -59,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import (FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError,
-                     plain_text, redact_url)
+                     package_logger, plain_text, redact_url)
 
 try:
     import fcntl
@@ -69,7 +69,7 @@ except ImportError:   # Windows: filelock's msvcrt locking for folders; O_EXCL a
 __all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved",
            "RESERVED_NAMES", "RESERVED_SUFFIXES", "MANIFEST_NAME", "LOCK_NAME", "PARTITION_MANIFEST_NAME"]
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = package_logger(__name__.rsplit(".", 1)[0])
 
 #: The download manifest `~astroquery_casda_ext.download.Manifest` saves into a download folder.
 MANIFEST_NAME = "casda_manifest.ecsv"
@@ -246,10 +246,12 @@ def _flock(fd, path, what):
             if exc.errno in _HELD:
                 return False
             folder = Path(path).parent
-            raise LockUnavailableError(
-                f"cannot lock {what} in {folder}: the file system refuses locks ({os.strerror(exc.errno)}; "
-                "NFS without lockd, or Lustre mounted noflock?). Use a folder on a file system with locking "
-                "(local disk, NFS with lockd, Lustre with flock)", path=str(folder)) from None
+            if exc.errno in _NO_LOCKS:
+                raise LockUnavailableError(
+                    f"cannot lock {what} in {folder}: the file system refuses locks ({os.strerror(exc.errno)}; "
+                    "NFS without lockd, or Lustre mounted noflock?). Use a folder on a file system with "
+                    "locking (local disk, NFS with lockd, Lustre with flock)", path=str(folder)) from None
+            raise LockUnavailableError(f"cannot lock {what} in {folder}: {exc}", path=str(folder)) from None
         _held_here.add(key)
     return True
 
@@ -287,6 +289,11 @@ def _claim(path):
             except FileNotFoundError:
                 continue          # the holder just finished: claim again
         _own_plain_file(fd, temporary)
+        if fcntl is None and not created:     # no flock to tell a live claim from a dead one
+            os.close(fd)
+            raise OutputExistsError(f"{str(path)!r} is being written by another run (it holds "
+                                    f"{temporary.name}; remove that file if no run is writing)",
+                                    path=str(path))
         try:
             taken = _flock(fd, temporary, f"{path.name!r}")
         except BaseException:
@@ -308,7 +315,7 @@ def _claim(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, overwrite=False):
+def atomic_output(path, *, overwrite=False, package_file=False):
     """Write ``path`` safely: yield a binary file object; the output appears when the block ends.
 
     Parameters
@@ -317,6 +324,9 @@ def atomic_output(path, *, overwrite=False):
         The output.  Its folder must exist.
     overwrite : bool
         Replace an existing (regular) file.  A link is never replaced.
+    package_file : bool
+        ``path`` is one of the package's own files (a manifest, a ``.part`` validator); any
+        other output may not take a reserved name (`is_reserved`).
 
     Yields
     ------
@@ -328,11 +338,14 @@ def atomic_output(path, *, overwrite=False):
     OutputExistsError
         ``path`` exists (and not ``overwrite``), or another run is writing it.
     UnsafeFilenameError
-        ``path`` or its temporary is a symbolic link, a directory or another special file.
+        ``path`` or its temporary is a symbolic link, a directory or another special file,
+        or ``path`` has a reserved name (and is not ``package_file``).
     LockUnavailableError
         The file system refuses ``flock``.
     """
     path = Path(path)
+    if not package_file:
+        refuse_reserved(path.name, source="the output's")
     refuse_link(path)
     fd, temporary = _claim(path)
     try:
@@ -357,9 +370,9 @@ def atomic_output(path, *, overwrite=False):
         os.close(fd)
 
 
-def write_bytes(path, data, *, overwrite=False):
+def write_bytes(path, data, *, overwrite=False, package_file=False):
     """Write ``data`` to ``path`` through `atomic_output`; returns ``path`` as a str."""
-    with atomic_output(path, overwrite=overwrite) as stream:
+    with atomic_output(path, overwrite=overwrite, package_file=package_file) as stream:
         stream.write(data)
     return str(path)
 

@@ -22,7 +22,6 @@ class HostileFront:
         parts = urlsplit(upstream_url)
         self.upstream = (parts.hostname, parts.port)
         self.rules = []
-        self.served = []   # (method, path, bytes sent) of every attack
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):

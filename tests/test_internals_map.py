@@ -2,6 +2,7 @@
 the emulator, names nothing that is not there, and says which client modules import the
 emulator."""
 import ast
+import fnmatch
 import re
 from pathlib import Path
 
@@ -53,6 +54,31 @@ def _imports_emulator(path):
     return False
 
 
+def _imported_modules(path):
+    """Every module name an emulator file imports, made absolute (``..x`` -> ``astroquery_casda_ext.x``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module
+            elif node.level == 1:
+                yield "astroquery_casda_ext.emulator." + (node.module or "")
+            else:
+                yield "astroquery_casda_ext." + (node.module or "") + \
+                    "".join("." + alias.name for alias in node.names if not node.module)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "emulator").rglob("*.py")), ids=lambda path: path.name)
+def test_no_emulator_module_imports_the_client(path):
+    """The emulator is an oracle for the client: sharing its code would hide the client's mistakes."""
+    for name in _imported_modules(path):
+        parts = name.split(".")
+        if parts[0] == "astroquery_casda_ext":
+            assert parts[1:2] == ["emulator"], f"{path.name} imports {name} from the client"
+
+
 def test_the_map_names_the_client_modules_that_import_the_emulator():
     importers = {path.name for path in PACKAGE.rglob("*.py")
                  if "emulator" not in path.relative_to(PACKAGE).parts and _imports_emulator(path)}
@@ -87,7 +113,7 @@ _PARSERS = ("astropy.io.votable", "pyvo.io.uws", "pyvo.dal", "xml.etree", "xml.d
             "lxml", "defusedxml")
 
 
-def _imported_modules(tree):
+def _absolute_imports(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.module
@@ -99,7 +125,7 @@ def test_only_the_document_reader_parses_network_documents():
     """XML and VOTable parsers are imported by ``documents.py`` alone (pyvo's ADQL ``escape``
     is no parser)."""
     users = {_name(path) for path in CLIENT_FILES
-             for module in _imported_modules(ast.parse(path.read_text(encoding="utf-8")))
+             for module in _absolute_imports(ast.parse(path.read_text(encoding="utf-8")))
              if module.startswith(_PARSERS) and module != "pyvo.dal.tap"}
     assert users == {"documents.py"}
 
@@ -157,3 +183,49 @@ def test_one_query_status_rule_one_document_reader_one_failure_mapper():
             assert not defines & {"parse_job_document", "status_of", "query_status", "fetch"}, _name(path)
         if _name(path) != "transport.py":
             assert not defines & {"read_body", "failure", "read_some"}, _name(path)
+
+
+def _service_table_column(title):
+    """The ``x.py`` names in one column of the emulator's per-service table."""
+    lines = EMULATOR_SECTION[EMULATOR_SECTION.index("service       state"):].splitlines()
+    rule = next(line for line in lines if line.startswith("===="))
+    spans, position = [], 0
+    for run in rule.split("  "):
+        if run:
+            start = rule.index(run, position)
+            spans.append((start, start + len(run)))
+            position = start + len(run)
+    header = lines[0]
+    column = next(index for index, (start, stop) in enumerate(spans) if header[start:stop + 2].strip() == title)
+    start = spans[column][0]
+    stop = spans[column + 1][0] if column + 1 < len(spans) else None
+    body = lines[lines.index(rule, 1) + 1:]
+    body = body[:body.index(rule)]
+    return set(re.findall(r"``(\w+\.py)``", "\n".join(line[start:stop] for line in body)))
+
+
+def _imports_werkzeug(path):
+    return any(name.split(".")[0] == "werkzeug" for name in _imported_modules(path))
+
+
+def test_only_the_routes_layer_the_map_names_imports_werkzeug():
+    statement = re.search(r"Only the routes layer \((.*?)\) imports werkzeug", EMULATOR_SECTION, re.DOTALL)
+    assert statement is not None, "the map must say which emulator modules speak HTTP"
+    allowed = re.findall(r"``([\w*]+\.py)``", statement.group(1))
+    importers = {path.name for path in (PACKAGE / "emulator").glob("*.py") if _imports_werkzeug(path)}
+    assert importers and all(any(fnmatch.fnmatch(name, pattern) for pattern in allowed) for name in importers)
+
+
+def test_state_and_documents_never_see_a_request():
+    """The map's state and documents columns: no werkzeug, no function taking a request."""
+    documents = _service_table_column("documents")
+    state = _service_table_column("state")
+    assert {"tap_render.py", "result_writers.py", "soda_render.py"} <= documents
+    assert {"tap_state.py", "soda_state.py", "datalink_state.py"} <= state
+    for name in documents | state:
+        path = PACKAGE / "emulator" / name
+        assert not _imports_werkzeug(path), name
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+                arguments = {argument.arg for argument in node.args.args + node.args.kwonlyargs}
+                assert not arguments & {"request", "ctx"}, f"{name}: {getattr(node, 'name', 'lambda')}"

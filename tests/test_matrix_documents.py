@@ -27,7 +27,7 @@ QUERY = "SELECT TOP 5 obs_publisher_did, obs_id FROM ivoa.obscore"
 #: Small bounds for the tests (the defaults are 64 MiB and 1 GiB).
 DOCUMENT_BOUND = 1 << 20
 TABLE_BOUND = 4 << 20
-BUDGET = 1.5
+BUDGET = 1.0
 
 
 @pytest.fixture
@@ -217,19 +217,25 @@ def test_an_endless_document_stops_at_the_byte_bound(emulator, bounds, name):
 
 
 @pytest.mark.matrix("faults")
-def test_a_trickling_job_document_does_not_outlive_job_timeout(emulator, bounds):
-    """request_budget is 30 s, job_timeout 1.5 s: each look at the job is bounded by the wait's time left."""
+@pytest.mark.parametrize("when", ["while waiting", "when created"])
+def test_a_trickling_job_document_does_not_outlive_job_timeout(emulator, bounds, when):
+    """request_budget is 30 s, job_timeout 1 s: each look at the job is bounded by the wait's time left
+    (and the first look, when the job is made, by job_timeout)."""
     emulator.set_options(job_phases=(("QUEUED", 30.0),))
     casda = client(emulator.url, emulator)
-    jobs = casda.stage_data(one_image(casda), wait=False)
+    image = one_image(casda)
+    jobs = casda.stage_data(image, wait=False) if when == "while waiting" else None
     emulator.add_fault(FaultRule(r"/data/async/[^/]+$", kind="slow", rate=20, methods=("GET",)))
     started = time.monotonic()
-    with conf.set_temp("request_budget", 30), conf.set_temp("job_timeout", 1.5), \
+    with conf.set_temp("request_budget", 30), conf.set_temp("job_timeout", 1.0), \
             pytest.raises(JobError) as info:
-        jobs[0].wait(PollPolicy.from_conf())
+        if jobs:
+            jobs[0].wait(PollPolicy.from_conf())
+        else:
+            casda.stage_data(image)
     elapsed = time.monotonic() - started
-    assert jobs[0].url in str(info.value) and "load_job" in str(info.value)
-    assert elapsed < 1.5 + 2.5
+    assert "/data/async/" in str(info.value) and "budget of 1 s" in str(info.value)
+    assert elapsed < 1.0 + 2.5
 
 
 # --- what answers a metadata request ----------------------------------------------------------------

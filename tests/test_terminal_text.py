@@ -104,3 +104,23 @@ def test_log_lines_and_warnings_of_the_command_line_are_escaped(capsys):
     err = capsys.readouterr().err
     assert "server said bad \\x1b[2J" in err and "casda: warning: CASDA says: bad \\x1b[2J" in err
     assert not RAW_CONTROL.search(err)
+
+
+def test_the_packages_log_records_are_escaped_for_any_handler(caplog):
+    """Outside the command line too (a notebook, a user's handler): every module logs through
+    ``errors.package_logger``, whose filter escapes the message before any handler sees it."""
+    from astroquery_casda_ext import jobs
+    caplog.set_level(logging.INFO)
+    jobs.log.warning("job %s is in phase %s", "https://x/1", HOSTILE)
+    assert caplog.records[-1].getMessage() == f"job https://x/1 is in phase {plain_text(HOSTILE)}"
+    assert not RAW_CONTROL.search(caplog.text)
+
+
+def test_every_module_logs_through_the_escaping_logger():
+    package = Path(writer.__file__).parent
+    own = re.compile(r"^\w*log\w* = logging\.getLogger\(", re.MULTILINE)     # a module's own logger
+    bare = [str(path.relative_to(package)) for path in package.rglob("*.py")
+            if "emulator" not in path.parts and own.search(path.read_text(encoding="utf-8"))]
+    assert bare == []
+    uses = [path for path in package.rglob("*.py") if "package_logger(" in path.read_text(encoding="utf-8")]
+    assert len(uses) >= 7

@@ -212,6 +212,22 @@ def test_a_reserved_explicit_name_is_an_error_row(files, world, name):
     world.assert_nothing_written_outside()
 
 
+def test_a_tap_output_or_cli_output_may_not_take_a_reserved_name(casda, catalogue_emulator, world, files,
+                                                                  capsys):
+    from astroquery_casda_ext import cli
+    downloader().download([files("/d/a.fits")], world.dest, save_manifest=True)
+    saved = (world.dest / MANIFEST_NAME).read_bytes()
+    before = len(catalogue_emulator.request_log)
+    with pytest.raises(UnsafeFilenameError, match="name the package uses"):
+        casda.query_tap(SMALL, output=world.dest / MANIFEST_NAME, overwrite=True)
+    code = cli.main(["tap", SMALL, "-o", str(world.dest / MANIFEST_NAME), "--overwrite", "--server",
+                     catalogue_emulator.url])
+    assert code != 0 and "name the package uses" in capsys.readouterr().err
+    assert len(catalogue_emulator.request_log) == before                     # refused before sending
+    assert (world.dest / MANIFEST_NAME).read_bytes() == saved
+    assert world.names() == sorted([MANIFEST_NAME, "a.fits"])
+
+
 # --- links planted at every output ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["a.fits", "a.fits.part", MANIFEST_NAME, LOCK_NAME])
@@ -371,7 +387,7 @@ def test_an_output_claimed_by_another_process_is_refused(casda, world):
 
 def test_two_partitioned_runs_into_one_folder_the_second_refused_at_once(casda, catalogue_emulator, world):
     folder = world.dest / "parts"
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="latency", delay=1.0))
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="latency", delay=0.5, times=2))
     outcome = {}
     first = threading.Thread(target=lambda: outcome.setdefault(
         "first", casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=2, output=folder)))
@@ -457,12 +473,13 @@ def test_a_damaged_partition_manifest_is_a_clear_error_naming_it(casda, world, d
 
 # --- file systems that refuse flock ---------------------------------------------------------------------
 
-@pytest.fixture
-def no_flock(monkeypatch):
+@pytest.fixture(params=[errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS], ids=["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
+def no_flock(monkeypatch, request):
+    """NFS without lockd answers ENOLCK; Lustre mounted noflock, EOPNOTSUPP or ENOSYS."""
     import fcntl
 
     def refuse(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        raise OSError(request.param, os.strerror(request.param))
     monkeypatch.setattr(fcntl, "flock", refuse)
 
 
@@ -557,3 +574,36 @@ def test_an_unreadable_manifest_is_kept_aside_not_dropped(files, world, caplog):
     assert len(aside) == 1 and (world.dest / aside[0]).read_bytes() == garbage
     assert len(Manifest.read(world.dest / MANIFEST_NAME).table) == 1
     assert "could not be read" in caplog.text
+
+
+# --- the writer's own rules ------------------------------------------------------------------------------
+
+def test_a_claim_hard_linked_to_a_victim_is_refused_and_the_victim_untouched(world):
+    output = world.dest / "out.csv"
+    os.link(world.victim, writer.claim_path(output))
+    with pytest.raises(UnsafeFilenameError, match="plain file of its own"):
+        writer.write_bytes(output, b"new")
+    assert not output.exists()
+    world.assert_nothing_written_outside()
+
+
+def test_a_file_appearing_while_the_output_is_written_is_not_replaced(world):
+    output = world.dest / "out.csv"
+    with pytest.raises(OutputExistsError, match="appeared while it was written"):
+        with writer.atomic_output(output) as stream:
+            stream.write(b"ours")
+            output.write_bytes(b"theirs")      # someone else's file, made meanwhile
+    assert output.read_bytes() == b"theirs"
+    assert world.names() == ["out.csv"]
+
+
+def test_a_failed_write_leaves_nothing_and_a_dead_claim_is_taken_over(world):
+    output = world.dest / "out.csv"
+    writer.claim_path(output).write_bytes(b"left by a killed run")
+    with pytest.raises(RuntimeError):
+        with writer.atomic_output(output) as stream:
+            stream.write(b"half")
+            raise RuntimeError("the answer broke off")
+    assert world.names() == []
+    assert writer.write_bytes(output, b"whole") == str(output) and output.read_bytes() == b"whole"
+    assert world.names() == ["out.csv"]

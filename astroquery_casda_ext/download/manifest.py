@@ -1,6 +1,5 @@
 """The manifest: one row per file, what happened to it, saved as ECSV next to the files."""
 import io
-import logging
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -9,13 +8,14 @@ from pathlib import Path
 import numpy as np
 from astropy.table import MaskedColumn, Table, vstack
 
-from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, plain_text, redact_url
+from ..errors import (ChecksumMismatchError, DownloadError, UnsafeFilenameError, package_logger, plain_text,
+                      redact_url)
 from ..writer import MANIFEST_NAME as _MANIFEST_NAME, place
 from .naming import DATA, ERROR_FILE, is_regular_file, write_file
 
 __all__ = []
 
-log = logging.getLogger(__name__.split(".")[0])
+log = package_logger(__name__.split(".")[0])
 
 #: File name of the manifest `Manifest.save` writes into the download directory.
 MANIFEST_NAME = _MANIFEST_NAME
@@ -226,7 +226,7 @@ class Manifest:
         table = _text_safe(self.merged_with(previous))
         text = io.StringIO()
         table.write(text, format="ascii.ecsv")
-        write_file(path, text.getvalue().encode("utf-8"))
+        write_file(path, text.getvalue().encode("utf-8"), package_file=True)
         return str(path)
 
     def raise_for_errors(self):

@@ -25,7 +25,6 @@ Bounds
 """
 import errno
 import json
-import logging
 import os
 import time
 from contextlib import closing
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from ..checksum import ChecksumAccumulator
 from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
+from ..errors import package_logger
 from ..transport import Pacing, RetryPolicy
 from . import naming
 from .http import (TRANSPORT_ERRORS, Fatal, Restart, SessionSpec, Transient, attempts_text, content_length,
@@ -44,7 +44,7 @@ from .verify import Sink, hash_prefix, matches
 
 __all__ = []
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = package_logger(__name__.rsplit(".", 1)[0])
 
 #: Error files carry one message; the manifest quotes at most this many characters of it.
 MAX_ERROR_TEXT = 2000
@@ -138,7 +138,7 @@ def _store_validator(fd, part, validator):
         pass
     sidecar = part + VALIDATOR_SUFFIX.removeprefix(PART_SUFFIX)
     try:
-        naming.write_file(sidecar, data)      # the one writer: never through a link
+        naming.write_file(sidecar, data, package_file=True)      # the one writer: never via a link
     except OSError:
         return   # no validator: a later resume restarts from zero unless a checksum guards it
 

@@ -1,8 +1,7 @@
-"""TAP at CASDA, one package with one entry point: `TapClient.query`.
+"""TAP at CASDA, one package with one entry point: ``TapClient.query``.
 
 Every TAP query of the package goes through `TapClient` (the façade's
-`~astroquery_casda_ext.CasdaClass.query_tap`, its ADQL helpers through
-`~astroquery_casda_ext.discovery.Discovery`, and
+`~astroquery_casda_ext.CasdaClass.query_tap`, its ADQL helpers through ``Discovery``, and
 `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`): synchronous or as an async job
 (`~astroquery_casda_ext.jobs.TapJob`, followed by the package's one poll loop); answered as
 an astropy Table, streamed to a file at flat memory, or split into resumable parallel parts.

@@ -15,7 +15,7 @@ from ..jobs import PollPolicy, TapJob
 from ..transport import failure, failures_as
 from ..writer import atomic_output
 from .outputs import StreamedResult, _check_output, _Progress, _writer
-from .partitions import PartitionedQueries
+from . import partitions
 from .rows import (_CHUNK, SERVER_MAX_RECORDS, _arrow_schema, _BodyReader, _fields_of,
                    _PacedReader, _pyarrow, astropy_table, read_casda_csv, votable_table)
 
@@ -24,7 +24,7 @@ __all__ = ["TapClient"]
 
 # --- the client ------------------------------------------------------------------------------
 
-class TapClient(PartitionedQueries):
+class TapClient:
     """Large TAP results from CASDA, typed, streamed, and in parallel parts.
 
     Parameters
@@ -447,3 +447,21 @@ class TapClient(PartitionedQueries):
         return rows, body.bytes_read, complete
 
     # --- partitioned queries
+
+    # --- partitioned queries (tap.partitions)
+
+    def count(self, query):
+        """The number of rows of ``query``, by asking CASDA for its ``COUNT(*)``.
+
+        ``query`` must be a plain SELECT (see `~astroquery_casda_ext.tap.split_select`).
+        """
+        return partitions.count(self, query)
+
+    def partition_queries(self, query, by, parts, bounds=None):
+        """The ``parts`` disjoint ADQL queries covering ``query``, split on column ``by``, and
+        the edges between them (see ``tap.partitions.partition_queries``)."""
+        return partitions.partition_queries(self, query, by, parts, bounds)
+
+    def partitioned(self, query, *, by, parts, output, **options):
+        """See `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`."""
+        return partitions.partitioned(self, query, by=by, parts=parts, output=output, **options)

@@ -16,7 +16,8 @@ from ..writer import (PARTITION_MANIFEST_NAME, FolderLock, atomic_output, is_reg
                       write_bytes)
 from .rows import _CHUNK, MAX_RUNNING_JOBS, SERVER_MAX_RECORDS, _pyarrow
 
-__all__ = ["PartitionedResult", "PartTask", "run_part", "split_select", "MANIFEST_NAME"]
+__all__ = ["PartitionedResult", "PartTask", "run_part", "split_select", "count", "partition_queries", "partitioned",
+           "MANIFEST_NAME"]
 
 MANIFEST_NAME = PARTITION_MANIFEST_NAME
 
@@ -104,138 +105,137 @@ def _adql_number(value, integer):
     return str(int(value)) if integer else repr(float(value))
 
 
-class PartitionedQueries:
-    """The partitioned queries of `~astroquery_casda_ext.tap.TapClient` (``count``,
-    ``partition_queries``, ``partitioned``), on its requests, metadata and tables."""
+# --- partitioned queries (the functions behind TapClient.count, partition_queries, partitioned) --
 
-    def count(self, query):
-        """The number of rows of ``query``, by asking CASDA for its ``COUNT(*)``.
+def count(client, query):
+    """The number of rows of ``query``, by asking CASDA for its ``COUNT(*)``.
 
-        ``query`` must be a plain SELECT (see `split_select`).
-        """
-        _, source, where, _ = split_select(query)
-        adql = f"SELECT COUNT(*) AS n FROM {source}" + (f" WHERE {where}" if where else "")
-        return int(self.table(adql)["n"][0])
+    ``query`` must be a plain SELECT (see `split_select`).
+    """
+    _, source, where, _ = split_select(query)
+    adql = f"SELECT COUNT(*) AS n FROM {source}" + (f" WHERE {where}" if where else "")
+    return int(client.table(adql)["n"][0])
 
-    def partition_queries(self, query, by, parts, bounds=None):
-        """The ``parts`` disjoint ADQL queries covering ``query``, split on column ``by``.
+def partition_queries(client, query, by, parts, bounds=None):
+    """The ``parts`` disjoint ADQL queries covering ``query``, split on column ``by``.
 
-        Ranges are equal steps between ``bounds`` (default: the column's MIN and MAX, or
-        -90..90 for a declination, ``ucd`` ``pos.eq.dec``); the first part also takes
-        values below and NULLs, the last values above, so no row is lost.
+    Ranges are equal steps between ``bounds`` (default: the column's MIN and MAX, or
+    -90..90 for a declination, ``ucd`` ``pos.eq.dec``); the first part also takes
+    values below and NULLs, the last values above, so no row is lost.
 
-        Returns
-        -------
-        list of str, list of float
-            The queries and the edges between them.
-        """
-        select, source, where, order = split_select(query)
-        if not isinstance(by, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", by):
-            raise InvalidInputError(f"by={by!r} must be a column name")
-        if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-            raise InvalidInputError(f"parts={parts!r} must be a positive integer")
-        template, schema = self.metadata(f"SELECT {by} FROM {source}")
-        column = template[template.colnames[0]]
-        if column.dtype.kind not in "iuf":
-            raise InvalidInputError(f"by={by!r} must be a numeric column (it is {column.dtype})")
-        integer = column.dtype.kind in "iu"
-        if bounds is None:
-            if str(column.meta.get("ucd", "")).startswith("pos.eq.dec"):
-                bounds = (-90.0, 90.0)
+    Returns
+    -------
+    list of str, list of float
+        The queries and the edges between them.
+    """
+    select, source, where, order = split_select(query)
+    if not isinstance(by, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", by):
+        raise InvalidInputError(f"by={by!r} must be a column name")
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise InvalidInputError(f"parts={parts!r} must be a positive integer")
+    template, schema = client.metadata(f"SELECT {by} FROM {source}")
+    column = template[template.colnames[0]]
+    if column.dtype.kind not in "iuf":
+        raise InvalidInputError(f"by={by!r} must be a numeric column (it is {column.dtype})")
+    integer = column.dtype.kind in "iu"
+    if bounds is None:
+        if str(column.meta.get("ucd", "")).startswith("pos.eq.dec"):
+            bounds = (-90.0, 90.0)
+        else:
+            found = client.table(f"SELECT MIN({by}) AS lo, MAX({by}) AS hi FROM {source}"
+                               + (f" WHERE {where}" if where else ""), async_job=True)   # a full scan
+            if np.ma.is_masked(found["lo"][0]):
+                bounds = (0, 0)      # no rows: one range, anything goes
             else:
-                found = self.table(f"SELECT MIN({by}) AS lo, MAX({by}) AS hi FROM {source}"
-                                   + (f" WHERE {where}" if where else ""), async_job=True)   # a full scan
-                if np.ma.is_masked(found["lo"][0]):
-                    bounds = (0, 0)      # no rows: one range, anything goes
-                else:
-                    bounds = (float(found["lo"][0]), float(found["hi"][0]))
-        low, high = (float(value) for value in bounds)
-        edges = np.linspace(low, high, parts + 1)[1:-1]
-        edges = sorted(set(np.ceil(edges).astype(np.int64).tolist())) if integer else \
-            [float(edge) for edge in edges]
-        ranges = [None] + list(edges) + [None]
-        queries = []
-        for start, stop in zip(ranges[:-1], ranges[1:]):
-            conditions = []
-            if start is not None:
-                conditions.append(f"{by} >= {_adql_number(start, integer)}")
-            if stop is not None:
-                conditions.append(f"{by} < {_adql_number(stop, integer)}")
-            condition = " AND ".join(conditions) or None
-            if start is None and condition:
-                condition = f"{condition} OR {by} IS NULL"
-            queries.append(f"SELECT {select} FROM {source} WHERE " + (_and(where, condition) or "1=1")
-                           + (f" ORDER BY {order}" if order else ""))
-        return queries, edges
+                bounds = (float(found["lo"][0]), float(found["hi"][0]))
+    low, high = (float(value) for value in bounds)
+    edges = np.linspace(low, high, parts + 1)[1:-1]
+    edges = sorted(set(np.ceil(edges).astype(np.int64).tolist())) if integer else \
+        [float(edge) for edge in edges]
+    ranges = [None] + list(edges) + [None]
+    queries = []
+    for start, stop in zip(ranges[:-1], ranges[1:]):
+        conditions = []
+        if start is not None:
+            conditions.append(f"{by} >= {_adql_number(start, integer)}")
+        if stop is not None:
+            conditions.append(f"{by} < {_adql_number(stop, integer)}")
+        condition = " AND ".join(conditions) or None
+        if start is None and condition:
+            condition = f"{condition} OR {by} IS NULL"
+        queries.append(f"SELECT {select} FROM {source} WHERE " + (_and(where, condition) or "1=1")
+                       + (f" ORDER BY {order}" if order else ""))
+    return queries, edges
 
-    def partitioned(self, query, *, by, parts, output, bounds=None, executor=None,
-                    max_running=MAX_RUNNING_JOBS, part_retries=2, verify_counts=False, progress=None):
-        """See `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`."""
-        _pyarrow()     # the clear "install pyarrow" error before anything else
-        directory = Path(output)
-        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-            raise InvalidInputError(f"max_running={max_running!r} must be a positive integer")
-        max_running = min(max_running, MAX_RUNNING_JOBS)
-        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
-            raise InvalidInputError(f"output {str(directory)!r} must be a directory (not a file or a link)")
-        directory.mkdir(parents=True, exist_ok=True)
-        # one run per folder (two runs would write the same parts and manifest); no waiting
-        with FolderLock(directory, wait=False, what="partitioned query"):
-            return self._partitioned(query, by, parts, directory, bounds, executor, max_running, part_retries,
-                                     verify_counts, progress)
+def partitioned(client, query, *, by, parts, output, bounds=None, executor=None,
+                max_running=MAX_RUNNING_JOBS, part_retries=2, verify_counts=False, progress=None):
+    """See `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`."""
+    _pyarrow()     # the clear "install pyarrow" error before anything else
+    directory = Path(output)
+    if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+        raise InvalidInputError(f"max_running={max_running!r} must be a positive integer")
+    max_running = min(max_running, MAX_RUNNING_JOBS)
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise InvalidInputError(f"output {str(directory)!r} must be a directory (not a file or a link)")
+    directory.mkdir(parents=True, exist_ok=True)
+    # one run per folder (two runs would write the same parts and manifest); no waiting
+    with FolderLock(directory, wait=False, what="partitioned query"):
+        return _partitioned(client, query, by, parts, directory, bounds, executor, max_running, part_retries,
+                            verify_counts, progress)
 
-    def _partitioned(self, query, by, parts, directory, bounds, executor, max_running, part_retries,
-                     verify_counts, progress):
-        manifest = _Manifest.open(directory, query, by, parts, bounds)
-        if manifest.edges is None:
-            queries, edges = self.partition_queries(query, by, parts, bounds)
-            manifest.start(queries, edges)
-        schema = self.metadata(manifest.queries[0], async_job=True)[1]
-        manifest.check_columns(schema)
-        todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
-        manifest.forget(todo)      # a part not verified is not finished, whatever an earlier run wrote
-        resumed = len(manifest.queries) - len(todo)
-        show = sys.stderr.isatty() if progress is None else progress
-        own = executor is None
-        executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max_running)
-        attempts = {index: 0 for index in todo}
-        failed, running = {}, {}
-        schema_bytes = schema.serialize().to_pybytes()
-        try:
-            pending = list(todo)
-            while pending or running:
-                while pending and len(running) < max_running:
-                    index = pending.pop(0)
-                    attempts[index] += 1
-                    task = PartTask(self, index, manifest.queries[index], str(directory / _part_name(index)),
-                                    schema_bytes, verify_counts)
-                    running[executor.submit(run_part, task)] = index
-                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    index = running.pop(future)
-                    try:
-                        written = future.result()
-                    except Exception as exc:          # one part's failure must not stop the others
-                        final = isinstance(exc, (QueryError, InvalidInputError))   # trying again won't help
-                        if attempts[index] <= part_retries and not final:
-                            pending.insert(0, index)  # at once, alone; bounded by part_retries
-                        else:
-                            failed[index] = exc
-                        continue
-                    manifest.done(index, written)
-                    if show:
-                        print(f"part {index + 1}/{len(manifest.queries)}: {written.rows:,} rows "
-                              f"({manifest.finished} of {len(manifest.queries)} done)", file=sys.stderr)
-        finally:
-            if own:
-                executor.shutdown(wait=True, cancel_futures=True)
-        if failed:
-            first = next(iter(failed.values()))
-            raise PartitionedQueryError(
-                f"{len(failed)} of {len(manifest.queries)} parts failed (first: {first}); the "
-                f"{manifest.finished} finished parts are kept in {directory}: call again to resume",
-                failed=failed, url=self.tap_url) from first
-        return PartitionedResult(directory, manifest.rows, len(manifest.queries), resumed)
+
+def _partitioned(client, query, by, parts, directory, bounds, executor, max_running, part_retries,
+                 verify_counts, progress):
+    manifest = _Manifest.open(directory, query, by, parts, bounds)
+    if manifest.edges is None:
+        queries, edges = client.partition_queries(query, by, parts, bounds)
+        manifest.start(queries, edges)
+    schema = client.metadata(manifest.queries[0], async_job=True)[1]
+    manifest.check_columns(schema)
+    todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
+    manifest.forget(todo)      # a part not verified is not finished, whatever an earlier run wrote
+    resumed = len(manifest.queries) - len(todo)
+    show = sys.stderr.isatty() if progress is None else progress
+    own = executor is None
+    executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max_running)
+    attempts = {index: 0 for index in todo}
+    failed, running = {}, {}
+    schema_bytes = schema.serialize().to_pybytes()
+    try:
+        pending = list(todo)
+        while pending or running:
+            while pending and len(running) < max_running:
+                index = pending.pop(0)
+                attempts[index] += 1
+                task = PartTask(client, index, manifest.queries[index], str(directory / _part_name(index)),
+                                schema_bytes, verify_counts)
+                running[executor.submit(run_part, task)] = index
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                try:
+                    written = future.result()
+                except Exception as exc:          # one part's failure must not stop the others
+                    final = isinstance(exc, (QueryError, InvalidInputError))   # trying again won't help
+                    if attempts[index] <= part_retries and not final:
+                        pending.insert(0, index)  # at once, alone; bounded by part_retries
+                    else:
+                        failed[index] = exc
+                    continue
+                manifest.done(index, written)
+                if show:
+                    print(f"part {index + 1}/{len(manifest.queries)}: {written.rows:,} rows "
+                          f"({manifest.finished} of {len(manifest.queries)} done)", file=sys.stderr)
+    finally:
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+    if failed:
+        first = next(iter(failed.values()))
+        raise PartitionedQueryError(
+            f"{len(failed)} of {len(manifest.queries)} parts failed (first: {first}); the "
+            f"{manifest.finished} finished parts are kept in {directory}: call again to resume",
+            failed=failed, url=client.tap_url) from first
+    return PartitionedResult(directory, manifest.rows, len(manifest.queries), resumed)
 
 
 def _part_name(index):
@@ -378,8 +378,8 @@ class _Manifest:
     def _read(path):
         """The manifest's content, checked entry by entry; a damaged one names the file."""
         def damaged(why):
-            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the directory "
-                                     "(or that file and the parts) to start again")
+            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the "
+                                     "directory (or that file and the parts) to start again")
         try:
             with open(path, "rb") as stream:       # refuse_link checked it is no link
                 data = json.loads(stream.read(64 << 20))
@@ -421,8 +421,8 @@ class _Manifest:
         """Record the columns (and the fingerprint), or refuse if the folder's parts have others."""
         columns = _columns(schema)
         if self.data.get("columns") is not None and self.data["columns"] != columns:
-            raise InvalidInputError(f"{self.directory} holds parts with other columns ({self.data['columns']!r} "
-                                    f"there, {columns!r} now): use another directory")
+            raise InvalidInputError(f"{self.directory} holds parts with other columns "
+                                    f"({self.data['columns']!r} there, {columns!r} now): use another directory")
         if self.data.get("columns") is None or self.data.get("fingerprint") is None:
             self.data["columns"] = columns
             self._save()
@@ -467,4 +467,5 @@ class _Manifest:
     def _save(self):
         self.data["version"] = self.VERSION
         self.data["fingerprint"] = self._fingerprint()
-        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True)
+        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True,
+                    package_file=True)
