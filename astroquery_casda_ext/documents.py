@@ -402,8 +402,9 @@ def _raise_if_error(status, message, service, url):
 
 
 def finish_table(table, status, message, service, *, url=None):
-    """``table`` as an answer whose ``QUERY_STATUS`` was ``status``: ERROR is `QueryError` with the
-    server's words, OVERFLOW a `MaxResultsWarning`; units repaired (`repair_units`)."""
+    """``table`` as an answer whose ``QUERY_STATUS`` was ``status``: ERROR is
+    `~astroquery_casda_ext.errors.QueryError` with the server's words, OVERFLOW a
+    `~astroquery.exceptions.MaxResultsWarning`; units repaired (`repair_units`)."""
     _raise_if_error(status, message, service, url)
     table.meta["complete"] = status != "OVERFLOW"
     if status == "OVERFLOW":

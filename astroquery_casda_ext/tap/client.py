@@ -102,7 +102,7 @@ class TapClient:
 
     def streamed_table(self, query, *, maxrec=None, async_job=False):
         """CASDA's VOTable in one request, streamed: its rows read by pyarrow, its header by
-        astropy, its ``QUERY_STATUS`` wherever it is (`~astroquery_casda_ext.tap.rows.votable_table`).
+        astropy, its ``QUERY_STATUS`` wherever it is (``tap.rows.votable_table``).
         pyvo's Table with each text column at its longest value, at a fraction of pyvo's time
         and memory.
 
