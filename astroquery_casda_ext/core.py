@@ -184,6 +184,15 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             return None
         return Credentials(auth[0], auth[1], self.__dict__.get("_auth_source", "argument"))
 
+    @_credentials.setter
+    def _credentials(self, credentials):
+        if credentials is None:
+            self.logout()
+            return
+        self._auth = BasicAuthPair(credentials.username, credentials.password)
+        self._auth_source = credentials.source
+        self._authenticated = True
+
     @property
     def endpoints(self):
         """The service URLs in force: from ``URL`` if assigned, else ``server``, else ``conf``."""
@@ -307,9 +316,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                   f"HTTP {response.status_code} {_server_text(response)}")
         if response.status_code != 200:
             raise failure(url=url, what="CASDA's login check", response=response)
-        self._auth = BasicAuthPair(credentials.username, credentials.password)
-        self._auth_source = credentials.source
-        self._authenticated = True
+        self._credentials = credentials
         self.USERNAME = credentials.username
         log.info("Authentication successful!")
         if store_password and credentials.source != "keyring":

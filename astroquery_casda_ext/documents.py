@@ -40,7 +40,7 @@ from .errors import JobError, QueryError, ServiceError, redact_url
 from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
-           "StatusScanner", "table_of", "finish_table", "repair_units", "require_xml", "JobDocument", "parse_job_document", "XML_TYPES"]
+           "StatusScanner", "table_of", "finish_table", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
 
 #: What an XML document is asked for with.
 XML_TYPES = "application/x-votable+xml, text/xml, application/xml;q=0.9, text/plain;q=0.5"
@@ -145,12 +145,6 @@ def _close(response):
     close = getattr(response, "close", None)
     if callable(close):
         close()
-
-
-def require_xml(document, what, kind=ServiceError):
-    """Refuse an HTML page (a login page, a proxy's error) or JSON where XML was asked for,
-    quoting the page's text; ``document`` may hold just the beginning of a streamed answer."""
-    _require_xml(document, what, kind, {})
 
 
 def _require_xml(document, what, kind, details):

@@ -1,12 +1,11 @@
 """The TAP client: the one entry point of every TAP query (sync or async; a Table, a stream
 to a file, or parallel parts), its requests and its async jobs (`~astroquery_casda_ext.jobs.TapJob`)."""
 import importlib.util
+import io
 import sys
 import time as _time
 import warnings
 
-from .. import conf
-from ..documents import Document, require_xml
 from ..documents import StatusScanner, fetch, parse_votable, query_status, table_of
 from ..documents import repair_units as _repair_units
 from ..errors import (IncompleteResultError, IncompleteResultWarning, QueryError, ServiceError,
@@ -78,8 +77,8 @@ class TapClient:
         overwrite : bool
             With ``output``: replace an existing file.
         result_format : {None, 'csv', 'votable'}
-            The Table's road: None, CASDA's VOTable in one request, streamed through pyarrow
-            (`streamed_table`; read whole by astropy, `astroquery_table`, without pyarrow);
+            The Table's road: None, CASDA's VOTable in one request, its rows read by pyarrow
+            (`pyarrow_table`; read by astropy, `astroquery_table`, without pyarrow);
             ``'csv'``, CASDA's CSV typed by the query's FIELDs (`table`); ``'votable'``, the
             VOTable with text columns read as variable length (`votable_table`).
         progress : bool, optional
@@ -97,39 +96,26 @@ class TapClient:
         if result_format == "votable":
             return self.votable_table(query, maxrec=maxrec, async_job=async_job)
         if importlib.util.find_spec("pyarrow") is not None:
-            return self.streamed_table(query, maxrec=maxrec, async_job=async_job)
+            return self.pyarrow_table(query, maxrec=maxrec, async_job=async_job)
         return self.astroquery_table(query, maxrec=maxrec, async_job=async_job)
 
-    def streamed_table(self, query, *, maxrec=None, async_job=False):
-        """CASDA's VOTable in one request, streamed: its rows read by pyarrow, its header by
-        astropy, its ``QUERY_STATUS`` wherever it is (``tap.rows.votable_table``).
-        pyvo's Table with each text column at its longest value, at a fraction of pyvo's time
-        and memory.
+    def pyarrow_table(self, query, *, maxrec=None, async_job=False):
+        """CASDA's VOTable in one request, read whole by the one document reader (within the
+        retry layer and ``conf.table_max_bytes``), its rows then read by pyarrow, its header by
+        astropy, its ``QUERY_STATUS`` wherever it is (``tap.rows.votable_table``): pyvo's
+        Table with each text column at its longest value, at a fraction of pyvo's time and
+        memory (the answer's bytes are let go once its rows are read).
 
         Raises
         ------
         QueryError
             CASDA refused the query, or it failed while its rows were written.
-        IncompleteResultError
-            The answer broke off: run the query again.
         """
-        if async_job:
-            response, url = self._async(query, "votable", maxrec)
-        else:
-            response, url = self._sync(query, "votable", maxrec)
-        try:
-            with response:
-                media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if "html" in media or media.endswith("json"):
-                    start = response.raw.read(4096, decode_content=True) or b""
-                    require_xml(Document(url, response.status_code, media, start), "CASDA TAP query")
-                # a Table is held in memory: its answer keeps to conf.table_max_bytes, as a fetched one
-                return votable_table(_BodyReader(response, url, max_bytes=int(conf.table_max_bytes)),
-                                     lambda data: parse_votable(data, what="CASDA TAP query", url=url, relaxed=True),
-                                     "TAP", url=url, block_size=4 << 20)
-        finally:
-            if async_job:
-                self._delete(url)
+        document = self._document(query, maxrec, async_job, fmt=None)
+        url, source = document.url, io.BytesIO(document.content)
+        del document            # the bytes now live in `source` only, closed once the rows are read
+        return votable_table(source, lambda data: parse_votable(data, what="CASDA TAP query", url=url, relaxed=True),
+                             "TAP", url=url, block_size=4 << 20)
 
     def astroquery_table(self, query, *, maxrec=None, async_job=False):
         """CASDA's VOTable in one request, as astroquery reads it but with each text column at

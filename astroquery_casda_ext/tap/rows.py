@@ -21,7 +21,7 @@ from astropy.table import MaskedColumn, Table
 
 from ..errors import IncompleteResultError, MissingDependencyError, ServiceError
 from ..tables import numpy_text, own_width_text
-from ..transport import BodyLimitError, Pacing, failure, failures_as, read_some
+from ..transport import Pacing, failures_as, read_some
 
 __all__ = ["read_casda_csv", "astropy_table", "votable_table", "answer_table", "VOTableRows",
            "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS"]
@@ -88,9 +88,8 @@ class _BodyReader(io.RawIOBase):
     (`~astroquery_casda_ext.transport.Pacing.for_streams`: a trickle ends), remembers how it
     ended, and turns a transfer that breaks off into `IncompleteResultError`."""
 
-    def __init__(self, response, url, progress=None, pacing=None, max_bytes=None):
+    def __init__(self, response, url, progress=None, pacing=None):
         self._raw = response.raw
-        self._max_bytes = max_bytes     # decoded bytes; None: a stream to a file is not bounded
         self._url = url
         self._buffer = b""
         self._offset = 0            # into _buffer: slicing a 1 MB chunk per small read would copy it
@@ -116,9 +115,6 @@ class _BodyReader(io.RawIOBase):
                                          decode_content=True)
             if self._buffer:
                 self.bytes_read += len(self._buffer)
-                if self._max_bytes is not None and self.bytes_read > self._max_bytes:
-                    raise failure(BodyLimitError(f"is longer than {self._max_bytes:,} bytes once decoded "
-                                                 "(conf.table_max_bytes)"), url=self._url, what="CASDA TAP query")
                 self.tail = (self.tail + self._buffer[-2:])[-2:]
                 if self.progress is not None:
                     self.progress.update(bytes_read=self.bytes_read)
@@ -357,7 +353,8 @@ def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
 
     ``parse(bytes)`` parses a VOTable relaxed (`~astroquery_casda_ext.documents.parse_votable`).
     Rows go through pyarrow (`VOTableRows`) when the document is plain TABLEDATA and has no
-    array cells; otherwise the whole document goes through ``parse``.  ``QUERY_STATUS`` is
+    array cells; otherwise the whole document goes through ``parse``.  ``source`` is read to
+    its end and closed.  ``QUERY_STATUS`` is
     read wherever it is (ERROR: `QueryError`; OVERFLOW: a `MaxResultsWarning`).  What bounds
     an answer that does not end is ``source`` (``conf.table_max_bytes``).
 
@@ -386,6 +383,7 @@ def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
     if not rows.tail.rstrip().endswith(b"</VOTABLE>"):
         raise IncompleteResultError(f"CASDA's {service} answer broke off after its rows; nothing was kept",
                                     url=url)
+    source.close()           # an answer held in memory is let go before its Table is built
     scanner = StatusScanner()
     scanner.feed(head)
     scanner.feed(rows.tail)
