@@ -267,12 +267,12 @@ def astropy_table(arrow_table, template):
 # (a TD with attributes, CDATA, BINARY serialisation) is read by astropy instead.
 
 _CELL = "\x1f"
-_BETWEEN_TAGS = re.compile(rb"(?<=>)[ \t\r\n]+(?=<)")
+_BETWEEN_TAGS = re.compile(rb">[ \t\r\n]+<")
 
 
 def _rows_as_lines(segment):
     """Whole ``<TR>...</TR>`` rows as lines of cells separated by U+001F."""
-    segment = _BETWEEN_TAGS.sub(b"", segment.strip(b" \t\r\n"))   # (a block starts and ends between rows)
+    segment = _BETWEEN_TAGS.sub(b"><", segment.strip(b" \t\r\n"))   # (a block starts and ends between rows)
     # a raw newline, carriage return or quote inside a cell is XML text: write it as an entity,
     # which the reader unescapes with the others
     segment = segment.replace(b"\n", b"&#10;").replace(b"\r", b"&#13;").replace(b'"', b"&quot;")
