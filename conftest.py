@@ -92,3 +92,12 @@ def memory_keyring():
     backend = MemoryKeyring()
     keyring.set_keyring(backend)   # _hermetic_environment restores the previous backend
     return backend
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on (connections to it are refused)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -6,8 +6,6 @@ for refusals and ``LoginError`` for login problems.  Each of our errors is also 
 astroquery (``RemoteServiceError``, ``LoginError``, ``TimeoutError``, ``InvalidQueryError``)
 and ``requests`` exception of its situation.  Over real HTTP against the emulator.
 """
-import socket
-
 import astropy.units as u
 import pytest
 import requests
@@ -31,13 +29,6 @@ def logged_in(client, emulator):
     client.login(emulator.username, password=emulator.password)
     with conf.set_temp("poll_first", 0.05), conf.set_temp("poll_interval", 0.1):
         yield client
-
-
-@pytest.fixture
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_service_error_status_is_a_remote_service_error_and_an_http_error(client, emulator):

@@ -40,14 +40,6 @@ def connections(monkeypatch):
     return tried
 
 
-@pytest.fixture
-def closed_port():
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --- the policy -----------------------------------------------------------------------------------
 
 def test_a_refused_connection_gets_a_shorter_budget_than_other_failures(fake_time):
