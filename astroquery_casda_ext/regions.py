@@ -23,7 +23,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
 from astropy.table import Row, Table
 
-from .errors import InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError
+from .errors import InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError, ServiceError
 
 __all__ = [
     "MAX_RADIUS_DEG", "DEFAULT_RADIUS", "STOKES", "SIA2_POL_STATES",
@@ -143,9 +143,17 @@ def _resolve_name(text):
         try:
             coord = commons.parse_coordinates(text)
         except (NameResolveError, ValueError, TypeError, u.UnitsError, OSError) as exc:
+            if _resolver_unreachable(exc):
+                raise ServiceError(f"cannot resolve {text!r}: the name resolver (Sesame) did not answer "
+                                   f"({_first_line(exc)}); give the position as coordinates") from None
             raise InvalidRegionError(f"{_cannot_parse(text)[:-1]}, or an object name Sesame knows "
                                      f"(resolving {text!r} failed: {_first_line(exc)})") from None
     return _icrs(coord, text)
+
+
+def _resolver_unreachable(exc):
+    """Whether a name lookup failed for want of a network, not because the name is unknown."""
+    return isinstance(exc, OSError) or "queries failed" in str(exc) or "Unable to retrieve" in str(exc)
 
 
 def _looks_like_name(text):
@@ -397,7 +405,8 @@ def parse_radius(value, *, name="radius", max_deg=MAX_RADIUS_DEG):
     Parameters
     ----------
     value : str, `~astropy.units.Quantity` or number
-        ``'1 arcmin'``, ``0.5 * u.deg``; a plain number is in **degrees** (as astroquery).
+        ``'1 arcmin'``, ``0.5 * u.deg``; a plain number (or a string holding one, ``'0.5'``)
+        is in **degrees** (as astroquery).
     name : str
         What the value is, for messages (``'radius'``, ``'width'``...).
     max_deg : float
@@ -416,6 +425,8 @@ def parse_radius(value, *, name="radius", max_deg=MAX_RADIUS_DEG):
     try:
         if _is_real(value):
             quantity = float(value) * u.deg
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            quantity = float(value) * u.deg       # '0.5' as 0.5: the command line passes text
         elif isinstance(value, (str, u.Quantity)):
             quantity = u.Quantity(value).to(u.deg)
         else:
