@@ -22,6 +22,7 @@ __all__ = [
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
     "JobSubmissionError", "scrub_secrets",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
+    "OutputExistsError", "LockUnavailableError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
     "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
 ]
@@ -262,6 +263,23 @@ class UnsafeFilenameError(DownloadError, InvalidInputError):
 
 class FolderBusyError(DownloadError):
     """Another download is writing into the same folder (raised at once with ``no_wait``)."""
+
+
+class OutputExistsError(DownloadError, InvalidInputError, FileExistsError):
+    """An output file exists, or another run is writing it: not overwritten.
+
+    Raised by every writer of the package (``writer.atomic_output``): TAP outputs, the
+    command line's ``-o FILE``, plots, downloads.  Pass ``overwrite=True`` (``--overwrite``)
+    to replace a finished file; a file another run is still writing is never replaced.
+    """
+
+
+class LockUnavailableError(DownloadError):
+    """The file system refuses locks (``flock``: NFS without lockd, Lustre ``noflock``).
+
+    ``path`` is the folder.  Raised at once instead of waiting for a lock that can never be
+    granted; use a folder on a file system with locking.
+    """
 
 
 # --- warnings ---------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ import numpy as np
 from astropy.table import MaskedColumn, Table, vstack
 
 from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
+from ..writer import MANIFEST_NAME as _MANIFEST_NAME
 from .naming import DATA, ERROR_FILE, is_regular_file, write_file
 
 __all__ = []
 
 #: File name of the manifest `Manifest.save` writes into the download directory.
-MANIFEST_NAME = "casda_manifest.ecsv"
+MANIFEST_NAME = _MANIFEST_NAME
 
 
 class FileStatus(str, Enum):
