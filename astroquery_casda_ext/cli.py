@@ -533,10 +533,6 @@ def _logging_for(options):
     restored afterwards, so calling `main` from Python changes nothing.
     """
     level = logging.DEBUG if options.debug else logging.INFO if options.verbose else logging.WARNING
-    logged = options.verbose or options.debug
-    if not logged:
-        yield
-        return
     from astroquery import log as astroquery_log
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -550,7 +546,7 @@ def _logging_for(options):
     for logger, *_ in saved:
         logger.setLevel(level)
     try:
-        with _request_log(options.debug):
+        with _request_log(options.debug) if options.verbose or options.debug else contextlib.nullcontext():
             yield
     finally:
         for logger, old_level, handlers, propagate in saved:
@@ -774,10 +770,16 @@ def cutout_size_options(default):
 def cut_request(service, radius, band=None, channel=None, pol=None, rest_frequency=None):
     """The `~astroquery_casda_ext.reruns.CutRequest` of a command's options (checked by the library)."""
     from .reruns import CutRequest
+    from astropy import units as u
     band = checked_band(band, rest_frequency)
+    if band and rest_frequency is not None:
+        # velocities become frequencies here, so every service (spectra take no rest frequency) and
+        # the manifest's window label see the same window
+        band = tuple(end.to(u.GHz, equivalencies=u.doppler_radio(rest_frequency))
+                     if end is not None and end.unit.is_equivalent(u.km / u.s) else end for end in band)
     channel = checked_channel(channel)
     return CutRequest(service, float(radius.to_value("deg")) if radius is not None else None,
-                      (band,) if band else (), (channel,) if channel else (), tuple(pol or ()), rest_frequency)
+                      (band,) if band else (), (channel,) if channel else (), tuple(pol or ()))
 
 
 def coverage(images, sources):
@@ -1426,48 +1428,30 @@ def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
 
 # --- cutout workflows -----------------------------------------------------------------------------
 
-def start_jobs(casda, images, positions, radius, full_files, console):
-    """One job for all images: cutouts around every position, or whole files."""
-    if full_files:
-        console.say(f"Staging {len(images)} whole file(s) in one SODA job ...")
-        return casda.stage_data(images, wait=False)
-    console.say(f"Cutting {len(positions)} region(s) of radius {radius.to(u.arcmin):.3g} out of "
-                f"{len(images)} image(s) in one SODA job ...")
-    return casda.cutout(images, coordinates=positions, radius=radius, wait=False)
-
-
-def jobs_to_files(casda, jobs, dest, options, console, *, preview=None, positions=None, names=None,
-                  policy=None):
-    """Follow the jobs, download and verify, draw the preview: the summary dictionary."""
+def jobs_to_files(casda, jobs, dest, options, console, *, policy=None):
+    """Follow jobs given by URL, download and verify into ``dest``: the summary dictionary."""
+    from .recipes import wait_for_jobs
     _remember_jobs(jobs, dest)
-    manifest = run_jobs(casda, jobs, dest, options, console, policy=policy or options.policy)
+    progress = JobProgress(console)
+    wait_for_jobs(jobs, policy=policy or options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
+    manifest = download_into(casda, jobs, dest, options, console)
     summary = manifest_summary(manifest)
     summary["jobs"] = [job.url for job in jobs]
     summary["dest"] = str(dest)
-    if preview:
-        summary["preview"] = draw_preview(preview, manifest, positions, console, names)
     return summary
-
-
-def run_jobs(casda, jobs, dest, options, console, policy=None):
-    """Wait for the jobs (showing phases), then download and verify into ``dest``."""
-    from .recipes import wait_for_jobs
-    progress = JobProgress(console)
-    for job in jobs:
-        console.say(f"  job {job.job_id[:8]} started: {job.url}")
-    wait_for_jobs(jobs, policy=policy, on_phase=progress.on_phase, sleep=progress.sleep)
-    return download_into(casda, jobs, dest, options, console)
 
 
 @cli.command(epilog=_epilog(
     "casda cutouts 609 out/ --flux-min 500 --cutout-radius 2arcmin --preview out/sheet.png",
-    "casda cutouts 609 out/     (again: only what is missing is fetched)",
-    "casda cutouts 609 out/ --full-files"))
+    "casda cutouts 609 out/ --flux-min 500 --cutout-radius 2arcmin   # again: only verifies",
+    "casda cutouts 609 out/ --cutout-radius 0.02   # a new size: new files, nothing stale",
+    "casda cutouts 609 whole/ --full-files"))
 @click.argument("sbid", type=click.IntRange(min=1))
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+@click.option("--flux-min", type=FLUX, default=SCRIPT_FLUX_MIN, show_default=True,
               help="Cut out catalogue components brighter than this (mJy/beam if no unit).")
 @cutout_size_options(SCRIPT_CUTOUT_RADIUS)
+@window_options
 @click.option("--subtype", multiple=True, default=("cont.restored.t0",), show_default=True,
               help="Image subtypes to cut (repeatable), e.g. spectral.restored.3d.")
 @click.option("--max-sources", type=click.IntRange(min=1), help="Only the N brightest components.")
@@ -1475,37 +1459,38 @@ def run_jobs(casda, jobs, dest, options, console, policy=None):
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, subtype, max_sources, full_files,
-            preview):
+def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, band, channel, pol, subtype,
+            max_sources, full_files, preview):
     """Cutouts around the bright catalogue sources of a scheduling block (CASDA's cutouts.py).
 
     Finds the images of scheduling block SBID, the catalogue components above --flux-min,
-    cuts a circle around each out of every image in one job, and downloads and verifies
-    the files (and a manifest) into DEST.  Files are named PRODUCT_COMPONENT.fits and the
-    manifest names each file's source, position and region; run again into the same DEST,
-    only what is missing or damaged is fetched.
+    cuts a circle around each out of every image whose footprint holds it, and downloads
+    and verifies the files (and a manifest) into DEST.  Files are named
+    PRODUCT_COMPONENT_rSIZE.fits and the manifest names each file's source, position,
+    region, window and polarisations.  Run again into the same DEST: the same request only
+    verifies; a changed one fetches what it needs under its own names.
     """
     from .regions import parse_positions
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
-    flux, preview = _flux(flux_min), _check_preview(preview)
+    preview = _check_preview(preview)
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
+    request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     images = _sbid_images(casda, sbid, list(subtype), console)
     if full_files:
-        jobs = start_jobs(casda, images, None, radius, True, console)
-        summary = jobs_to_files(casda, jobs, dest, options, console)
+        summary = stage_whole_files(casda, images, dest, options, console)
         summary.update(sources=0)
     else:
-        console.say(f"Finding catalogue components of SB{sbid} brighter than {flux:g} mJy/beam ...")
-        components = casda.query_components(sbid=sbid, flux_min=flux)[:max_sources]
+        console.say(f"Finding catalogue components of SB{sbid} brighter than {flux_min:g} mJy/beam ...")
+        components = casda.query_components(sbid=sbid, flux_min=flux_min)[:max_sources]
         if not len(components):
-            raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux:g} mJy/beam")
+            raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux_min:g} mJy/beam")
         console.say(f"  {len(components)} component(s)")
         sources = sources_from(parse_positions(components), list(components["component_name"]))
-        summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview)
+        summary = cut_sources(casda, images, sources, request, dest, options, console, preview=preview)
     summary.update(command="cutouts", sbid=sbid, images=len(images))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
@@ -1519,19 +1504,33 @@ def _sbid_images(casda, sbid, subtypes, console):
     return images
 
 
-@cli.command(epilog=_epilog("casda sources cube-1001 my_sources.txt out/ --radius 1arcmin --preview s.png",
-                            "(source file: one 'ra dec' per line, degrees or sexagesimal; '#' comments)"))
+def _product_rows(casda, ids):
+    """The ObsCore rows of product ids; an id CASDA does not know is "nothing matched" (exit 1)."""
+    quoted = ", ".join(f"'{product}'" for product in ids)
+    rows = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did IN ({quoted})")
+    unknown = [product for product in ids if product not in {str(p) for p in rows["obs_publisher_did"]}]
+    if unknown:
+        raise NothingFound(f"CASDA has no product {', '.join(unknown)}")
+    return rows
+
+
+@cli.command(epilog=_epilog("casda sources cube-1001 my_sources.txt out/ --cutout-radius 1arcmin "
+                            "--preview s.png",
+                            "casda sources cube-1001 my_sources.txt out/ --cutout-radius 0.02",
+                            "# my_sources.txt: one 'ra dec' per line, degrees or sexagesimal; '#' comments"))
 @click.argument("image_id")
-@click.argument("source_file")
+@click.argument("source_file", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @cutout_size_options(SCRIPT_CUTOUT_RADIUS)
+@window_options
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, preview):
+def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, band, channel, pol, preview):
     """Cutouts of a list of sources from one image (CASDA's sources.py).
 
-    Each source is named by its position (Jhhmmss.s+ddmmss) in file names and the manifest.
+    Each source is named by its position (Jhhmmss.s+ddmmss) in file names and the manifest;
+    positions outside the image's footprint are named and not asked for.
     """
     from .regions import read_source_list
     from .reruns import sources_from
@@ -1540,15 +1539,14 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
         raise click.BadParameter(f"{image_id!r} is not a product id like cube-1001", param_hint="IMAGE_ID")
     positions = read_source_list(source_file)
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
+    request = cut_request("cutout", radius, band, channel, pol)
     preview = _check_preview(preview)
     dest = destination(dest)
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
-    images = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did = '{image_id}'")
-    if not len(images):
-        raise NothingFound(f"CASDA has no product {image_id}")
-    summary = cut_sources(casda, images, sources_from(positions), radius, dest, options, console,
+    images = _product_rows(casda, [image_id])
+    summary = cut_sources(casda, images, sources_from(positions), request, dest, options, console,
                           preview=preview)
     summary.update(command="sources", image=image_id)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
@@ -1556,15 +1554,17 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
 
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
     "casda images 187.5 -45.0 out/ --cutout-radius 2arcmin --preview out/sheet.png",
-    "casda images 22:15:38 -45:50:30 out/ --collection RACS --subtype cont.restored.t0 --full-files"))
+    "casda images 12:30:00 -45:00:00 out/ --radius 0.05 --cutout-radius 0.02",
+    "casda images 22:15:38 -45:50:30 racs/ --collection RACS --subtype cont.noise.t0 --full-files"))
 @click.argument("ra")
 @click.argument("dec")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--radius", "search_radius", metavar="ANGLE",
+@click.option("--radius", "search_radius", type=ANGLE,
               help=f"Find images intersecting this cone (SIA2; default {SCRIPT_SEARCH_RADIUS}).")
-@click.option("--search-radius", "search_alias", hidden=True, help="Deprecated: use --radius.")
-@click.option("--cutout-radius", "--size", "cutout_radius", metavar="ANGLE",
+@click.option("--search-radius", "search_alias", hidden=True, type=ANGLE, help="Deprecated: use --radius.")
+@click.option("--cutout-radius", "--size", "cutout_radius", type=ANGLE,
               help=f"Radius of each cutout (default {SCRIPT_CUTOUT_RADIUS}).")
+@window_options
 @click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
 @click.option("--subtype", multiple=True, help="Only these dataproduct_subtypes (default: every image).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images found.")
@@ -1572,8 +1572,8 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, collection, subtype,
-           max_images, full_files, preview):
+def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, band, channel, pol, collection,
+           subtype, max_images, full_files, preview):
     """Every image at a position (SIA2), as cutouts or whole files (CASDA's siap.py).
 
     RA and DEC are degrees or sexagesimal (RA in hours): 187.5 -45.0 or 12:30:00 -45:00:00.
@@ -1586,13 +1586,14 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
             raise click.UsageError("give the search cone once, with --radius")
         console.warn("--search-radius is deprecated: use --radius (the search cone in every command)")
         search_radius = search_alias
-    search = _radius(search_radius or SCRIPT_SEARCH_RADIUS, "--radius")
-    radius = _radius(cutout_radius or SCRIPT_CUTOUT_RADIUS, "--cutout-radius")
+    search = search_radius if search_radius is not None else ANGLE.convert(SCRIPT_SEARCH_RADIUS, None, None)
+    radius = cutout_radius if cutout_radius is not None else ANGLE.convert(SCRIPT_CUTOUT_RADIUS, None, None)
+    request = cut_request("cutout", radius, band, channel, pol)
     preview = _check_preview(preview)
     dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
-    console.say(f"Finding images within {search.to(u.arcmin):.3g} of {position.to_string('decimal')} "
+    console.say(f"Finding images within {search.to('arcmin'):.3g} of {position.to_string('decimal')} "
                 "(SIA2) ...")
     found = casda.query_region(position, radius=search, collection=expand_collections(collection),
                                dataproduct_subtype=list(subtype) or None)[:max_images]
@@ -1600,10 +1601,9 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
         raise NothingFound(f"no images at {position.to_string('decimal')}")
     console.say(f"  {len(found)} image(s): {_ids(found)}")
     if full_files:
-        jobs = start_jobs(casda, found, None, radius, True, console)
-        summary = jobs_to_files(casda, jobs, dest, options, console)
+        summary = stage_whole_files(casda, found, dest, options, console)
     else:
-        summary = cut_sources(casda, found, sources_from(position.reshape((1,))), radius, dest, options,
+        summary = cut_sources(casda, found, sources_from(position.reshape((1,))), request, dest, options,
                               console, preview=preview)
     summary.update(command="images", ra=position.ra.deg, dec=position.dec.deg, images=len(found))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
@@ -1611,31 +1611,34 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
 
 @cli.command(epilog=_epilog("casda spectra my_sources.txt 30arcsec out/ --plot out/spectra.png",
                             "casda spectra my_sources.txt 0.01 out/ --collection EMU "
-                            "--subtype cont.restored.4d"))
-@click.argument("source_file")
-@click.argument("radius")
+                            "--subtype spectral.restored.3d",
+                            "casda spectra my_sources.txt 30arcsec out/ --channel 1 8 --pol I"))
+@click.argument("source_file", type=click.Path(dir_okay=False))
+@click.argument("radius", type=ANGLE)
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to extract from (repeatable).")
+@window_options
 @click.option("--plot", metavar="FILE.png", help="Draw the spectra (needs matplotlib).")
-@click.option("--rest-frequency", metavar="FREQ",
-              help="Add a radio-velocity axis to --plot for this rest frequency (e.g. 1420.405752MHz "
-                   "for HI; default: the files' RESTFREQ).")
+@click.option("--rest-frequency", type=SPECTRAL, metavar="FREQ",
+              help="Rest frequency: for a velocity --band, and a radio-velocity axis on --plot (e.g. "
+                   "1420.405752MHz for HI; default: the files' RESTFREQ).")
 @job_options
 @common_options
-def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_frequency):
+def spectra(options, source_file, radius, dest, collection, subtype, band, channel, pol, plot, rest_frequency):
     """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
 
-    RADIUS is the aperture ('30arcsec', or degrees); CASDA's spectrum generation service
-    sums it into one spectrum per cube, source and Stokes parameter.
+    RADIUS is the aperture (30arcsec, or degrees); CASDA's spectrum generation service
+    sums it into one spectrum per cube, source and Stokes parameter.  Each position is sent
+    only to the cubes whose footprint holds it; positions no cube covers are named.
     """
     from .regions import read_source_list
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
-    radius, plot = _radius(radius), _check_preview(plot, "--plot")
-    rest = _quantity_or_open(rest_frequency, "--rest-frequency") if rest_frequency else None
+    plot = _check_preview(plot, "--plot")
+    request = cut_request("spectrum", radius, band, channel, pol, rest_frequency)
     dest = destination(dest)
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
@@ -1646,17 +1649,12 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_
     if not len(cubes):
         raise NothingFound(f"no {', '.join(subtype)} cube covers the sources in {source_file}")
     console.say(f"  {len(cubes)} cube(s): {_ids(cubes)}")
-
-    def submit(found, where):
-        console.say(f"Extracting spectra at {len(where)} position(s) in one SODA job ...")
-        return casda.spectra(found, where, radius, wait=False)
-
-    summary = cut_sources(casda, cubes, sources_from(positions), radius, dest, options, console,
-                          service="spectrum", submit=submit)
+    summary = cut_sources(casda, cubes, sources_from(positions), request, dest, options, console, what="cube")
     if plot:
         from .download import Manifest
         subtypes = {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes}
-        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest, subtypes)
+        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest_frequency,
+                                        subtypes)
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
@@ -1691,34 +1689,38 @@ def _plot_spectra(path, manifest, console, rest_frequency=None, subtypes=None):
 
 
 @cli.command(name="slice", epilog=_epilog("casda slice 609 8 out/",
-                                          "casda slice 609 4 out/ --subtype cont.restored.4d"))
+                                          "casda slice 609 8 out/   # again: only verifies",
+                                          "casda slice 609 16 out/ --subtype spectral.restored.3d"))
 @click.argument("sbid", type=click.IntRange(min=1))
 @click.argument("num_channels", type=click.IntRange(min=1))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to slice (repeatable).")
+@click.option("--pol", type=POL, help="Stokes parameters to keep: I, QU, Q,U...")
 @job_options
 @common_options
-def slice_command(options, sbid, num_channels, dest, subtype):
+def slice_command(options, sbid, num_channels, dest, subtype, pol):
     """Split each spectral cube of a scheduling block into chunks of NUM_CHANNELS channels.
 
     One job asks for every channel window (CASDA's CHANNEL parameter, 1-based) of every
     cube (CASDA's cutouts_channels.py); cubes with different channel counts get one job each.
+    Files are named PRODUCT_CHANNEL_FIRST_LAST.fits; a rerun fetches only windows not yet
+    there and verified.
     """
+    from .reruns import CutRequest
     console, started = options.console, time.monotonic()
     dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     cubes = _sbid_images(casda, sbid, list(subtype), console)
-    jobs = []
+    plans = []
     for channels, group in _by_channel_count(cubes).items():
         windows = channel_windows(channels, num_channels)
-        console.say(f"Slicing {len(group)} cube(s) of {channels} channels into {len(windows)} window(s) "
-                    f"of {num_channels} in one SODA job ...")
-        jobs += casda.cutout(group, channel=windows, wait=False)
-    if not jobs:
+        console.say(f"  {len(group)} cube(s) of {channels} channels: {len(windows)} window(s) of {num_channels}")
+        plans.append(Plan(CutRequest("cutout", channels=tuple(windows), pol=tuple(pol or ())), group))
+    if not plans:
         raise NothingFound(f"no cube of SB{sbid} has more than one channel")
-    summary = jobs_to_files(casda, jobs, dest, options, console)
+    summary = fetch(casda, plans, dest, options, console)
     summary.update(command="slice", sbid=sbid, cubes=len(cubes), num_channels=num_channels)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
@@ -1730,6 +1732,8 @@ def channel_windows(channels, width):
 
 def _by_channel_count(cubes):
     """{channel count: sub-table} for the cubes with more than one channel (ObsCore ``em_xel``)."""
+    import numpy as np
+    from .errors import InvalidInputError
     if "em_xel" not in cubes.colnames:
         raise InvalidInputError("the ObsCore rows have no em_xel column: cannot count the channels")
     counts = np.asarray(cubes["em_xel"].filled(0) if hasattr(cubes["em_xel"], "filled") else cubes["em_xel"])
@@ -1753,6 +1757,8 @@ def _product_ids_from(items):
 
 
 def _read_table(path):
+    from astropy.table import Table
+    from .errors import InvalidInputError
     suffix = Path(path).suffix.lower()
     fmt = {".xml": "votable", ".vot": "votable", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(suffix)
     try:
@@ -1762,10 +1768,13 @@ def _read_table(path):
 
 
 @cli.command(epilog=_epilog("casda stage cube-1001 cube-1002",
-                            "casda stage found.ecsv --dest out/   (a table from 'casda query -o')"))
+                            "casda query 187.5 -45.0 --radius 5arcmin --type cube -o found.ecsv",
+                            "casda stage found.ecsv --dest out/   # a table from 'casda query -o'",
+                            "casda stage found.ecsv --dest out/   # again: stages nothing, only verifies"))
 @click.argument("items", nargs=-1, required=True)
 @click.option("--dest", type=click.Path(file_okay=False),
-              help="Wait for the job, then download and verify the files into DEST.")
+              help="Wait for the job, then download and verify the files into DEST; products whose "
+                   "files are already there and verified are not staged again.")
 @job_options
 @common_options
 def stage(options, items, dest):
@@ -1778,14 +1787,15 @@ def stage(options, items, dest):
     dest = destination(dest) if dest else None
     casda = make_client(options)
     log_in(casda, options, console)
+    products = _product_rows(casda, ids)
+    if dest:
+        summary = stage_whole_files(casda, products, dest, options, console)
+        summary.update(command="stage", products=ids)
+        return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
     console.say(f"Staging {len(ids)} product(s) ...")
-    jobs = casda.stage_data(ids, wait=False)
-    if not dest:
-        summary = {"command": "stage", "products": ids, "jobs": [job.url for job in jobs]}
-        return _finish(console, options, started, summary, "\n".join(job.url for job in jobs))
-    summary = jobs_to_files(casda, jobs, dest, options, console)
-    summary.update(command="stage", products=ids)
-    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+    jobs = casda.stage_data(products, wait=False)
+    summary = {"command": "stage", "products": ids, "jobs": [job.url for job in jobs]}
+    return _finish(console, options, started, summary, "\n".join(job.url for job in jobs))
 
 
 @cli.command(epilog=_epilog("casda download https://casda.csiro.au/casda_data_access/data/async/<job> out/",
@@ -1800,6 +1810,7 @@ def download(options, sources, dest):
     Each file is checked against its CASDA .checksum; a manifest is written into DEST.
     Interrupted downloads resume when run again.  No login is needed.
     """
+    from .errors import redact_url
     console, started = options.console, time.monotonic()
     for source in sources:
         if not re.match(r"^https?://", source):
@@ -1908,6 +1919,7 @@ def login(options):
 
 
 def _ask_user():
+    from .errors import NotLoggedInError
     if not _isatty(sys.stdin):
         raise NotLoggedInError("no user name: give --user or set CASDA_USER")
     return click.prompt("ATNF OPAL user name (e-mail)", err=True).strip()
@@ -1915,6 +1927,7 @@ def _ask_user():
 
 def _ask_password(user):
     import getpass
+    from .errors import NotLoggedInError
     if not _isatty(sys.stdin):
         raise NotLoggedInError("no terminal to ask for the password: use --password-file or CASDA_PASSWORD")
     password = getpass.getpass(f"CASDA (ATNF OPAL) password for {user}: ")
@@ -1938,7 +1951,10 @@ def logout(options):
     except PasswordDeleteError:
         removed = False
     except KeyringError as exc:
-        raise NotLoggedInError(f"the keyring is not usable: {type(exc).__name__}") from None
+        # no usable keyring (headless machines): nothing can be stored there, so nothing is, as
+        # 'casda login' says on such machines; that is success, not a login failure
+        console.warn(f"no usable keyring ({type(exc).__name__}): no password is stored on this machine")
+        removed = False
     text = f"Removed the stored password of {user}." if removed else f"No password was stored for {user}."
     return _finish(console, options, started, {"command": "logout", "user": user, "removed": removed}, text)
 
@@ -1983,7 +1999,7 @@ def _demo_casda(options, console):
 @click.argument("dest", required=False, default=DEMO_DEST, type=click.Path(file_okay=False))
 @click.option("--sbid", type=click.IntRange(min=1), default=DEMO_SBID, show_default=True,
               help="The scheduling block to use.")
-@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+@click.option("--flux-min", type=FLUX, default=SCRIPT_FLUX_MIN, show_default=True,
               help="What counts as a bright source.")
 @cutout_size_options("2 arcmin")
 @job_options
@@ -2004,16 +2020,16 @@ def demo(options, dest, sbid, flux_min, cutout_radius, radius_alias):
     usual credentials.
     """
     console, started = options.console, time.monotonic()
-    flux = _flux(flux_min)
     radius = _cutout_radius(cutout_radius, radius_alias, console, "2 arcmin")
     dest = destination(dest)
     with _demo_casda(options, console) as (casda, policy):
-        summary = _demo_steps(casda, sbid, flux, radius, dest, options, console, policy)
+        summary = _demo_steps(casda, sbid, flux_min, radius, dest, options, console, policy)
     summary.update(command="demo", sbid=sbid)
     return _finish(console, options, started, summary, _demo_text(summary, time.monotonic() - started))
 
 
 def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
+    from .errors import redact_url
     from .regions import parse_positions
     step = _Steps(console, 5)
     step(f"TAP/ObsCore finds the images of scheduling block {sbid}",
@@ -2046,7 +2062,7 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
     from .reruns import sources_from
     positions = parse_positions(components)
     step("SODA runs ONE cutout job for all of them",
-         f"One job cuts a {radius.to(u.arcmin):.3g} circle around each of the {len(positions)} sources "
+         f"One job cuts a {radius.to('arcmin'):.3g} circle around each of the {len(positions)} sources "
          f"out of {len(images)} image(s); CASDA moves it through its phases:")
     preview = Path(dest) / PREVIEW_NAME if _can_plot(console) else None
     def before_download():
@@ -2055,8 +2071,8 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
              "(size, CRC-32, SHA-1) and named after its image and source.")
 
     sources = sources_from(positions, list(components["component_name"]))
-    summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview,
-                          policy=policy, before_download=before_download)
+    summary = cut_sources(casda, images, sources, cut_request("cutout", radius), dest, options, console,
+                          preview=preview, policy=policy, before_download=before_download)
     summary.update(images=len(images))
     return summary
 

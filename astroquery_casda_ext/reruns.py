@@ -203,7 +203,7 @@ class CutRequest:
 
     def windows(self):
         """The window labels (as in the manifest) of this request; one empty label if none."""
-        return self.soda().spectral_windows() or [""]
+        return [window or "" for window in self.soda().spectral_windows()] or [""]
 
     def tag(self):
         """The part of file names that says what was asked: ``r2arcmin``, ``r30arcsec_QU``."""

@@ -73,7 +73,7 @@ def test_a_rerun_refetches_only_what_is_missing_or_damaged(tmp_path, run):
         handle.write(b"damaged")
     again = run("cutouts", "609", dest, "--json", *FAST_POLL)
     assert again.returncode == 0, again.stderr
-    assert "1 of 3 source(s) are already in" in again.stderr
+    assert "1 of 3 file(s) of this request are already in" in again.stderr
     assert _files(dest) == files
     assert [row[:3] + row[4:] for row in _rows(dest)] == [row[:3] + row[4:] for row in rows]
     assert json.loads(again.stdout)["files"] == 3
