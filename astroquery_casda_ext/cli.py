@@ -626,7 +626,7 @@ def _table_writer_format(path):
     return formats[suffix]
 
 
-def check_output_path(path, overwrite):
+def check_output_path(path, overwrite, option="--output"):
     """Refuse an ``-o`` file that cannot be written, before anything is sent; create nothing.
 
     The folder must exist and take a new file (probed with a private temporary, as the
@@ -635,22 +635,22 @@ def check_output_path(path, overwrite):
     """
     target = Path(path).expanduser()
     if target.is_symlink():
-        raise click.BadParameter(f"{path} is a symbolic link; give the real file", param_hint="--output")
+        raise click.BadParameter(f"{path} is a symbolic link; give the real file", param_hint=option)
     if target.exists():
         if not target.is_file():
-            raise click.BadParameter(f"{path} exists and is not a regular file", param_hint="--output")
+            raise click.BadParameter(f"{path} exists and is not a regular file", param_hint=option)
         if not overwrite:
-            raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
+            raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint=option)
     folder = target.absolute().parent
     if not folder.is_dir():
         raise click.BadParameter(f"{path}: the folder {folder} does not exist (it is not created)",
-                                 param_hint="--output")
+                                 param_hint=option)
     probe = folder / f".casda-write-test.{os.getpid()}"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
         raise click.BadParameter(f"{path}: cannot write into {folder} ({exc.strerror})",
-                                 param_hint="--output") from None
+                                 param_hint=option) from None
     probe.unlink(missing_ok=True)
 
 
@@ -673,7 +673,7 @@ def _check_preview(path, option="--preview", overwrite=True):
         return None
     if Path(path).suffix.lower() != ".png":
         raise click.BadParameter(f"{path}: the picture is a PNG file; name it *.png", param_hint=option)
-    check_output_path(path, overwrite)
+    check_output_path(path, overwrite, option)
     from .plots import require_matplotlib
     try:
         require_matplotlib()
@@ -1303,7 +1303,7 @@ def _output_options(func):
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
     "casda query 187.5 -45.0 --radius 30arcmin --collection EMU",
     "casda query '22h15m38s -45d50m30s' --band 1.2GHz 1.4GHz --type cube -o found.ecsv",
-    "casda query M31 --radius 1deg -o - --format csv | head",
+    "casda query 'NGC 7232' --radius 1deg -o - --format csv | head",
     "casda query --ra 333.9 --dec -45.84 --time 2019-01-01 2020-01-01 --subtype cont.restored.t0"))
 @click.argument("position", nargs=-1)
 @click.option("--ra", help="Right ascension (degrees or sexagesimal hours), with --dec.")
@@ -1473,10 +1473,10 @@ def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, band, ch
     from .regions import parse_positions
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
-    preview = _check_preview(preview)
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
     request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     casda = make_client(options)
     log_in(casda, options, console)
     images = _sbid_images(casda, sbid, list(subtype), console)
@@ -1540,8 +1540,8 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, b
     positions = read_source_list(source_file)
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
     request = cut_request("cutout", radius, band, channel, pol)
-    preview = _check_preview(preview)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
@@ -1589,8 +1589,8 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, b
     search = search_radius if search_radius is not None else ANGLE.convert(SCRIPT_SEARCH_RADIUS, None, None)
     radius = cutout_radius if cutout_radius is not None else ANGLE.convert(SCRIPT_CUTOUT_RADIUS, None, None)
     request = cut_request("cutout", radius, band, channel, pol)
-    preview = _check_preview(preview)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     casda = make_client(options)
     log_in(casda, options, console)
     console.say(f"Finding images within {search.to('arcmin'):.3g} of {position.to_string('decimal')} "
@@ -1637,9 +1637,9 @@ def spectra(options, source_file, radius, dest, collection, subtype, band, chann
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
-    plot = _check_preview(plot, "--plot")
     request = cut_request("spectrum", radius, band, channel, pol, rest_frequency)
     dest = destination(dest)
+    plot = _check_preview(plot, "--plot")    # after DEST: the picture may go into it
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
