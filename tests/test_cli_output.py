@@ -2,7 +2,6 @@
 (issue 19).  Real HTTP against the emulator; `cli.main` in this process unless a fresh
 interpreter is the point (configuration files)."""
 import base64
-import io
 import json
 import os
 import subprocess
