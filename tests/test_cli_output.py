@@ -219,3 +219,31 @@ def test_a_server_of_ones_own_in_astroquery_cfg_is_used_not_a_crash(tmp_path, em
     assert process.returncode == 0, process.stderr
     assert "cube-1001" in process.stdout
     assert any(entry.path.endswith("/sia2/query") for entry in emulator.request_log)
+
+
+def test_the_command_line_imports_nothing_heavy_for_its_help(tmp_path):
+    """``casda --help`` and a command's help cost click alone: cli.py imports astropy, numpy,
+    requests or astroquery only inside the commands that use them.
+
+    cli.py runs here in a package holding nothing else, so what it imports is all that is
+    measured (the package's own lazy ``__init__`` is issue 20's; benchmark W8 times the whole).
+    """
+    package = tmp_path / "astroquery_casda_ext"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"__version__ = {cli.__version__!r}\n")
+    (package / "cli.py").write_text(Path(cli.__file__).read_text())
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['casda'] + sys.argv[1:]\n"
+             "try:\n"
+             "    runpy.run_module('astroquery_casda_ext.cli', run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "heavy = ('astropy', 'numpy', 'requests', 'astroquery', 'pyvo', 'matplotlib', 'urllib3', 'keyring')\n"
+             "print('heavy:', sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(tmp_path)
+    for args in (["--help"], ["cutouts", "--help"], ["spectra", "--help"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=tmp_path)
+        assert "Usage: casda" in done.stdout, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "heavy: []", args
