@@ -86,8 +86,21 @@ def test_object_names_are_resolved_as_astroquery_does(monkeypatch):
     assert parse_coordinates("M31").dec.deg == pytest.approx(41.2688)
 
 
+def test_an_unreachable_name_resolver_is_a_service_error_not_bad_input(monkeypatch):
+    """Offline, a name is not wrong: the resolver did not answer (the command line exits 6, not 2)."""
+    from astropy.coordinates.name_resolve import NameResolveError
+    from astroquery_casda_ext.errors import ServiceError
+
+    def from_name(name, *args, **kwargs):
+        raise NameResolveError("All Sesame queries failed. Unable to retrieve coordinates.")
+
+    monkeypatch.setattr(SkyCoord, "from_name", from_name)
+    with pytest.raises(ServiceError, match="'foo bar baz'.*did not answer"):
+        parse_coordinates("foo bar baz")
+
+
 @pytest.mark.parametrize("value, fragment", [
-    ("400 -45", "RA 400.0"), ((10, 100), "Dec 100"), ((-1, 0), "RA -1"), ("foo bar baz", "'foo bar baz'"),
+    ("400 -45", "RA 400.0"), ((10, 100), "Dec 100"), ((-1, 0), "RA -1"),
     (5, "5"), (None, "None"), ((1 * u.m, 2 * u.m), "angles"), ((float("nan"), 0), "finite"),
     ("", "''"),
 ])
