@@ -51,24 +51,9 @@ def casda(emulator, *args, home, password=True, user=True, server=True, extra_en
 
 
 @pytest.fixture
-def casda_here(emulator, capsys, monkeypatch):
-    """Run ``casda ARGS`` in this process (no interpreter start-up; still real HTTP to the
-    emulator), with the built-in account in the environment and ``--server`` the emulator.
-
-    Returns a `subprocess.CompletedProcess`, like `casda`.
-    """
-    def run(*args, password=True, user=True, server=True):
-        for name, value, wanted in (("CASDA_USER", emulator.username, user),
-                                    ("CASDA_PASSWORD", emulator.password, password)):
-            if wanted:
-                monkeypatch.setenv(name, value)
-            else:
-                monkeypatch.delenv(name, raising=False)
-        argv = [str(arg) for arg in args] + (["--server", emulator.url] if server else [])
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-    return run
+def casda_here(casda_cli):
+    """``casda ARGS`` in this process (conftest's ``casda_cli``)."""
+    return casda_cli
 
 
 def assert_ok(process):

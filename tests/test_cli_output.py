@@ -19,20 +19,9 @@ ADQL = "SELECT TOP 3 obs_publisher_did, s_ra FROM ivoa.obscore"
 
 
 @pytest.fixture
-def run(emulator, capsys, monkeypatch):
-    """``casda ARGS`` in this process with the emulator's account; a CompletedProcess."""
-    def run(*args, password=True, user=True):
-        for name, value, wanted in (("CASDA_USER", emulator.username, user),
-                                    ("CASDA_PASSWORD", emulator.password, password)):
-            if wanted:
-                monkeypatch.setenv(name, value)
-            else:
-                monkeypatch.delenv(name, raising=False)
-        argv = [str(arg) for arg in args] + ["--server", emulator.url]
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-    return run
+def run(casda_cli):
+    """``casda ARGS`` in this process (conftest's ``casda_cli``)."""
+    return casda_cli
 
 
 def _secrets(emulator):

@@ -6,7 +6,6 @@ other names, and the manifest holds no row of the earlier request.  Real HTTP ag
 emulator; `cli.main` runs in this process.
 """
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,9 @@ FAST_POLL = ("--poll-interval", "0.2")
 
 
 @pytest.fixture
-def run(emulator, capsys, monkeypatch):
-    """``casda ARGS`` in this process with the emulator's account; a CompletedProcess."""
-    def run(*args):
-        monkeypatch.setenv("CASDA_USER", emulator.username)
-        monkeypatch.setenv("CASDA_PASSWORD", emulator.password)
-        argv = [str(arg) for arg in args] + ["--server", emulator.url]
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-    return run
+def run(casda_cli):
+    """``casda ARGS`` in this process (conftest's ``casda_cli``)."""
+    return casda_cli
 
 
 def jobs_created(emulator):

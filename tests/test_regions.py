@@ -467,3 +467,9 @@ def test_pol_rejects(pol, fragment):
 def test_a_missing_source_list_given_as_a_string_says_so(path):
     with pytest.raises(InvalidSourceListError, match="does not exist"):
         parse_positions(path)
+
+
+def test_a_number_written_as_text_is_degrees_as_a_number_is():
+    """The command line passes '0.5'; Python passes 0.5: both are half a degree."""
+    assert parse_radius("0.5") == parse_radius(0.5) == 0.5 * u.deg
+    assert parse_radius(" 0.02 ").to_value(u.arcsec) == pytest.approx(72)
