@@ -119,9 +119,8 @@ _JOB_URL = re.compile(r"/data/async/[^/?#]+/?$")
 _OBSCORE_SCREEN_COLUMNS = ("obs_publisher_did", "obs_id", "obs_collection", "dataproduct_subtype",
                            "filename", "s_ra", "s_dec", "t_min", "em_min", "em_max", "obs_release_date")
 
-log = logging.getLogger("astroquery_casda_ext.cli")
-#: The ``-v`` request log: one line per HTTP exchange.
-http_log = logging.getLogger("astroquery_casda_ext.http")
+#: The logger of the ``-v`` request log (one line per HTTP exchange), made by `_request_log`.
+HTTP_LOGGER = "astroquery_casda_ext.http"
 
 
 class NothingFound(Exception):
@@ -142,9 +141,9 @@ class Console:
         return not self.quiet and _isatty(sys.stderr)
 
     def say(self, message=""):
-        """Narration and progress (stderr), silenced by ``--quiet``."""
+        """Narration and progress (stderr), silenced by ``--quiet``; control characters escaped."""
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(plain_text(message), err=True)
 
     def warn(self, message):
         if not self.quiet:
@@ -153,14 +152,14 @@ class Console:
     def out(self, text=""):
         """A result for humans (stdout); replaced by the JSON summary under ``--json``."""
         if not self.json_mode:
-            click.echo(text)
+            click.echo(plain_text(text))
 
     def summary(self, data, text):
         """The command's final summary: JSON on stdout with ``--json``, else ``text``."""
         if self.json_mode:
             click.echo(json.dumps(data, indent=2, default=_json_default))
         elif text:
-            click.echo(text)
+            click.echo(plain_text(text))
 
 
 def _isatty(stream):
@@ -183,9 +182,17 @@ def _json_default(value):
     return str(value)
 
 
+def plain_text(text):
+    """Text made safe for the terminal, control characters escaped (`errors.plain_text`; imported
+    when first needed, so that the help costs nothing more than click)."""
+    from .errors import plain_text as escaped
+    return escaped(text)
+
+
 def _one_line(text, limit=600):
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    joined = "; ".join(lines) if lines else str(text)
+    """``text`` on one line, control characters escaped (server text reaches the terminal here)."""
+    lines = [plain_text(line.strip()) for line in str(text).splitlines() if line.strip()]
+    joined = "; ".join(lines) if lines else plain_text(str(text))
     return joined if len(joined) <= limit else joined[:limit - 3] + "..."
 
 
@@ -498,7 +505,8 @@ def _request_log(debug):
     The original method is restored when the command ends.
     """
     from requests.adapters import HTTPAdapter
-    from .errors import redact_url
+    from .errors import package_logger, redact_url
+    http_log = package_logger(HTTP_LOGGER)
     original = HTTPAdapter.send
 
     def send(self, request, *args, **kwargs):
@@ -535,7 +543,7 @@ def _logging_for(options):
     level = logging.DEBUG if options.debug else logging.INFO if options.verbose else logging.WARNING
     from astroquery import log as astroquery_log
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
     ours = logging.getLogger("astroquery_casda_ext")
     saved = [(logger, logger.level, list(logger.handlers), logger.propagate)
              for logger in (astroquery_log, ours)]
@@ -553,6 +561,13 @@ def _logging_for(options):
             logger.setLevel(old_level)
             logger.handlers = handlers
             logger.propagate = propagate
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a record may carry a server's text."""
+
+    def format(self, record):
+        return plain_text(super().format(record))
 
 
 class CoordinateCommand(click.Command):
@@ -641,6 +656,12 @@ def check_output_path(path, overwrite, option="--output"):
             raise click.BadParameter(f"{path} exists and is not a regular file", param_hint=option)
         if not overwrite:
             raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint=option)
+    from .errors import InvalidInputError
+    from .writer import refuse_reserved
+    try:
+        refuse_reserved(target.name, source="the output's")
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
     folder = target.absolute().parent
     if not folder.is_dir():
         raise click.BadParameter(f"{path}: the folder {folder} does not exist (it is not created)",
@@ -1233,8 +1254,8 @@ def _json_value(value):
 def _write_stdout(table, output_format, columns):
     """``-o -``: the table on standard output, in ``--format``, and nothing else there."""
     import io
-    if output_format == "table":
-        click.echo("\n".join(table[columns].pformat(max_lines=-1, max_width=-1)))
+    if output_format == "table":       # the screen layout: server text escaped as on the screen
+        click.echo(plain_text("\n".join(table[columns].pformat(max_lines=-1, max_width=-1))))
     elif output_format == "json":
         click.echo(json.dumps(_rows_as_dicts(table[columns]), indent=1, default=_json_default))
     elif output_format == "votable":
@@ -1275,19 +1296,17 @@ def show_table(table, options, console, *, output, output_format, columns, comma
 
 
 def write_table(table, path, output_format, *, overwrite=False):
-    """``-o FILE``: the table written through the package's one safe writer (`writer.atomic_output`)."""
+    """``-o FILE``: the table written through the package's one safe writer (never via a link)."""
     import io
-    from .writer import atomic_output
+    from .writer import write_bytes
+    buffer = io.BytesIO()
     if output_format == "votable":
-        buffer = io.BytesIO()
-        table.write(buffer, format="votable")
-        data = buffer.getvalue()
+        table.write(buffer, format="votable")     # the VOTable writer wants bytes
     else:
-        buffer = io.StringIO()
-        table.write(buffer, format=output_format)
-        data = buffer.getvalue().encode("utf-8")
-    with atomic_output(path, overwrite=overwrite) as stream:
-        stream.write(data)
+        text = io.StringIO()
+        table.write(text, format=output_format)
+        buffer.write(text.getvalue().encode("utf-8"))
+    write_bytes(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def _output_options(func):

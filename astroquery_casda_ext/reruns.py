@@ -14,9 +14,8 @@ still match their ``.checksum`` are kept and not asked for; anything else is fet
 under its own name.  The saved manifest then describes this request only; files of an
 earlier, different request stay on disk but are never reported as this answer.
 
-The downloader fetches files under CASDA's names; they are then renamed to their stable
-names (one `os.replace` each).  When the downloader takes caller-chosen names itself, the
-rename step goes and `stable_name` is passed to it instead.
+The downloader is given the stable names (``names=``, `CutoutLabels.for_download`), so every
+file is written once, under its final name, by the package's one writer.
 """
 import os
 import re
@@ -33,7 +32,7 @@ from .errors import InvalidInputError
 
 __all__ = ["Source", "sources_from", "stable_name", "check_destination", "prepare_destination",
            "remove_if_empty", "CutRequest", "Wanted", "wanted_files", "request_keys", "angle_tag", "RerunState",
-           "CutoutLabels", "label_manifest", "label_whole_files", "SOURCE_COLUMNS", "SERVICE_TAGS"]
+           "CutoutLabels", "label_whole_files", "SOURCE_COLUMNS", "SERVICE_TAGS"]
 
 #: Columns added to the manifest rows of labelled cutouts.
 SOURCE_COLUMNS = ("service", "source", "source_ra", "source_dec", "region", "window", "pol")
@@ -440,45 +439,6 @@ class CutoutLabels:
         return names, labels
 
 
-def label_manifest(manifest, jobs, labels, sources, dest, service="cutout", request=None):
-    """Rename a download's cutouts to their stable names and add the source columns.
-
-    For a downloader that writes files under CASDA's names: each file (and its
-    ``.checksum``) is moved to its `stable_name` with one `os.replace`.
-
-    Parameters
-    ----------
-    manifest : `~astroquery_casda_ext.download.Manifest`
-        What the downloader wrote (CASDA's names).
-    jobs, labels, sources, service
-        As for `CutoutLabels`.
-    dest : path-like
-
-    Returns
-    -------
-    `~astropy.table.Table`
-        The manifest rows, renamed and labelled.
-    """
-    known = CutoutLabels(jobs, labels, sources, service, request)
-    table = manifest.table.copy()
-    # new lists, not item assignment: a numpy string column would cut longer names short
-    columns = {name: [] for name in ("product_id", "path", "checksum_path") + SOURCE_COLUMNS}
-    for row in table:
-        kind = str(row["kind"])
-        product, region, source, window = known.of(kind, row["result_id"], row["message"], row["product_id"])
-        path, checksum_path = str(row["path"]), str(row["checksum_path"])
-        name = known.name(kind, product, source, window)
-        if name:
-            path, checksum_path = _rename(path, checksum_path, dest, name)
-        for column, value in known.columns(product, region, source, window).items():
-            columns[column].append(value)
-        columns["path"].append(path)
-        columns["checksum_path"].append(checksum_path)
-    for name, values in columns.items():
-        table[name] = np.array(values, dtype=float if name in ("source_ra", "source_dec") else str)
-    return table
-
-
 def label_whole_files(table):
     """Whole staged files' manifest rows, with the source columns a rerun reads (service ``stage``)."""
     table = table.copy()
@@ -501,16 +461,3 @@ def _missed(message, regions, labels, names_region, product_id):
             if names_region(message, region, product):
                 return region, source, product
     return "", None, product_id
-
-
-def _rename(path, checksum_path, dest, name):
-    """Move a downloaded file (and its ``.checksum``) to its stable name, replacing an older copy."""
-    if not path or not os.path.isfile(path):
-        return path, checksum_path
-    new = os.path.join(str(dest), name)
-    if os.path.abspath(path) != os.path.abspath(new):
-        os.replace(path, new)
-    if checksum_path and os.path.isfile(checksum_path):
-        os.replace(checksum_path, new + ".checksum")
-        checksum_path = new + ".checksum"
-    return new, checksum_path

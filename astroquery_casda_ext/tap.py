@@ -882,6 +882,7 @@ class TapClient:
         schema = self.metadata(manifest.queries[0], async_job=True)[1]
         manifest.check_columns(schema)
         todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
+        manifest.forget(todo)      # a part not verified is not finished, whatever an earlier run wrote
         resumed = len(manifest.queries) - len(todo)
         show = sys.stderr.isatty() if progress is None else progress
         own = executor is None
@@ -1114,8 +1115,8 @@ class _Manifest:
     def _read(path):
         """The manifest's content, checked entry by entry; a damaged one names the file."""
         def damaged(why):
-            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the directory "
-                                     "(or that file and the parts) to start again")
+            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the "
+                                     "directory (or that file and the parts) to start again")
         try:
             with open(path, "rb") as stream:       # refuse_link checked it is no link
                 data = json.loads(stream.read(64 << 20))
@@ -1157,8 +1158,8 @@ class _Manifest:
         """Record the columns (and the fingerprint), or refuse if the folder's parts have others."""
         columns = _columns(schema)
         if self.data.get("columns") is not None and self.data["columns"] != columns:
-            raise InvalidInputError(f"{self.directory} holds parts with other columns ({self.data['columns']!r} "
-                                    f"there, {columns!r} now): use another directory")
+            raise InvalidInputError(f"{self.directory} holds parts with other columns "
+                                    f"({self.data['columns']!r} there, {columns!r} now): use another directory")
         if self.data.get("columns") is None or self.data.get("fingerprint") is None:
             self.data["columns"] = columns
             self._save()
@@ -1182,6 +1183,11 @@ class _Manifest:
             digest, size = _sha256(stream)
         return (digest, size) == (entry["sha256"], entry["bytes"])
 
+    def forget(self, indices):
+        """Drop the entries of parts about to be written again (saved with the next part)."""
+        for index in indices:
+            self.data["written"].pop(str(index), None)
+
     def done(self, index, written):
         self.data["written"][str(index)] = {"rows": written.rows, "bytes": written.size,
                                             "sha256": written.sha256}
@@ -1198,4 +1204,5 @@ class _Manifest:
     def _save(self):
         self.data["version"] = self.VERSION
         self.data["fingerprint"] = self._fingerprint()
-        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True)
+        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True,
+                    package_file=True)

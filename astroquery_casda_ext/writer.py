@@ -17,11 +17,11 @@ command line's ``-o FILE`` and plots are all written here, under one set of rule
   ``link`` then ``unlink``, which cannot replace a file that appeared meanwhile.
 - **No silent overwrite.**  An output that exists is refused unless the caller passed
   ``overwrite=True``.
-- **Reserved names.**  The names the package itself uses (`RESERVED_NAMES`: the
+- **Reserved names.**  The names the package itself uses (``RESERVED_NAMES``: the
   download manifest, the folder lock, the partition manifest; and every name ending in
-  `RESERVED_SUFFIXES` or starting with ``.casda``) are refused wherever a name comes from
-  a server or a caller (`refuse_reserved`): the URL path, ``Content-Disposition``, an
-  explicit name.
+  ``RESERVED_SUFFIXES`` or starting with ``.casda`` or ``casda_manifest``) are refused
+  wherever a name comes from a server or a caller (`refuse_reserved`): the URL path,
+  ``Content-Disposition``, an explicit name.
 - **Locks that cannot be taken are errors.**  Where the file system refuses ``flock``
   (NFS without lockd, Lustre mounted ``noflock``: ``ENOLCK``, ``EOPNOTSUPP``,
   ``ENOSYS``), `~astroquery_casda_ext.errors.LockUnavailableError` names the folder at
@@ -29,26 +29,25 @@ command line's ``-o FILE`` and plots are all written here, under one set of rule
 
 API
 ---
-``atomic_output(path, *, overwrite=False)``
+``atomic_output(path, *, overwrite=False, package_file=False)``
     Context manager yielding a binary file object; the output appears, complete, when the
-    block ends without an exception, and nothing appears otherwise.
-``write_bytes(path, data, *, overwrite=False)``
+    block ends without an exception, and nothing appears otherwise.  Only the package's
+    own files (``package_file=True``) may have reserved names.
+``write_bytes(path, data, *, overwrite=False, package_file=False)``
     The same for bytes in memory.
 ``FolderLock(folder, *, wait=True)``
     One writer per folder (downloads, partitioned TAP outputs), across processes and hosts.
 ``refuse_reserved(name, *, url=None, source=...)``, ``is_reserved(name)``
     The reserved-name check.
-``open_part(path)``, ``same_file(fd, path)``, ``place(source, target, *, replace)``,
-``refuse_link(path)``, ``is_regular_file(path)``
+``open_part``, ``same_file``, ``place``, ``refuse_link``, ``is_regular_file``
     The link-safe primitives downloads use for their resumable ``.part`` files (whose
     claim is the folder lock and the run's `~astroquery_casda_ext.download.Claims`).
-``plain_text(text)``
-    Server text made safe to show in a terminal (control characters escaped).
+``plain_text(text)`` (from ``astroquery_casda_ext.errors``)
+    Server text made safe for a line-based file or a terminal (control characters escaped).
 """
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import re
 import socket
@@ -59,17 +58,18 @@ import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError, redact_url
+from .errors import (FolderBusyError, LockUnavailableError, OutputExistsError, UnsafeFilenameError,
+                     package_logger, plain_text, redact_url)
 
 try:
     import fcntl
 except ImportError:   # Windows: filelock's msvcrt locking for folders; O_EXCL alone for claims
     fcntl = None
 
-__all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved", "plain_text",
+__all__ = ["atomic_output", "write_bytes", "FolderLock", "refuse_reserved", "is_reserved",
            "RESERVED_NAMES", "RESERVED_SUFFIXES", "MANIFEST_NAME", "LOCK_NAME", "PARTITION_MANIFEST_NAME"]
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = package_logger(__name__.rsplit(".", 1)[0])
 
 #: The download manifest `~astroquery_casda_ext.download.Manifest` saves into a download folder.
 MANIFEST_NAME = "casda_manifest.ecsv"
@@ -109,12 +109,12 @@ def is_reserved(name):
 
 
 def refuse_reserved(name, *, url=None, source="the server's"):
-    """Return ``name``, or raise `UnsafeFilenameError` if it is a reserved name.
+    """Return ``name``, or raise `~astroquery_casda_ext.errors.UnsafeFilenameError` if it is reserved.
 
     Parameters
     ----------
     name : str
-        A plain file name (already checked by ``download.naming.safe_filename``).
+        A plain file name (already checked by `~astroquery_casda_ext.download.safe_filename`).
     url : str, optional
         Where the name came from (named, redacted, in the message).
     source : str
@@ -128,26 +128,6 @@ def refuse_reserved(name, *, url=None, source="the server's"):
     return name
 
 
-# --- terminal text ------------------------------------------------------------------------------
-
-# C0 and C1 controls, DEL, and the line/paragraph separators; tab and newline are kept as text.
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def plain_text(text):
-    """Server text made safe to print: control characters shown as escapes, never obeyed.
-
-    ESC sequences (colours, cursor moves, window titles, OSC 8 links), other C0/C1
-    controls, DEL, bidirectional overrides and Unicode line separators become ``\\x1b``,
-    ``\\u202e``... so a server's message can neither rewrite the terminal nor hide part of
-    itself.  Tab and newline are kept.  ``None`` stays ``None``.
-    """
-    if text is None:
-        return None
-    text = str(text)
-    return _TERMINAL_UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
-
-
 # --- link-safe primitives -----------------------------------------------------------------------
 
 def is_regular_file(path):
@@ -159,7 +139,7 @@ def is_regular_file(path):
 
 
 def refuse_link(path):
-    """Raise `UnsafeFilenameError` if ``path`` is a symbolic link or not a regular file."""
+    """Raise `~astroquery_casda_ext.errors.UnsafeFilenameError` if ``path`` is a link or not a regular file."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -217,7 +197,7 @@ def place(source, target, *, replace):
     """Rename ``source`` to ``target`` in one directory, never through or over a link.
 
     With ``replace`` an existing regular file at ``target`` is replaced; without it an
-    existing ``target`` raises `FileExistsError` (``os.link`` then unlink: an atomic
+    existing ``target`` raises ``FileExistsError`` (``os.link`` then unlink: an atomic
     no-replace rename on POSIX).
     """
     refuse_link(target)
@@ -300,16 +280,23 @@ def _claim(path):
     flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | _BINARY
     for _ in range(5):      # only a claim renamed away under us, again and again, repeats
         try:
-            fd = os.open(temporary, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fd, created = os.open(temporary, flags | os.O_CREAT | os.O_EXCL, 0o644), True
         except FileExistsError:
             try:
-                fd = _open_existing(temporary, flags)
+                fd, created = _open_existing(temporary, flags), False
             except FileNotFoundError:
                 continue          # the holder just finished: claim again
         _own_plain_file(fd, temporary)
+        if fcntl is None and not created:     # no flock to tell a live claim from a dead one
+            os.close(fd)
+            raise OutputExistsError(f"{str(path)!r} is being written by another run (it holds "
+                                    f"{temporary.name}; remove that file if no run is writing)",
+                                    path=str(path))
         try:
             taken = _flock(fd, temporary, f"{path.name!r}")
         except BaseException:
+            if created and same_file(fd, temporary):
+                os.unlink(temporary)      # no lock to be had here: leave nothing behind
             os.close(fd)
             raise
         if not taken:
@@ -326,7 +313,7 @@ def _claim(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, overwrite=False):
+def atomic_output(path, *, overwrite=False, package_file=False):
     """Write ``path`` safely: yield a binary file object; the output appears when the block ends.
 
     Parameters
@@ -335,6 +322,9 @@ def atomic_output(path, *, overwrite=False):
         The output.  Its folder must exist.
     overwrite : bool
         Replace an existing (regular) file.  A link is never replaced.
+    package_file : bool
+        ``path`` is one of the package's own files (a manifest, a ``.part`` validator); any
+        other output may not take a reserved name (`is_reserved`).
 
     Yields
     ------
@@ -346,11 +336,14 @@ def atomic_output(path, *, overwrite=False):
     OutputExistsError
         ``path`` exists (and not ``overwrite``), or another run is writing it.
     UnsafeFilenameError
-        ``path`` or its temporary is a symbolic link, a directory or another special file.
+        ``path`` or its temporary is a symbolic link, a directory or another special file,
+        or ``path`` has a reserved name (and is not ``package_file``).
     LockUnavailableError
         The file system refuses ``flock``.
     """
     path = Path(path)
+    if not package_file:
+        refuse_reserved(path.name, source="the output's")
     refuse_link(path)
     fd, temporary = _claim(path)
     try:
@@ -375,9 +368,9 @@ def atomic_output(path, *, overwrite=False):
         os.close(fd)
 
 
-def write_bytes(path, data, *, overwrite=False):
+def write_bytes(path, data, *, overwrite=False, package_file=False):
     """Write ``data`` to ``path`` through `atomic_output`; returns ``path`` as a str."""
-    with atomic_output(path, overwrite=overwrite) as stream:
+    with atomic_output(path, overwrite=overwrite, package_file=package_file) as stream:
         stream.write(data)
     return str(path)
 
@@ -391,7 +384,7 @@ class FolderLock:
     planted at the lock's name is refused, never truncated through).  Linux NFS clients
     turn ``flock`` into POSIX byte-range locks the server arbitrates, so nodes of a cluster
     sharing the folder exclude each other too.  Where ``fcntl`` does not exist (Windows),
-    `filelock.FileLock` does the locking.  Where the file system refuses locks,
+    ``filelock.FileLock`` does the locking.  Where the file system refuses locks,
     `~astroquery_casda_ext.errors.LockUnavailableError` names the folder at once.
 
     The lock file is removed on release.  A waiter that then wins the lock on the removed
@@ -402,7 +395,8 @@ class FolderLock:
     ----------
     folder : str or path-like
     wait : bool
-        Wait for another run to finish (True), or raise `FolderBusyError` at once.
+        Wait for another run to finish (True), or raise
+        `~astroquery_casda_ext.errors.FolderBusyError` at once.
     poll : float
         Seconds between two tries while waiting.
     sleep : callable
@@ -444,17 +438,25 @@ class FolderLock:
     def _try(self):
         if fcntl is None:
             return self._try_filelock()
+        flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+            try:
+                fd, created = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                fd, created = os.open(self.path, flags), False
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafeFilenameError(f"{self.path} is a symbolic link; the folder cannot be locked",
                                           path=str(self.path)) from None
+            if isinstance(exc, FileNotFoundError) and os.path.isdir(self.path.parent):
+                return False      # removed by its holder between our two opens: try again
             raise LockUnavailableError(f"cannot lock the folder {self.path.parent}: {exc}",
                                        path=str(self.path.parent)) from None
         try:
             taken = _flock(fd, self.path, "the folder")
         except BaseException:
+            if created and same_file(fd, self.path):
+                os.unlink(self.path)      # no lock to be had here: leave nothing behind
             os.close(fd)
             raise
         if not taken:

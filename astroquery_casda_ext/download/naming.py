@@ -185,9 +185,9 @@ def planned_names(task):
 
 # --- file-system operations: the package's one safe writer (writer.py) -------------------------
 
-def write_file(path, data, *, replace=True):
-    """Write ``data`` to ``path`` atomically through the package's one writer (`writer.write_bytes`)."""
-    return write_bytes(path, data, overwrite=replace)
+def write_file(path, data, *, replace=True, package_file=False):
+    """Write ``data`` to ``path`` atomically through the package's one writer (``writer.write_bytes``)."""
+    return write_bytes(path, data, overwrite=replace, package_file=package_file)
 
 
 # --- planning -----------------------------------------------------------------------------------
