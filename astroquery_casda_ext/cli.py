@@ -788,6 +788,13 @@ def cutout_size_options(default):
     return decorate
 
 
+def _whole_files_only(full_files, **cut_options):
+    """Refuse cutting options beside ``--full-files`` (whole files are staged as they are)."""
+    given = [name for name, value in cut_options.items() if value not in (None, (), [])]
+    if full_files and given:
+        raise click.UsageError(f"--full-files stages whole files: {', '.join(given)} do(es) not apply")
+
+
 def cut_request(service, radius, band=None, channel=None, pol=None, rest_frequency=None):
     """The `~astroquery_casda_ext.reruns.CutRequest` of a command's options (checked by the library)."""
     from .reruns import CutRequest
@@ -1492,6 +1499,8 @@ def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, band, ch
     from .regions import parse_positions
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
+    _whole_files_only(full_files, **{"--cutout-radius": cutout_radius, "--band": band, "--channel": channel,
+                                     "--pol": pol, "--preview": preview})
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
     request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
@@ -1605,6 +1614,8 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, b
             raise click.UsageError("give the search cone once, with --radius")
         console.warn("--search-radius is deprecated: use --radius (the search cone in every command)")
         search_radius = search_alias
+    _whole_files_only(full_files, **{"--cutout-radius": cutout_radius, "--band": band, "--channel": channel,
+                                     "--pol": pol, "--preview": preview})
     search = search_radius if search_radius is not None else ANGLE.convert(SCRIPT_SEARCH_RADIUS, None, None)
     radius = cutout_radius if cutout_radius is not None else ANGLE.convert(SCRIPT_CUTOUT_RADIUS, None, None)
     request = cut_request("cutout", radius, band, channel, pol)

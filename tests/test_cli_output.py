@@ -236,3 +236,14 @@ def test_the_command_line_imports_nothing_heavy_for_its_help(tmp_path):
                               timeout=120, env=env, cwd=tmp_path)
         assert "Usage: casda" in done.stdout, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "heavy: []", args
+
+
+@pytest.mark.parametrize("args", [
+    ("cutouts", "609", "DEST", "--full-files", "--cutout-radius", "2arcmin"),
+    ("images", "187.5", "-45", "DEST", "--full-files", "--channel", "1", "8"),
+])
+def test_cutting_options_beside_full_files_are_refused_before_sending(tmp_path, emulator, run, args):
+    start = len(emulator.request_log)
+    process = run(*[tmp_path / "d" if arg == "DEST" else arg for arg in args], "--quiet")
+    assert process.returncode == cli.EXIT_USAGE and "--full-files" in process.stderr
+    assert len(emulator.request_log) == start and not (tmp_path / "d").exists()
