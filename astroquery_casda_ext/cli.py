@@ -790,7 +790,8 @@ def cutout_size_options(default):
 
 def _whole_files_only(full_files, **cut_options):
     """Refuse cutting options beside ``--full-files`` (whole files are staged as they are)."""
-    given = [name for name, value in cut_options.items() if value not in (None, (), [])]
+    given = [name for name, value in cut_options.items()
+             if value is not None and not (isinstance(value, (tuple, list)) and not value)]
     if full_files and given:
         raise click.UsageError(f"--full-files stages whole files: {', '.join(given)} do(es) not apply")
 
