@@ -51,10 +51,12 @@ def _help_examples():
 
 
 def _once(groups):
-    """Each example once (the first place it appears): the same line elsewhere proves nothing new."""
+    """Each demo example once (the first place it appears): a demo starts an emulator of its own,
+    and the same line elsewhere proves nothing new.  Other lines stay where they are: one may
+    write a file the next one reads."""
     seen, kept = set(), []
     for where, examples in groups:
-        fresh = [example for example in examples if example not in seen]
+        fresh = [example for example in examples if example not in seen or not example.startswith("casda demo")]
         seen.update(fresh)
         if fresh:
             kept.append((where, fresh))
