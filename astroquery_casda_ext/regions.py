@@ -23,7 +23,8 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
 from astropy.table import Row, Table
 
-from .errors import InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError, ServiceError
+from .errors import (InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError,
+                     NameResolverUnavailableError)
 
 __all__ = [
     "MAX_RADIUS_DEG", "DEFAULT_RADIUS", "STOKES", "SIA2_POL_STATES",
@@ -144,8 +145,10 @@ def _resolve_name(text):
             coord = commons.parse_coordinates(text)
         except (NameResolveError, ValueError, TypeError, u.UnitsError, OSError) as exc:
             if _resolver_unreachable(exc):
-                raise ServiceError(f"cannot resolve {text!r}: the name resolver (Sesame) did not answer "
-                                   f"({_first_line(exc)}); give the position as coordinates") from None
+                raise NameResolverUnavailableError(
+                    f"cannot resolve {text!r}: the name resolver (Sesame) did not answer ({_first_line(exc)}); "
+                    f"give the position as coordinates ({_COORDINATE_FORMS}), or an object name Sesame "
+                    "knows once it can be reached") from None
             raise InvalidRegionError(f"{_cannot_parse(text)[:-1]}, or an object name Sesame knows "
                                      f"(resolving {text!r} failed: {_first_line(exc)})") from None
     return _icrs(coord, text)

@@ -229,7 +229,7 @@ def test_credentials_never_appear_in_debug_logs(emulator, caplog, tmp_path):
 # --- bad input is refused before anything is sent ------------------------------------------------
 
 BAD_INPUT = [
-    ("unparsable coordinates", dict(coordinates="187.5 -45 17"), InvalidRegionError),
+    ("unparsable coordinates", dict(coordinates="not a position"), InvalidRegionError),
     ("negative radius", dict(coordinates="187.5 -45", radius=-1 * u.arcmin), InvalidRegionError),
     ("radius over 10 degrees", dict(coordinates="187.5 -45", radius=11 * u.deg), InvalidRegionError),
     ("band with mixed units", dict(band=[1 * u.GHz, 0.2 * u.m]), InvalidSpectralRangeError),

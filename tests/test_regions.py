@@ -95,8 +95,9 @@ def test_an_unreachable_name_resolver_is_a_service_error_not_bad_input(monkeypat
         raise NameResolveError("All Sesame queries failed. Unable to retrieve coordinates.")
 
     monkeypatch.setattr(SkyCoord, "from_name", from_name)
-    with pytest.raises(ServiceError, match="'foo bar baz'.*did not answer"):
+    with pytest.raises(ServiceError, match="'foo bar baz'.*did not answer") as info:
         parse_coordinates("foo bar baz")
+    assert isinstance(info.value, InvalidRegionError)      # nothing was sent: still bad input to Python
 
 
 @pytest.mark.parametrize("value, fragment", [
