@@ -237,7 +237,7 @@ class JobProgress:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             name, phase, since = self._status
-            line = f"\r  job {name}: {phase}, {time.monotonic() - since:5.0f} s elapsed"
+            line = f"\r  job {name}: {plain_text(phase)}, {time.monotonic() - since:5.0f} s elapsed"
             click.echo(line, err=True, nl=False)
             time.sleep(min(self.tick, left))
         self._clear()
@@ -1437,7 +1437,7 @@ def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite
 
 
 def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
-    """``casda tap ... -o x.parquet``: the result streamed to Parquet (tap.py), never held whole."""
+    """``casda tap ... -o x.parquet``: the result streamed to Parquet (the tap package), never held whole."""
     console, started = options.console, time.monotonic()
     check_output_path(output, overwrite)
     adql = sys.stdin.read() if adql == "-" else adql
