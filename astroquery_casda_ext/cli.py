@@ -299,7 +299,8 @@ class SpectralValue(LibraryValue):
         try:
             quantity = u.Quantity(text)
         except (TypeError, ValueError):
-            raise InvalidSpectralRangeError(f"{text!r} is not a quantity, e.g. 1.2GHz, 21cm, 1500km/s") from None
+            raise InvalidSpectralRangeError(f"{text!r} is not a quantity, e.g. 1.2GHz, 21cm, "
+                                            "1500km/s") from None
         if quantity.unit == u.dimensionless_unscaled:
             raise InvalidSpectralRangeError(f"{text!r} needs a unit (GHz, MHz, m, cm, km/s)")
         return quantity
@@ -520,7 +521,8 @@ def _request_log(debug):
             http_log.info(f"{request.method} {url} -> {type(exc).__name__} after "
                           f"{time.monotonic() - started:.3f} s")
             raise
-        http_log.info(f"{request.method} {url} -> {response.status_code} in {time.monotonic() - started:.3f} s")
+        seconds = time.monotonic() - started
+        http_log.info(f"{request.method} {url} -> {response.status_code} in {seconds:.3f} s")
         if debug:
             http_log.debug(f"< {response.status_code} [{_masked_headers(response.headers)}]")
         return response
@@ -849,8 +851,8 @@ def cut_sources(casda, images, sources, request, dest, options, console, *, prev
                      f"not asked for: {', '.join(uncovered[:5])}{' ...' if len(uncovered) > 5 else ''}")
     if len(uncovered) == len(sources):
         raise NothingFound(f"no {what} footprint contains any of the {len(sources)} position(s)")
-    summary = fetch(casda, [Plan(request, images, sources, covered)], dest, options, console, policy=policy,
-                    before_download=before_download)
+    summary = fetch_missing(casda, [Plan(request, images, sources, covered)], dest, options, console,
+                            policy=policy, before_download=before_download)
     summary.update(uncovered=uncovered, sources=len(sources))
     if preview:
         from astropy.coordinates import SkyCoord
@@ -863,7 +865,7 @@ def cut_sources(casda, images, sources, request, dest, options, console, *, prev
     return summary
 
 
-def fetch(casda, plans, dest, options, console, *, policy=None, before_download=None):
+def fetch_missing(casda, plans, dest, options, console, *, policy=None, before_download=None):
     """Ask CASDA for what the folder's manifest lacks of the request, download it, save the manifest.
 
     The request is keyed whole (`reruns.RerunState`): files of an equal request that are
@@ -989,7 +991,7 @@ def stage_whole_files(casda, products, dest, options, console, policy=None):
     and verified are not staged again (on CASDA, staging can mean a tape recall).
     """
     from .reruns import CutRequest
-    return fetch(casda, [Plan(CutRequest("stage"), products)], dest, options, console, policy=policy)
+    return fetch_missing(casda, [Plan(CutRequest("stage"), products)], dest, options, console, policy=policy)
 
 
 def manifest_summary(manifest):
@@ -1324,7 +1326,8 @@ def _output_options(func):
     func = click.option("--format", "output_format", type=click.Choice(list(STDOUT_FORMATS)),
                         help="Format of -o - (standard output); default: table.")(func)
     return click.option("-o", "--output", metavar="FILE",
-                        help="Write the table: .xml/.vot (VOTable), .csv or .ecsv ('casda tap' also .parquet, "
+                        help="Write the table: .xml/.vot (VOTable), .csv or .ecsv ('casda tap' also "
+                             ".parquet, "
                              "streamed); '-' for stdout.")(func)
 
 
@@ -1658,7 +1661,8 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, b
                    "1420.405752MHz for HI; default: the files' RESTFREQ).")
 @job_options
 @common_options
-def spectra(options, source_file, radius, dest, collection, subtype, band, channel, pol, plot, rest_frequency):
+def spectra(options, source_file, radius, dest, collection, subtype, band, channel, pol, plot,
+            rest_frequency):
     """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
 
     RADIUS is the aperture (30arcsec, or degrees); CASDA's spectrum generation service
@@ -1748,11 +1752,12 @@ def slice_command(options, sbid, num_channels, dest, subtype, pol):
     plans = []
     for channels, group in _by_channel_count(cubes).items():
         windows = channel_windows(channels, num_channels)
-        console.say(f"  {len(group)} cube(s) of {channels} channels: {len(windows)} window(s) of {num_channels}")
+        console.say(f"  {len(group)} cube(s) of {channels} channels: {len(windows)} window(s) of "
+                    f"{num_channels}")
         plans.append(Plan(CutRequest("cutout", channels=tuple(windows), pol=tuple(pol or ())), group))
     if not plans:
         raise NothingFound(f"no cube of SB{sbid} has more than one channel")
-    summary = fetch(casda, plans, dest, options, console)
+    summary = fetch_missing(casda, plans, dest, options, console)
     summary.update(command="slice", sbid=sbid, cubes=len(cubes), num_channels=num_channels)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 

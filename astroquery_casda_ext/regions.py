@@ -146,7 +146,8 @@ def _resolve_name(text):
         except (NameResolveError, ValueError, TypeError, u.UnitsError, OSError) as exc:
             if _resolver_unreachable(exc):
                 raise NameResolverUnavailableError(
-                    f"cannot resolve {text!r}: the name resolver (Sesame) did not answer ({_first_line(exc)}); "
+                    f"cannot resolve {text!r}: the name resolver (Sesame) did not answer "
+                    f"({_first_line(exc)}); "
                     f"give the position as coordinates ({_COORDINATE_FORMS}), or an object name Sesame "
                     "knows once it can be reached") from None
             raise InvalidRegionError(f"{_cannot_parse(text)[:-1]}, or an object name Sesame knows "

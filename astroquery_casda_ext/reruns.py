@@ -31,7 +31,8 @@ from .download import MANIFEST_NAME, Manifest
 from .errors import InvalidInputError
 
 __all__ = ["Source", "sources_from", "stable_name", "check_destination", "prepare_destination",
-           "remove_if_empty", "CutRequest", "Wanted", "wanted_files", "request_keys", "angle_tag", "RerunState",
+           "remove_if_empty", "CutRequest", "Wanted", "wanted_files", "request_keys", "angle_tag",
+           "RerunState",
            "CutoutLabels", "label_whole_files", "SOURCE_COLUMNS", "SERVICE_TAGS"]
 
 #: Columns added to the manifest rows of labelled cutouts.

@@ -39,7 +39,8 @@ def run_w8(scale, workdir):
         ours = harness.figures_of(runs[name], "seconds")
         median, best, worst = harness.spread(ours)
         base, base_best, base_worst = harness.spread(bare)
-        rows.append(Row("W8", f"{name}: start-up", "s", median, base, "python -c pass (the interpreter alone)",
+        rows.append(Row("W8", f"{name}: start-up", "s", median, base,
+                        "python -c pass (the interpreter alone)",
                         base / median if median else None, f"<= {LIMIT:g} s", median <= LIMIT,
                         "a fresh interpreter each run; the load average of each run is in the JSON",
                         (best, worst), (base_best, base_worst)))

@@ -56,7 +56,8 @@ def _once(groups):
     write a file the next one reads."""
     seen, kept = set(), []
     for where, examples in groups:
-        fresh = [example for example in examples if example not in seen or not example.startswith("casda demo")]
+        fresh = [example for example in examples
+                 if example not in seen or not example.startswith("casda demo")]
         seen.update(fresh)
         if fresh:
             kept.append((where, fresh))
@@ -86,7 +87,8 @@ def world(tmp_path, emulator, monkeypatch, memory_keyring):
     monkeypatch.chdir(work)
     monkeypatch.setenv("CASDA_USER", emulator.username)
     monkeypatch.setenv("CASDA_PASSWORD", emulator.password)
-    monkeypatch.setattr(SkyCoord, "from_name", lambda name, *a, **k: SkyCoord(*_KNOWN_NAMES[name], unit="deg"))
+    monkeypatch.setattr(SkyCoord, "from_name",
+                        lambda name, *a, **k: SkyCoord(*_KNOWN_NAMES[name], unit="deg"))
     client = CasdaClass(server=emulator.url)
     client.login(emulator.username, password=emulator.password)
     [job] = client.stage_data(["cube-1002"], wait=False)

@@ -27,7 +27,8 @@ def run(casda_cli):
 
 def jobs_created(emulator):
     """SODA jobs created so far (POSTs to .../data/async)."""
-    return sum(1 for entry in emulator.request_log if entry.method == "POST" and entry.path.endswith("/data/async"))
+    return sum(1 for entry in emulator.request_log
+               if entry.method == "POST" and entry.path.endswith("/data/async"))
 
 
 def files(dest):
@@ -66,7 +67,8 @@ def line_sources(tmp_path, emulator, *extra):
 def test_sources_twice_is_once(tmp_path, emulator, run):
     path = tmp_path / "list.txt"
     path.write_text("187.66611477 -45.06210196\n187.5 -45.0\n")
-    twice(run, emulator, tmp_path / "o", "sources", "cube-1001", path, tmp_path / "o", "--cutout-radius", "0.02")
+    twice(run, emulator, tmp_path / "o", "sources", "cube-1001", path, tmp_path / "o",
+          "--cutout-radius", "0.02")
 
 
 def test_images_twice_is_once(tmp_path, emulator, run):
@@ -85,7 +87,8 @@ def test_slice_twice_is_once_with_names_from_the_request(tmp_path, emulator, run
 
 @pytest.mark.parametrize("command", [
     ("stage", "cube-1002", "--dest", "DEST"),
-    ("images", "22:15:36", "-45:50:24", "DEST", "--collection", "racs", "--subtype", "cont.noise.t0", "--full-files"),
+    ("images", "22:15:36", "-45:50:24", "DEST", "--collection", "racs", "--subtype", "cont.noise.t0",
+     "--full-files"),
     ("cutouts", "609", "DEST", "--full-files"),
 ])
 def test_whole_files_twice_stage_once(tmp_path, emulator, run, command):
