@@ -115,7 +115,8 @@ class FolderLock:
             _held_here.add(key)
         self._fd, self._key = fd, key
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        os.ftruncate(fd, 0)
+        if os.fstat(fd).st_size:     # (a file truncated to zero is flushed on close by ext4: 40 ms)
+            os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
         return True
 

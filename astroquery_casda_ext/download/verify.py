@@ -91,7 +91,10 @@ class Sink:
         self._failure = None
 
     def __enter__(self):
-        os.ftruncate(self._fd, self._offset)
+        if os.fstat(self._fd).st_size != self._offset:
+            # Only when there is something to cut: on ext4 (auto_da_alloc) a file truncated to
+            # zero is flushed when it is closed, which costs 0.25 s per GB of a fresh .part.
+            os.ftruncate(self._fd, self._offset)
         os.lseek(self._fd, self._offset, os.SEEK_SET)
         if self._thread is not None:
             self._thread.start()
