@@ -72,8 +72,8 @@ class Sink:
     """Writes blocks to an open ``.part`` at ``offset`` and feeds them to a `ChecksumAccumulator`.
 
     Blocks come from a small ring of reused buffers (memory: ``depth`` chunks). With an
-    idle core (``config.hash_in_thread``) the hashing runs on a helper thread: zlib and
-    hashlib release the GIL, so CRC-32 and SHA-1 of one block overlap receiving and
+    idle core (``config.hash_in_thread``) the hashing runs on a helper thread: CRC-32 and
+    SHA-1 release the GIL, so CRC-32 and SHA-1 of one block overlap receiving and
     writing the next. Each block is written before it is hashed, and leaving the
     ``with`` block waits for the hashing, so the accumulator then describes exactly the
     bytes in the file, whether the transfer ended well or not.
