@@ -22,6 +22,8 @@ from astroquery_casda_ext.transport import RetryPolicy
 
 from test_download import stage
 
+pytestmark = pytest.mark.matrix("data-safety")
+
 SIZE = 3_000_000
 #: The bulk data files (not their .checksum sidecars).
 DATA = r"^/download/.*\.fits$"
