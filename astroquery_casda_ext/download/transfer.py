@@ -601,6 +601,7 @@ class _Transfer:
                             f"({_rate_text(done / elapsed)}), below the minimum rate of "
                             f"{_rate_text(self.config.min_rate)}; stopped (the partial file is kept)")
 
+        discard = None      # why the .part must start again, once every block handed over is written
         with Sink(self._part_fd(), offset, self.accumulator, self.config,
                   expected_bytes=room if size is not None else announced) as sink:
             while True:
@@ -612,17 +613,16 @@ class _Transfer:
                     count, broken, ended = _fill(reader, view, pace)
                 except BadEncoding as exc:
                     sink.give_back(block)
-                    self._restart_part()
-                    raise Restart(str(exc)) from None
+                    discard = Restart(str(exc))
+                    break
                 if received + count > room:
                     sink.give_back(block)
                     announced_by = ("its .checksum" if self.task.expected is not None else
                                     "DataLink" if self.task.size is not None else
                                     "the server" if size is not None else "max_unannounced")
-                    limit = offset + room
-                    self._restart_part()
-                    raise Fatal(f"{self.final.name}: the server sent more than the {limit} bytes announced "
-                                f"by {announced_by}; cut, and the file was not kept")
+                    discard = Fatal(f"{self.final.name}: the server sent more than the {offset + room} bytes "
+                                    f"announced by {announced_by}; cut, and the file was not kept")
+                    break
                 if count:
                     sink.put(view[:count])   # written, then hashed: only bytes on disk are hashed
                     received += count
@@ -635,6 +635,9 @@ class _Transfer:
                     raise Transient(message) from None
                 if ended or not view:
                     break
+        if discard is not None:
+            self._restart_part()
+            raise discard
         if announced is not None and received < announced:
             raise Transient(f"body ended after {received} of {announced} bytes")
 
