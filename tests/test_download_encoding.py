@@ -8,6 +8,7 @@ for the file (by its ``.checksum``, else ``max_unannounced``) in seconds, withou
 bytes piling up in memory; a damaged or cut encoding is fetched again.
 """
 import time
+import tracemalloc
 import zlib
 
 import pytest
@@ -16,40 +17,21 @@ import responses
 
 from astroquery_casda_ext.checksum import ChecksumAccumulator
 from astroquery_casda_ext.download import Downloader
-from astroquery_casda_ext.emulator import CasdaEmulator, EmulatorOptions, FaultRule
-from astroquery_casda_ext.emulator.holdings import HoldingsConfig
+from astroquery_casda_ext.emulator import FaultRule
 from astroquery_casda_ext.transport import RetryPolicy
 
-from test_download import stage
+# the emulator with two bulk files of SIZE bytes, staged, and its faults cleared around each test
+from test_download_faults import DATA, SIZE, _clean, bulk_emulator, bulk_files  # noqa: F401
 
 pytestmark = pytest.mark.matrix("data-safety")
 
-SIZE = 3_000_000
-#: The bulk data files (not their .checksum sidecars).
-DATA = r"^/download/.*\.fits$"
 #: Zero bytes a gzip bomb adds after the file: 20 GB decoded, about 20 MB encoded.
 BOMB = 20_000_000_000
 
 
-@pytest.fixture(scope="module")
-def bulk_emulator(tmp_path_factory):
-    options = EmulatorOptions(holdings=HoldingsConfig(bulk_count=1, bulk_size=SIZE))
-    with CasdaEmulator(data_dir=tmp_path_factory.mktemp("gzip-holdings"), options=options) as emulator:
-        yield emulator
-
-
-@pytest.fixture(scope="module")
-def bulk_file(bulk_emulator):
-    products = [product for product in bulk_emulator.holdings.products if product.kind == "bulk"]
-    files, _ = stage(bulk_emulator, [products[0].product_id])
-    return files[0]
-
-
-@pytest.fixture(autouse=True)
-def _clean(bulk_emulator):
-    bulk_emulator.clear_faults()
-    yield
-    bulk_emulator.clear_faults()
+@pytest.fixture
+def bulk_file(bulk_files):
+    return bulk_files[0]
 
 
 def download(items, savedir, **options):
@@ -86,8 +68,14 @@ def test_a_gzip_encoded_file_without_checksum_is_saved_decoded_not_compressed(bu
 def test_a_gzip_bomb_is_cut_at_the_size_its_checksum_announces(bulk_emulator, bulk_file, tmp_path):
     bulk_emulator.add_fault(FaultRule(path=DATA, kind="gzip", after_bytes=BOMB))
     started = time.monotonic()
-    manifest = download([bulk_file], tmp_path)
+    tracemalloc.start()
+    try:
+        manifest = download([bulk_file], tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     elapsed = time.monotonic() - started
+    assert peak < 64 << 20         # a few buffers of the file's size, not the decoded bomb
     row = manifest.table[0]
     assert (row["status"], row["error_type"]) == ("ERROR", "DownloadError")
     assert f"more than the {SIZE} bytes announced by its .checksum" in row["message"]
