@@ -70,7 +70,7 @@ class TransferConfig:
     timeout: float | tuple = 30.0        #: seconds to connect and between bytes read
     chunk_size: int = 8 << 20            #: bytes read and written per step (bounds memory)
     session: SessionSpec = field(default_factory=SessionSpec)   #: for workers without our session
-    #: Hash on a helper thread, overlapping the transfer: worth it only with an idle core.
+    #: Write and hash on two helper threads, overlapping the receiving: worth it only with idle cores.
     hash_in_thread: bool = True
     #: Slowest average rate (bytes per second) an attempt may keep after ``grace`` seconds; 0: no limit.
     min_rate: float = 1000.0
