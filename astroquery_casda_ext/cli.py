@@ -30,7 +30,9 @@ from astropy.time import Time
 
 from . import __version__, conf
 from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError, NoAccessError,
-                     NotLoggedInError, ServiceError, UnsafeFilenameError, redact_url)
+                     NotLoggedInError, ServiceError, UnsafeFilenameError, plain_text, redact_url)
+from .errors import package_logger
+from .writer import refuse_link, refuse_reserved, write_bytes
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
            "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES"]
@@ -102,7 +104,7 @@ _JOB_URL = re.compile(r"/data/async/[^/?#]+/?$")
 _OBSCORE_SCREEN_COLUMNS = ("obs_publisher_did", "obs_id", "obs_collection", "dataproduct_subtype",
                            "filename", "s_ra", "s_dec", "t_min", "em_min", "em_max", "obs_release_date")
 
-log = logging.getLogger("astroquery_casda_ext.cli")
+log = package_logger("astroquery_casda_ext.cli")
 
 
 class NothingFound(Exception):
@@ -123,9 +125,9 @@ class Console:
         return not self.quiet and _isatty(sys.stderr)
 
     def say(self, message=""):
-        """Narration and progress (stderr), silenced by ``--quiet``."""
+        """Narration and progress (stderr), silenced by ``--quiet``; control characters escaped."""
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(plain_text(message), err=True)
 
     def warn(self, message):
         if not self.quiet:
@@ -134,14 +136,14 @@ class Console:
     def out(self, text=""):
         """A result for humans (stdout); replaced by the JSON summary under ``--json``."""
         if not self.json_mode:
-            click.echo(text)
+            click.echo(plain_text(text))
 
     def summary(self, data, text):
         """The command's final summary: JSON on stdout with ``--json``, else ``text``."""
         if self.json_mode:
             click.echo(json.dumps(data, indent=2, default=_json_default))
         elif text:
-            click.echo(text)
+            click.echo(plain_text(text))
 
 
 def _isatty(stream):
@@ -162,8 +164,9 @@ def _json_default(value):
 
 
 def _one_line(text, limit=600):
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    joined = "; ".join(lines) if lines else str(text)
+    """``text`` on one line, control characters escaped (server text reaches the terminal here)."""
+    lines = [plain_text(line.strip()) for line in str(text).splitlines() if line.strip()]
+    joined = "; ".join(lines) if lines else plain_text(str(text))
     return joined if len(joined) <= limit else joined[:limit - 3] + "..."
 
 
@@ -298,7 +301,7 @@ def _logging_for(options):
         logger.setLevel(level)
     if options.verbose or options.debug:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
         loggers[1].addHandler(handler)
     try:
         yield
@@ -307,6 +310,13 @@ def _logging_for(options):
             logger.setLevel(old_level)
         if handler is not None:
             loggers[1].removeHandler(handler)
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a record may carry a server's text."""
+
+    def format(self, record):
+        return plain_text(super().format(record))
 
 
 class CoordinateCommand(click.Command):
@@ -432,9 +442,29 @@ def _check_output(path, overwrite, output_format=None):
         return None
     fmt = STDOUT_FORMATS[output_format] if output_format and output_format not in ("table", "json") \
         else _table_writer_format(path)
-    if os.path.exists(path) and not overwrite:
-        raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
+    _refuse_output(path, overwrite)
     return fmt
+
+
+def _refuse_output(path, overwrite):
+    """Refuse an ``--output`` before anything is sent (the writer checks again when it writes)."""
+    refuse_reserved(Path(path).name, source="the output's")
+    refuse_link(path)
+    if os.path.lexists(path) and not overwrite:
+        raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
+
+
+def _write_table(table, path, fmt, overwrite):
+    """``-o FILE``: the table written through the package's one safe writer (never via a link)."""
+    import io
+    buffer = io.BytesIO()
+    if fmt == "votable":
+        table.write(buffer, format="votable")     # the VOTable writer wants bytes
+    else:
+        text = io.StringIO()
+        table.write(text, format=fmt)
+        buffer.write(text.getvalue().encode("utf-8"))
+    write_bytes(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def _check_preview(path, option="--preview"):
@@ -838,8 +868,8 @@ def _json_value(value):
 def _write_stdout(table, output_format, columns):
     """``-o -``: the table on standard output, in ``--format``, and nothing else there."""
     import io
-    if output_format == "table":
-        click.echo("\n".join(table[columns].pformat(max_lines=-1, max_width=-1)))
+    if output_format == "table":       # the screen layout: server text escaped as on the screen
+        click.echo(plain_text("\n".join(table[columns].pformat(max_lines=-1, max_width=-1))))
     elif output_format == "json":
         click.echo(json.dumps(_rows_as_dicts(table[columns]), indent=1, default=_json_default))
     elif output_format == "votable":
@@ -852,7 +882,7 @@ def _write_stdout(table, output_format, columns):
         click.echo(buffer.getvalue(), nl=False)
 
 
-def show_table(table, options, console, *, output, output_format, columns, command):
+def show_table(table, options, console, *, output, output_format, columns, command, overwrite=False):
     """Write the table to ``output`` (``-`` is stdout) or the screen; the JSON summary carries it too.
 
     A table with no rows is "nothing matched" (exit 1), as in every other command.
@@ -866,7 +896,7 @@ def show_table(table, options, console, *, output, output_format, columns, comma
         console.say(f"{len(table)} row(s) written to standard output")
         return EXIT_OK
     if output:
-        table.write(output, format=output_format, overwrite=True)
+        _write_table(table, output, output_format, overwrite)
         console.say(f"{len(table)} row(s) written to {output}")
         return _finish(console, options, time.monotonic(), summary, "")
     shown = _screen_columns(table, columns, command)
@@ -932,7 +962,7 @@ def query(options, position, ra, dec, radius, width, height, band, rest_frequenc
     console.say(f"Querying CASDA SIA2{_server_note(options)} ...")
     table = casda.query_region(coordinates, dataproduct_subtype=list(subtype) or None, **kwargs)
     return show_table(table, options, console, output=output, output_format=output_format, columns=columns,
-                      command="query")
+                      command="query", overwrite=overwrite)
 
 
 def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, time_range):
@@ -989,14 +1019,13 @@ def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite
     console.say(f"Querying CASDA TAP{_server_note(options)}{' (async job)' if async_job else ''} ...")
     table = casda.query_tap(adql, async_job=async_job, maxrec=maxrec, authenticated=auth)
     return show_table(table, options, console, output=output, output_format=output_format, columns=columns,
-                      command="tap")
+                      command="tap", overwrite=overwrite)
 
 
 def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
     """``casda tap ... -o x.parquet``: the result streamed to Parquet (tap.py), never held whole."""
     console, started = options.console, time.monotonic()
-    if os.path.exists(output) and not overwrite:
-        raise click.BadParameter(f"{output} exists; add --overwrite to replace it", param_hint="--output")
+    _refuse_output(output, overwrite)
     adql = sys.stdin.read() if adql == "-" else adql
     if not adql.strip():
         raise click.UsageError("the ADQL query is empty")

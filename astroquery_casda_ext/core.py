@@ -431,9 +431,13 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         output : str or path-like, optional
             Stream the result to this file at flat memory instead of returning a Table:
             ``.parquet`` (needs pyarrow), ``.csv``, ``.ecsv`` or ``.xml`` (CASDA's VOTable).
-            Returns a `~astroquery_casda_ext.tap.StreamedResult`.
+            Returns a `~astroquery_casda_ext.tap.StreamedResult`.  Written through the one
+            safe writer (`~astroquery_casda_ext.writer`): an existing file, a link, or a
+            file another call is writing is refused
+            (`~astroquery_casda_ext.errors.OutputExistsError`,
+            `~astroquery_casda_ext.errors.UnsafeFilenameError`) before anything is sent.
         overwrite : bool, optional
-            Replace an existing ``output``.
+            Replace an existing ``output`` (never a link, nor a file being written).
         result_format : {'csv', 'votable'}, optional
             How the Table travels and is read.  Default: CASDA's VOTable through pyvo, as
             astroquery reads it (text columns at CASDA's fixed widths, e.g. 255 characters).
@@ -502,7 +506,9 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         parts : int, optional
             How many parts (ranges of equal width).
         output : str or path-like
-            A new or empty directory, or one holding this query's earlier run.
+            A new or empty directory, or one holding this query's earlier run (its
+            ``_casda_partitions.json`` fingerprints the query, ``by``, ``parts``, ``bounds``
+            and the columns; parts are verified by SHA-256 before they are kept).
         bounds : (low, high), optional
             The range of ``by`` to split (default: its MIN and MAX, asked first).  Rows
             outside it still land in the first or last part.
@@ -531,7 +537,12 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         astroquery_casda_ext.errors.PartitionedQueryError
             Parts still failed after their retries; the others are kept: call again.
         InvalidInputError
-            A query that cannot be split, a bad column, or a directory holding something else.
+            A query that cannot be split, a bad column, a directory holding something else
+            (another query: the message says what differs), or a damaged manifest (named).
+        astroquery_casda_ext.errors.FolderBusyError
+            Another run is writing into the directory.
+        astroquery_casda_ext.errors.LockUnavailableError
+            The file system refuses locks (``flock``).
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query must be a non-empty ADQL string")

@@ -375,11 +375,23 @@ class AuthSession:
     ``auth`` is a `ProxyAuth` (or None): it answers only for URLs under the OPAL proxy, so
     the shared session itself never carries credentials and no other host sees them.
     pyvo (through ``discovery.py``) and the catalogue-scale TAP client (``tap.py``) are
-    both handed one.
+    both handed one.  Pickled (for a process pool or dask workers), it arrives with the
+    session guarded again (``guard_session``): the redirect guard is not lost on the way.
     """
 
     def __init__(self, session, auth=None):
         self.session, self.auth = session, auth
+
+    def __setstate__(self, state):
+        # Unpickled in another process (a process pool, dask workers): requests pickles a
+        # Session without the instance attributes guard_session set, so the redirect guard
+        # would be lost and a same-host redirect off the proxy would get the password.  The
+        # credentials never arrive without it.
+        self.__dict__.update(state)
+        guard_session(self.session, self._may_carry_credentials)
+
+    def _may_carry_credentials(self, url):
+        return self.auth is not None and self.auth.applies_to(url)
 
     @property
     def headers(self):

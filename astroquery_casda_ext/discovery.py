@@ -12,7 +12,6 @@ CASDA responses; UWS job documents are read by `astroquery_casda_ext.jobs`.
 """
 import http.client
 import io
-import logging
 import re
 import time as _time
 import warnings
@@ -36,6 +35,7 @@ from pyvo.dal.tap import TAPQuery, escape
 from .credentials import AuthSession
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
                      NotLoggedInError, QueryError, ServiceError, redact_url)
+from .errors import package_logger
 from .transport import describe_failure, gave_up, one_call
 from .jobs import is_final, parse_job_document
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
@@ -43,7 +43,7 @@ from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions,
 
 __all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
 
-_log = logging.getLogger(__name__)
+_log = package_logger(__name__)
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")

@@ -8,6 +8,7 @@ keep catching what they caught before.
 No exception text ever contains a password, an access token or the query string of a
 signed URL: messages name URLs through `redact_url`.
 """
+import logging
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,11 +21,55 @@ __all__ = [
     "NotLoggedInError", "CasdaLoginError", "InsecureTransportError",
     "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
-    "JobSubmissionError", "scrub_secrets",
+    "JobSubmissionError", "scrub_secrets", "plain_text", "package_logger", "PlainTextFilter",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
+    "OutputExistsError", "LockUnavailableError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
     "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
 ]
+
+
+# C0 and C1 controls, DEL, and the line/paragraph separators; tab and newline are kept as text.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f"                 # C0 but tab, newline; DEL; C1
+                              "\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # separators, bidi
+
+
+def plain_text(text):
+    """Server text made safe to print: control characters shown as escapes, never obeyed.
+
+    ESC sequences (colours, cursor moves, window titles, OSC 8 links), other C0/C1
+    controls, DEL, bidirectional overrides and Unicode line separators become ``\\x1b``,
+    ``\\u202e``... so a server's message can neither rewrite the terminal nor hide part of
+    itself.  Tab and newline are kept.  ``None`` stays ``None``.
+    """
+    if text is None:
+        return None
+    text = str(text)
+    return _TERMINAL_UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class PlainTextFilter(logging.Filter):
+    """A log record's message with control characters escaped (`plain_text`): records carry
+    server text (job phases, error answers), and handlers print them to terminals."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        shown = plain_text(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True
+
+
+def package_logger(name):
+    """``logging.getLogger(name)`` with a `PlainTextFilter`: how every module of the package logs.
+
+    A logger's filters apply only to the records it creates itself, so each module's logger
+    carries one.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(existing, PlainTextFilter) for existing in logger.filters):
+        logger.addFilter(PlainTextFilter())
+    return logger
 
 
 def redact_url(url):
@@ -262,6 +307,23 @@ class UnsafeFilenameError(DownloadError, InvalidInputError):
 
 class FolderBusyError(DownloadError):
     """Another download is writing into the same folder (raised at once with ``no_wait``)."""
+
+
+class OutputExistsError(DownloadError, InvalidInputError, FileExistsError):
+    """An output file exists, or another run is writing it: not overwritten.
+
+    Raised by every writer of the package (``writer.atomic_output``): TAP outputs, the
+    command line's ``-o FILE``, plots, downloads.  Pass ``overwrite=True`` (``--overwrite``)
+    to replace a finished file; a file another run is still writing is never replaced.
+    """
+
+
+class LockUnavailableError(DownloadError):
+    """The file system refuses locks (``flock``: NFS without lockd, Lustre ``noflock``).
+
+    ``path`` is the folder.  Raised at once instead of waiting for a lock that can never be
+    granted; use a folder on a file system with locking.
+    """
 
 
 # --- warnings ---------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ No request is retried here: the session's transport adapter
 (`~astroquery_casda_ext.transport.ApiRetryAdapter`) is the one retry layer.
 """
 import json
-import logging
 import math
 import re
 import time
@@ -31,13 +30,14 @@ from . import conf
 from .access import AccessToken, server_message
 from .errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
                      JobNotFoundError, JobTimeoutError, redact_url)
+from .errors import package_logger
 from .soda_params import SodaRequest
 from .transport import describe_failure
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
            "PollPolicy", "ResultFile", "SodaJob", "product_id_of", "wait_all", "request_from_parameters"]
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 #: Phases in which a job is still going somewhere.  SUSPENDED (CASDA: staging from tape)
 #: and HELD (paused by an operator) are *not* final.  Any other phase (UWS's UNKNOWN, or

@@ -7,12 +7,15 @@ preview from a notebook or a headless batch job behaves the same.
 """
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
+
+from .writer import atomic_output
 
 __all__ = ["require_matplotlib", "read_image_plane", "image_centre", "contact_sheet", "plot_light_curve",
            "plot_spectra", "MATPLOTLIB_HINT", "MAX_PANELS", "FONT", "HI_REST_FREQUENCY"]
@@ -241,7 +244,7 @@ def _draw_panel(figure, grid, index, path, title, positions, target=None):
         axis.set_ticks(number=3)
 
 
-def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, targets=None):
+def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, targets=None, overwrite=True):
     """Draw a grid of cutout images with WCS axes and the requested positions marked.
 
     Each panel has a colour bar in the file's ``BUNIT`` (mJy/beam for faint Jy/beam
@@ -253,7 +256,10 @@ def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, t
     paths : list of str or path-like
         FITS cutouts (or any images); at most `MAX_PANELS` are drawn.
     output : str or path-like
-        The PNG file to write.
+        The PNG file to write (through the package's one safe writer: never through a link).
+    overwrite : bool, optional
+        Replace an existing picture (default: plots are redrawn on every run); a file
+        another run is still writing is never replaced.
     positions : `~astropy.coordinates.SkyCoord`, optional
         Positions to mark (a cyan ``+``) wherever they fall inside a panel.
     titles : list of str, optional
@@ -288,8 +294,15 @@ def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, t
     targets = list(targets)[:len(paths)] if targets is not None else [None] * len(paths)
     for index, (path, title, target) in enumerate(zip(paths, titles, targets), start=1):
         _draw_panel(figure, (rows, columns), index, path, title, positions, target)
-    figure.savefig(output, dpi=110)
+    _save(figure, output, overwrite)
     return len(paths)
+
+
+def _save(figure, output, overwrite):
+    """Save ``figure`` through `~astroquery_casda_ext.writer.atomic_output` (a link is refused)."""
+    fmt = Path(output).suffix.lstrip(".").lower() or "png"
+    with atomic_output(output, overwrite=overwrite) as stream:
+        figure.savefig(stream, format=fmt, dpi=110)
 
 
 def _short_name(path):
@@ -305,7 +318,7 @@ def _flux_scale(flux):
     return flux
 
 
-def plot_light_curve(table, output, *, title=None):
+def plot_light_curve(table, output, *, title=None, overwrite=True):
     """Draw a light curve: peak flux against time, each epoch a point with its rms as error bar.
 
     The bottom axis is MJD, the top one calendar dates; the legend gives the variability
@@ -318,7 +331,10 @@ def plot_light_curve(table, output, *, title=None):
         As returned by `astroquery_casda_ext.recipes.light_curve` (columns ``mjd``,
         ``peak_flux``, ``rms``).
     output : str or path-like
-        The PNG file to write.
+        The PNG file to write (through the package's one safe writer: never through a link).
+    overwrite : bool, optional
+        Replace an existing picture (default: plots are redrawn on every run); a file
+        another run is still writing is never replaced.
     title : str, optional
     """
     import matplotlib.dates as mdates
@@ -351,7 +367,7 @@ def plot_light_curve(table, output, *, title=None):
     dates.set_xlabel("date (UTC)", fontsize=FONT["label"])
     ax.legend(fontsize=FONT["legend"], loc="best")
     ax.set_title(title or _light_curve_title(table), fontsize=FONT["title"])
-    figure.savefig(output, dpi=110)
+    _save(figure, output, overwrite)
 
 
 def _light_curve_title(table):
@@ -368,7 +384,7 @@ def _light_curve_title(table):
 HI_REST_FREQUENCY = 1420.405751786 * u.MHz
 
 
-def plot_spectra(spectra, output, *, titles=None, rest_frequency=None):
+def plot_spectra(spectra, output, *, titles=None, rest_frequency=None, overwrite=True):
     """Draw one panel per spectrum: flux of each Stokes parameter against frequency.
 
     The frequency axis names its reference frame (the file's ``SPECSYS``, e.g. TOPOCENT or
@@ -382,7 +398,10 @@ def plot_spectra(spectra, output, *, titles=None, rest_frequency=None):
         `astroquery_casda_ext.recipes.read_spectrum`: a ``frequency`` column and one flux
         column per Stokes parameter (``I``, ``Q``, ``U``, ``V``).
     output : str or path-like
-        The PNG file to write.
+        The PNG file to write (through the package's one safe writer: never through a link).
+    overwrite : bool, optional
+        Replace an existing picture (default: plots are redrawn on every run); a file
+        another run is still writing is never replaced.
     titles : list of str, optional
         One title per spectrum (default: each table's ``meta['title']``).
     rest_frequency : `~astropy.units.Quantity`, optional
@@ -423,7 +442,7 @@ def plot_spectra(spectra, output, *, titles=None, rest_frequency=None):
             ax.legend(fontsize=FONT["legend"])
         title = titles[index] if titles else spectrum.meta.get("title", "")
         ax.set_title(title, fontsize=FONT["title"])
-    figure.savefig(output, dpi=110)
+    _save(figure, output, overwrite)
     return len(spectra)
 
 

@@ -9,8 +9,9 @@ file that is present and still matches its ``.checksum``, and asks CASDA only fo
 sources that are missing.
 
 The downloader fetches files under CASDA's names; they are then renamed to their stable
-names (one `os.replace` each).  When the downloader takes caller-chosen names itself, the
-rename step goes and `stable_name` is passed to it instead.
+names (one rename each).  When the downloader takes caller-chosen names itself, the
+rename step goes and `stable_name` is passed to it instead.  Renames go through the package's
+one writer (``writer.place``): a link at a stable name is refused.
 """
 import os
 import re
@@ -23,6 +24,7 @@ from astropy.table import vstack
 from .checksum import checksum_of_file, parse_checksum
 from .download import MANIFEST_NAME, Manifest
 from .errors import InvalidInputError
+from .writer import place
 
 __all__ = ["Source", "sources_from", "stable_name", "check_destination", "RerunState", "CutoutLabels",
            "label_manifest", "SOURCE_COLUMNS", "SERVICE_TAGS"]
@@ -255,7 +257,7 @@ def label_manifest(manifest, jobs, labels, sources, dest, service="cutout"):
     """Rename a download's cutouts to their stable names and add the source columns.
 
     For a downloader that writes files under CASDA's names: each file (and its
-    ``.checksum``) is moved to its `stable_name` with one `os.replace`.
+    ``.checksum``) is moved to its `stable_name` with one rename.
 
     Parameters
     ----------
@@ -309,8 +311,8 @@ def _rename(path, checksum_path, dest, name):
         return path, checksum_path
     new = os.path.join(str(dest), name)
     if os.path.abspath(path) != os.path.abspath(new):
-        os.replace(path, new)
+        place(path, new, replace=True)     # the one writer's rename: a link at the stable name is refused
     if checksum_path and os.path.isfile(checksum_path):
-        os.replace(checksum_path, new + ".checksum")
+        place(checksum_path, new + ".checksum", replace=True)
         checksum_path = new + ".checksum"
     return new, checksum_path

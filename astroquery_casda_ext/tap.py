@@ -23,6 +23,7 @@ CASDA's CSV (``casda_vo_tools`` ``CsvTsvResultsExtractor`` and ``ResultsExtracto
 """
 import concurrent.futures
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -45,6 +46,8 @@ from .errors import (IncompleteResultError, IncompleteResultWarning, InvalidInpu
                      PartitionedQueryError, QueryError, ServiceError, redact_url)
 from .discovery import _result_url, _tap_result_href
 from .jobs import is_final, parse_job_document
+from .writer import (PARTITION_MANIFEST_NAME, FolderLock, atomic_output, is_regular_file, refuse_link,
+                     write_bytes)
 
 __all__ = ["TapClient", "AuthSession", "StreamedResult", "PartitionedResult", "relaxed_votable",
            "read_casda_csv", "split_select", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS", "OUTPUT_FORMATS"]
@@ -56,7 +59,7 @@ MAX_RUNNING_JOBS = 4
 #: Output formats by file suffix.
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".ecsv": "ecsv",
                   ".xml": "votable", ".vot": "votable", ".votable": "votable"}
-MANIFEST_NAME = "_casda_partitions.json"
+MANIFEST_NAME = PARTITION_MANIFEST_NAME
 _CHUNK = 1 << 20
 
 
@@ -379,20 +382,14 @@ class PartitionedResult:
     resumed: int
 
 
-def _atomic_target(path):
-    """A temporary name next to ``path`` (hidden: dataset readers skip names starting '.')."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{id(path):x}.tmp")
-
-
-def _check_output(path, overwrite):
+def _check_output(path):
+    """The output's path and format; whether it may be written is the writer's to say."""
     path = Path(path)
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise InvalidInputError(f"output {str(path)!r}: unknown format; use one of "
                                 f"{', '.join(sorted(OUTPUT_FORMATS))}")
-    if path.is_symlink() or (path.exists() and not overwrite):
-        raise InvalidInputError(f"output {str(path)!r} already exists: pass overwrite=True to replace it")
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise InvalidInputError(f"output {str(path)!r} is a directory")
     return path, fmt
 
@@ -706,13 +703,15 @@ class TapClient:
             ADQL.
         output : path-like
             ``.parquet`` (needs pyarrow), ``.csv``, ``.ecsv`` or ``.xml``/``.vot`` (CASDA's
-            VOTable, as sent).  Written to a temporary name and renamed when complete.
+            VOTable, as sent).  Written through the package's one safe writer
+            (`~astroquery_casda_ext.writer.atomic_output`): claimed before the query is
+            sent, into a temporary renamed when complete, never through a link.
         maxrec : int, optional
             Most rows (default: CASDA's limit, 20 000 000).
         async_job : bool
             Run as an async job (no 20 s limit).
         overwrite : bool
-            Replace an existing file.
+            Replace an existing file (never a link, nor a file another run is writing).
         progress : bool, optional
             Show rows and bytes on stderr (default: when stderr is a terminal).
 
@@ -722,35 +721,36 @@ class TapClient:
 
         Raises
         ------
+        OutputExistsError
+            ``output`` exists (without ``overwrite``) or another run is writing it.
+        UnsafeFilenameError
+            ``output`` is a symbolic link or not a regular file.
         IncompleteResultError
             The answer broke off; no file is left behind.
         QueryError
             CASDA refused the query.
         """
-        path, fmt = _check_output(output, overwrite)
-        meter = _Progress(f"TAP -> {path.name}") if (sys.stderr.isatty() if progress is None else progress) \
-            else None
-        temporary = _atomic_target(path)
-        try:
-            if fmt == "votable":
-                result = self._stream_votable(query, temporary, maxrec, async_job, meter)
-            else:
-                result = self._stream_rows(query, temporary, fmt, maxrec, async_job, meter)
-            os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            if meter:
-                meter.close()
+        path, fmt = _check_output(output)
+        with atomic_output(path, overwrite=overwrite) as sink:     # claimed before anything is sent
+            meter = _Progress(f"TAP -> {path.name}") if (sys.stderr.isatty() if progress is None
+                                                          else progress) else None
+            try:
+                if fmt == "votable":
+                    result = self._stream_votable(query, sink, maxrec, async_job, meter)
+                else:
+                    result = self._stream_rows(query, sink, fmt, maxrec, async_job, meter)
+            finally:
+                if meter:
+                    meter.close()
         rows, bytes_read, complete = result
         return StreamedResult(path, rows, bytes_read, complete)
 
-    def _stream_rows(self, query, temporary, fmt, maxrec, async_job, meter):
+    def _stream_rows(self, query, sink, fmt, maxrec, async_job, meter):
         template, schema = self.metadata(query, async_job)
         limit = self._limit(maxrec)
         response, url, job_url = self._answer(query, limit, async_job)
         try:
-            with response, open(temporary, "xb") as sink, _writer(fmt, sink, schema, template) as writer:
+            with response, _writer(fmt, sink, schema, template) as writer:
                 for batch in self._batches(response, url, schema, limit, meter, tally := {}):
                     writer.write(batch)
         finally:
@@ -759,7 +759,7 @@ class TapClient:
         rows, bytes_read, truncated = tally["rows"], tally["bytes"], tally["truncated"]
         return rows, bytes_read, self._warn_if_cut(rows, truncated, maxrec)
 
-    def _stream_votable(self, query, temporary, maxrec, async_job, meter):
+    def _stream_votable(self, query, sink, maxrec, async_job, meter):
         """CASDA's VOTable copied as it arrives; its QUERY_STATUS read from the head and tail."""
         if async_job:
             response, url = self._async(query, "votable", maxrec)
@@ -767,7 +767,7 @@ class TapClient:
             response, url = self._sync(query, "votable", maxrec)
         head, tail, rows = b"", b"", 0
         try:
-            with response, open(temporary, "xb") as sink:
+            with response:
                 body = _BodyReader(response, url, meter)
                 while True:
                     chunk = body.read(_CHUNK)
@@ -860,7 +860,7 @@ class TapClient:
     def partitioned(self, query, *, by, parts, output, bounds=None, executor=None,
                     max_running=MAX_RUNNING_JOBS, part_retries=2, verify_counts=False, progress=None):
         """See `~astroquery_casda_ext.CasdaClass.query_tap_partitioned`."""
-        pa = _pyarrow()
+        _pyarrow()     # the clear "install pyarrow" error before anything else
         directory = Path(output)
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise InvalidInputError(f"max_running={max_running!r} must be a positive integer")
@@ -868,12 +868,21 @@ class TapClient:
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
             raise InvalidInputError(f"output {str(directory)!r} must be a directory (not a file or a link)")
         directory.mkdir(parents=True, exist_ok=True)
-        manifest = _Manifest.open(directory, query, by, parts)
+        # one run per folder (two runs would write the same parts and manifest); no waiting
+        with FolderLock(directory, wait=False, what="partitioned query"):
+            return self._partitioned(query, by, parts, directory, bounds, executor, max_running, part_retries,
+                                     verify_counts, progress)
+
+    def _partitioned(self, query, by, parts, directory, bounds, executor, max_running, part_retries,
+                     verify_counts, progress):
+        manifest = _Manifest.open(directory, query, by, parts, bounds)
         if manifest.edges is None:
             queries, edges = self.partition_queries(query, by, parts, bounds)
             manifest.start(queries, edges)
         schema = self.metadata(manifest.queries[0], async_job=True)[1]
+        manifest.check_columns(schema)
         todo = [index for index in range(len(manifest.queries)) if not manifest.verified(index)]
+        manifest.forget(todo)      # a part not verified is not finished, whatever an earlier run wrote
         resumed = len(manifest.queries) - len(todo)
         show = sys.stderr.isatty() if progress is None else progress
         own = executor is None
@@ -894,7 +903,7 @@ class TapClient:
                 for future in finished:
                     index = running.pop(future)
                     try:
-                        rows = future.result()
+                        written = future.result()
                     except Exception as exc:          # one part's failure must not stop the others
                         final = isinstance(exc, (QueryError, InvalidInputError))   # trying again won't help
                         if attempts[index] <= part_retries and not final:
@@ -902,9 +911,9 @@ class TapClient:
                         else:
                             failed[index] = exc
                         continue
-                    manifest.done(index, rows)
+                    manifest.done(index, written)
                     if show:
-                        print(f"part {index + 1}/{len(manifest.queries)}: {rows:,} rows "
+                        print(f"part {index + 1}/{len(manifest.queries)}: {written.rows:,} rows "
                               f"({manifest.finished} of {len(manifest.queries)} done)", file=sys.stderr)
         finally:
             if own:
@@ -915,7 +924,6 @@ class TapClient:
                 f"{len(failed)} of {len(manifest.queries)} parts failed (first: {first}); the "
                 f"{manifest.finished} finished parts are kept in {directory}: call again to resume",
                 failed=failed, url=self.tap_url) from first
-        del pa
         return PartitionedResult(directory, manifest.rows, len(manifest.queries), resumed)
 
 
@@ -985,69 +993,154 @@ class PartTask:
     verify_count: bool
 
 
+@dataclass(frozen=True)
+class PartWritten:
+    """What `run_part` wrote: its rows, bytes and SHA-256 (recorded in the partition manifest)."""
+
+    rows: int
+    size: int
+    sha256: str
+
+
+def _sha256(stream):
+    """SHA-256 and size of everything in a seekable binary file, read from the start."""
+    digest, size = hashlib.sha256(), 0
+    stream.seek(0)
+    while block := stream.read(_CHUNK):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
 def run_part(task):
-    """Run one part as an async TAP job and write it, atomically, as Parquet; its row count.
+    """Run one part as an async TAP job and write it as Parquet through the one safe writer.
+
+    Returns
+    -------
+    PartWritten
+        Rows, size and SHA-256 of the part as written (read back from the claimed temporary
+        before it is renamed, so the hash is of the bytes that became the part).
 
     Raises
     ------
     IncompleteResultError
         The part stopped at CASDA's row limit (split into more parts) or broke off.
+    UnsafeFilenameError
+        A link (or anything but a regular file) is where the part goes.
     """
     pa = _pyarrow()
     client = task.client
     schema = pa.ipc.read_schema(pa.py_buffer(task.schema))
-    path = Path(task.path)
-    temporary = _atomic_target(path)
-    response, url, job_url = client._answer(task.query, SERVER_MAX_RECORDS, async_job=True)
-    try:
-        with response, open(temporary, "xb") as sink, \
-                pa.parquet.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in client._batches(response, url, schema, SERVER_MAX_RECORDS, None, tally := {},
-                                         lean=True):
-                writer.write(batch)
-        rows, truncated = tally["rows"], tally["truncated"]
-        if truncated:
-            raise IncompleteResultError(f"part {task.index} reached CASDA's {SERVER_MAX_RECORDS:,}-row "
-                                        "limit: use more parts", url=url)
-        if task.verify_count and client.count(task.query) != rows:
-            raise IncompleteResultError(f"part {task.index}: {rows:,} rows received but COUNT(*) differs",
-                                        url=url)
-        os.replace(temporary, path)
-    finally:
-        client._delete(job_url)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-    return rows
+    # a part found unverified (damaged, changed) is replaced; a link there is refused by the writer
+    with atomic_output(Path(task.path), overwrite=True) as sink:
+        response, url, job_url = client._answer(task.query, SERVER_MAX_RECORDS, async_job=True)
+        try:
+            with response, pa.parquet.ParquetWriter(sink, schema, compression="zstd") as writer:
+                for batch in client._batches(response, url, schema, SERVER_MAX_RECORDS, None, tally := {},
+                                             lean=True):
+                    writer.write(batch)
+            rows, truncated = tally["rows"], tally["truncated"]
+            if truncated:
+                raise IncompleteResultError(f"part {task.index} reached CASDA's {SERVER_MAX_RECORDS:,}-row "
+                                            "limit: use more parts", url=url)
+            if task.verify_count and client.count(task.query) != rows:
+                raise IncompleteResultError(f"part {task.index}: {rows:,} rows received but COUNT(*) "
+                                            "differs", url=url)
+        finally:
+            client._delete(job_url)
+        sink.flush()
+        digest, size = _sha256(sink)
+    return PartWritten(rows, size, digest)
+
+
+def _columns(schema):
+    """The columns of a part schema as ``[[name, type], ...]`` (for the fingerprint)."""
+    return [[field.name, str(field.type)] for field in schema]
 
 
 class _Manifest:
-    """``_casda_partitions.json``: the query, its parts, and each written part's rows and
-    size; rewritten atomically after each part, so a rerun trusts only verified parts."""
+    """``_casda_partitions.json``: what the folder holds and how far it got.
+
+    The query, the partitioning (``by``, ``parts``, ``bounds``) and, once known, the
+    columns, with a SHA-256 ``fingerprint`` of them all: a run asking anything else of
+    the folder is refused, naming what differs.  Each written part's rows, size and
+    SHA-256; a rerun trusts a part only when its bytes hash to what was recorded.  Saved
+    through the one safe writer after each part.
+    """
+
+    VERSION = 2
 
     def __init__(self, directory, data):
         self.directory, self.data = directory, data
+        self.path = directory / MANIFEST_NAME
+
+    @staticmethod
+    def _identity(query, by, parts, bounds):
+        return {"query": query, "by": by, "parts": parts,
+                "bounds": None if bounds is None else [float(value) for value in bounds]}
 
     @classmethod
-    def open(cls, directory, query, by, parts):
+    def open(cls, directory, query, by, parts, bounds=None):
+        """The folder's manifest, checked against this request, or a new one for an empty folder.
+
+        Raises
+        ------
+        InvalidInputError
+            The folder holds another query (the message names what differs), its manifest is
+            damaged (the message names the file), or it is not empty and holds no manifest.
+        UnsafeFilenameError
+            The manifest is a symbolic link.
+        """
         path = directory / MANIFEST_NAME
-        identity = {"query": query, "by": by, "parts": parts}
-        if path.is_symlink():
-            raise InvalidInputError(f"{path} is a symbolic link: refusing to use it")
+        identity = cls._identity(query, by, parts, bounds)
+        refuse_link(path)
         if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError:
-                raise InvalidInputError(f"{path} is not a readable manifest: remove the directory to start "
-                                        "again") from None
-            if {key: data.get(key) for key in identity} != identity:
-                raise InvalidInputError(
-                    f"{directory} holds another partitioned query ({data.get('query')!r} by "
-                    f"{data.get('by')!r} in {data.get('parts')} parts): use another directory")
+            data = cls._read(path)
+            differing = [key for key in identity if key in data and data[key] != identity[key]]
+            if data.get("bounds") is None and identity["bounds"] is None:
+                differing = [key for key in differing if key != "bounds"]
+            if differing:
+                what = "; ".join(f"{key}: {data[key]!r} there, {identity[key]!r} now" for key in differing)
+                raise InvalidInputError(f"{directory} holds another partitioned query ({what}): use another "
+                                        "directory, or remove this one to start again")
+            data.update(identity)
             return cls(directory, data)
         if any(not entry.name.startswith(".") for entry in directory.iterdir()):
             raise InvalidInputError(f"{directory} is not empty and holds no partitioned query: use an empty "
                                     "or new directory")
-        return cls(directory, dict(identity, version=1, edges=None, queries=None, written={}))
+        return cls(directory, dict(identity, version=cls.VERSION, edges=None, queries=None, columns=None,
+                                   fingerprint=None, written={}))
+
+    @staticmethod
+    def _read(path):
+        """The manifest's content, checked entry by entry; a damaged one names the file."""
+        def damaged(why):
+            return InvalidInputError(f"the partition manifest {path} is damaged ({why}): remove the "
+                                     "directory (or that file and the parts) to start again")
+        try:
+            with open(path, "rb") as stream:       # refuse_link checked it is no link
+                data = json.loads(stream.read(64 << 20))
+        except (OSError, ValueError) as exc:
+            raise damaged(f"not JSON: {type(exc).__name__}") from None
+        if not isinstance(data, dict):
+            raise damaged("not a JSON object")
+        for key, kinds in (("query", str), ("by", str), ("parts", int), ("written", dict),
+                           ("edges", (list, type(None))), ("queries", (list, type(None)))):
+            if not isinstance(data.get(key), kinds):
+                raise damaged(f"{key!r} is missing or of the wrong type")
+        queries = data["queries"]
+        if queries is not None and (not all(isinstance(text, str) for text in queries)
+                                    or len(queries) != data["parts"]):
+            raise damaged("'queries' is not one query per part")
+        for index, entry in data["written"].items():
+            if (not str(index).isdigit() or not isinstance(entry, dict)
+                    or not isinstance(entry.get("rows"), int) or not isinstance(entry.get("bytes"), int)):
+                raise damaged(f"the entry of part {index!r} is not rows and bytes")
+        if not isinstance(data.get("columns"), (list, type(None))):
+            raise damaged("'columns' is not a list")
+        data.setdefault("columns", None)
+        data.setdefault("bounds", None)
+        return data
 
     @property
     def edges(self):
@@ -1061,20 +1154,43 @@ class _Manifest:
         self.data.update(queries=queries, edges=edges)
         self._save()
 
+    def check_columns(self, schema):
+        """Record the columns (and the fingerprint), or refuse if the folder's parts have others."""
+        columns = _columns(schema)
+        if self.data.get("columns") is not None and self.data["columns"] != columns:
+            raise InvalidInputError(f"{self.directory} holds parts with other columns "
+                                    f"({self.data['columns']!r} there, {columns!r} now): use another directory")
+        if self.data.get("columns") is None or self.data.get("fingerprint") is None:
+            self.data["columns"] = columns
+            self._save()
+
+    def _fingerprint(self):
+        keys = ("query", "by", "parts", "bounds", "columns")
+        text = json.dumps({key: self.data.get(key) for key in keys}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def verified(self, index):
-        """Whether part ``index`` was written and still is: size and Parquet row count match."""
+        """Whether part ``index`` was written and still is: its bytes hash to what was recorded."""
         entry = self.data["written"].get(str(index))
         path = self.directory / _part_name(index)
-        if entry is None or path.is_symlink() or not path.is_file() or path.stat().st_size != entry["bytes"]:
+        if entry is None or not entry.get("sha256") or not is_regular_file(path):
             return False
         try:
-            return _pyarrow().parquet.read_metadata(path).num_rows == entry["rows"]
-        except (OSError, ValueError):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        except OSError:
             return False
+        with os.fdopen(fd, "rb") as stream:
+            digest, size = _sha256(stream)
+        return (digest, size) == (entry["sha256"], entry["bytes"])
 
-    def done(self, index, rows):
-        path = self.directory / _part_name(index)
-        self.data["written"][str(index)] = {"rows": rows, "bytes": path.stat().st_size}
+    def forget(self, indices):
+        """Drop the entries of parts about to be written again (saved with the next part)."""
+        for index in indices:
+            self.data["written"].pop(str(index), None)
+
+    def done(self, index, written):
+        self.data["written"][str(index)] = {"rows": written.rows, "bytes": written.size,
+                                            "sha256": written.sha256}
         self._save()
 
     @property
@@ -1086,7 +1202,7 @@ class _Manifest:
         return sum(entry["rows"] for entry in self.data["written"].values())
 
     def _save(self):
-        path = self.directory / MANIFEST_NAME
-        temporary = _atomic_target(path)
-        temporary.write_text(json.dumps(self.data, indent=1))
-        os.replace(temporary, path)
+        self.data["version"] = self.VERSION
+        self.data["fingerprint"] = self._fingerprint()
+        write_bytes(self.path, json.dumps(self.data, indent=1).encode("utf-8"), overwrite=True,
+                    package_file=True)

@@ -56,11 +56,12 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutio
 
 from . import conf
 from .errors import redact_url
+from .errors import package_logger
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
            "describe_failure", "one_call", "gave_up", "TRANSIENT_STATUSES"]
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 # --- retry policy -------------------------------------------------------------------------------
 

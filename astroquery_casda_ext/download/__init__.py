@@ -53,7 +53,10 @@ be a directory the workers can write to (a shared file system).  A name the serv
 there is placed without replacing anything (a clash fails that file), since the workers
 do not share the run's claims.
 
-Modules: ``download.naming`` (names, claims, link-safe file operations, planning), ``download.http`` (sessions
+Every file is written through the package's one safe writer, `astroquery_casda_ext.writer` (claimed
+temporaries, renames that never follow a link, reserved names, the folder lock).
+
+Modules: ``download.naming`` (names, claims, planning), ``download.http`` (sessions
 and the HTTP boundary), ``download.transfer`` (the loop of one file), ``download.verify`` (hashing what is on
 disk), ``download.manifest``, ``download.lock``, ``download.executors`` (`Downloader`).
 """

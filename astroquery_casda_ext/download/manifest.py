@@ -8,13 +8,17 @@ from pathlib import Path
 import numpy as np
 from astropy.table import MaskedColumn, Table, vstack
 
-from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
+from ..errors import (ChecksumMismatchError, DownloadError, UnsafeFilenameError, package_logger, plain_text,
+                      redact_url)
+from ..writer import MANIFEST_NAME as _MANIFEST_NAME, place
 from .naming import DATA, ERROR_FILE, is_regular_file, write_file
 
 __all__ = []
 
+log = package_logger(__name__.split(".")[0])
+
 #: File name of the manifest `Manifest.save` writes into the download directory.
-MANIFEST_NAME = "casda_manifest.ecsv"
+MANIFEST_NAME = _MANIFEST_NAME
 
 
 class FileStatus(str, Enum):
@@ -110,8 +114,18 @@ class Manifest:
 
     @classmethod
     def read(cls, path):
-        """A manifest saved by `save`."""
-        table = Table.read(path, format="ascii.ecsv")
+        """A manifest saved by `save`.
+
+        Raises
+        ------
+        DownloadError
+            The file cannot be read as a manifest (the message names it).
+        """
+        try:
+            table = Table.read(path, format="ascii.ecsv")
+        except (OSError, ValueError, KeyError) as exc:
+            raise DownloadError(f"{path} is not a readable manifest: {type(exc).__name__}: "
+                                f"{plain_text(str(exc))[:300]}", path=str(path)) from None
         return cls(table, savedir=table.meta.get("savedir", os.path.dirname(os.path.abspath(path))))
 
     def __len__(self):
@@ -186,8 +200,16 @@ class Manifest:
         """Write the manifest as ECSV, atomically; default ``<savedir>/casda_manifest.ecsv``.
 
         With ``merge`` (default), rows of a manifest already there for other paths are kept
-        (see `merged_with`).  The file is written through a private temporary and renamed;
-        a symbolic link at ``path`` is refused, never followed or replaced.
+        (see `merged_with`); one that cannot be read is never dropped: it is kept beside as
+        ``casda_manifest.unreadable-<time>.ecsv`` with a warning.  The file is written
+        through the package's one writer (`~astroquery_casda_ext.writer.atomic_output`); a
+        symbolic link at ``path`` is refused, never followed or replaced.
+
+        Text cells are written with the characters that would break ECSV's line-based format
+        (NUL, CR, form feed, U+2028/U+2029, other C0/C1 controls) escaped as ``\\x..`` /
+        ``\\u....`` (`~astroquery_casda_ext.errors.plain_text`); a server's text therefore
+        never makes the manifest unreadable.  Local paths never hold such characters (they
+        are refused as file names).
 
         Returns
         -------
@@ -199,12 +221,12 @@ class Manifest:
         if merge and is_regular_file(path):
             try:
                 previous = Table.read(path, format="ascii.ecsv")
-            except Exception:  # noqa: BLE001 - an unreadable old manifest is replaced, not fatal
-                previous = None
-        table = self.merged_with(previous)
+            except Exception:  # noqa: BLE001 - any parser failure: keep the old file, never drop its rows
+                _keep_unreadable(path)
+        table = _text_safe(self.merged_with(previous))
         text = io.StringIO()
         table.write(text, format="ascii.ecsv")
-        write_file(path, text.getvalue().encode("utf-8"))
+        write_file(path, text.getvalue().encode("utf-8"), package_file=True)
         return str(path)
 
     def raise_for_errors(self):
@@ -227,3 +249,28 @@ class Manifest:
                             url=single["url"] if single else None, path=single["path"] if single else None)
         error.manifest = self
         raise error
+
+
+def _text_safe(table):
+    """A copy of ``table`` whose text cells hold nothing that breaks a line-based text format."""
+    table = table.copy(copy_data=True)
+    for name in table.colnames:
+        column = table[name]
+        if column.dtype.kind != "U":
+            continue
+        values = [plain_text(value) if isinstance(value, str) else value for value in column.tolist()]
+        if values != column.tolist():
+            mask = getattr(column, "mask", None)
+            table[name] = MaskedColumn(values, name=name, mask=mask) if mask is not None and mask.any() \
+                else values
+    return table
+
+
+def _keep_unreadable(path):
+    """Move an unreadable manifest aside (never over anything), so its rows are not lost."""
+    from datetime import datetime, timezone
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = Path(path).with_name(f"{Path(path).stem}.unreadable-{stamp}.ecsv")
+    place(path, aside, replace=False)
+    log.warning("the manifest %s could not be read; it is kept as %s and a new one is started", path, aside)
+

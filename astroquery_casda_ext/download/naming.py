@@ -8,12 +8,9 @@ a case-insensitive file system would on macOS and Windows.  A second claim of a 
 is refused, so two files can never end up at one path: the later one becomes an error
 row of the manifest, and nothing of it is written.
 """
-import errno
 import os
 import re
-import stat
 import sys
-import tempfile
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -22,6 +19,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..checksum import Checksum
 from ..errors import DownloadError, UnsafeFilenameError, redact_url
+# The link-safe file operations live in the one writer; imported here for the transfer loop.
+from ..writer import (RESERVED_SUFFIXES, is_regular_file, open_part, place, refuse_link,  # noqa: F401
+                      refuse_reserved, same_file, write_bytes)
 
 __all__ = []
 
@@ -30,15 +30,10 @@ CHECKSUM_SUFFIX = ".checksum"
 PART_SUFFIX = ".part"
 #: Where a resume validator is kept when the file system has no extended attributes.
 VALIDATOR_SUFFIX = ".part.validator"
-#: Names ending so are ours (temporaries): a server may not choose them.
-RESERVED_SUFFIXES = (PART_SUFFIX, VALIDATOR_SUFFIX, ".tmp", ".lock")
 
 # Kinds of manifest rows.
 DATA, ERROR_FILE, CHECKSUM_ONLY = "data", "error-file", "checksum"
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
 _CASE_BLIND = sys.platform in ("darwin", "win32")
 
 
@@ -96,6 +91,16 @@ def filename_from_url(url):
     return unquote(parts.path.rsplit("/", 1)[-1])
 
 
+def _breaks_text(name):
+    """Whether ``name`` holds a character that breaks a line-based text format or a terminal:
+    C0/C1 controls (NUL, newline, ESC...), DEL, U+2028/U+2029, surrogates, bidi overrides."""
+    return bool(_CONTROL_CHARS.search(name)) or any(
+        unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS for char in name)
+
+
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def safe_filename(name, *, url=None):
     """Check that ``name`` is a plain file name, and return it.
 
@@ -103,11 +108,13 @@ def safe_filename(name, *, url=None):
     ------
     UnsafeFilenameError
         If the name is empty, ``.`` or ``..``, contains a path separator (``/`` or ``\\``),
-        a NUL or another control character, is absolute, or is longer than 255 bytes.
+        a NUL or another control character (C0, C1, DEL), a line or paragraph separator
+        (U+2028, U+2029: they break the manifest's text format), a lone surrogate or a
+        bidirectional override, is absolute, or is longer than 255 bytes.
     """
     if name is None or not name.strip():
         raise UnsafeFilenameError(f"empty file name for {redact_url(url)}", url=url)
-    if (name in (".", "..") or "/" in name or "\\" in name or _CONTROL_CHARS.search(name)
+    if (name in (".", "..") or "/" in name or "\\" in name or _breaks_text(name)
             or os.path.isabs(name) or len(name.encode("utf-8", "surrogateescape")) > 255):
         raise UnsafeFilenameError(f"refusing unsafe file name {name!r} for {redact_url(url)}", url=url)
     if os.name == "nt":
@@ -116,12 +123,8 @@ def safe_filename(name, *, url=None):
 
 
 def server_filename(name, *, url=None):
-    """A name from ``Content-Disposition``: `safe_filename`, and not one of our temporary names."""
-    name = safe_filename(name, url=url)
-    if name.lower().endswith(RESERVED_SUFFIXES) or name.startswith(".casda"):
-        raise UnsafeFilenameError(f"refusing the server's file name {name!r} for {redact_url(url)}: "
-                                  "it is a temporary name of the downloader", url=url)
-    return name
+    """A name from ``Content-Disposition``: `safe_filename`, and not a name the package uses."""
+    return refuse_reserved(safe_filename(name, url=url), url=url, source="the server's")
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -180,96 +183,11 @@ def planned_names(task):
     return names + ([task.checksum_name] if task.checksum_name else [])
 
 
-# --- file-system operations that never follow a link --------------------------------------------
+# --- file-system operations: the package's one safe writer (writer.py) -------------------------
 
-def is_regular_file(path):
-    """True for a regular file that is not a symbolic link."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def refuse_link(path):
-    """Raise `UnsafeFilenameError` if ``path`` is a symbolic link or not a regular file."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(mode) or not stat.S_ISREG(mode):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-        raise UnsafeFilenameError(f"{Path(path).name!r} is {kind}; it is neither followed nor replaced",
-                                  path=str(path))
-
-
-def open_part(path):
-    """Open (creating exclusively if absent) a ``.part`` for reading and writing; ``(fd, created)``.
-
-    Never through a symbolic link (``O_NOFOLLOW``, then a check of what was opened), and
-    never a file with a second hard link (writing it would change the other name too).
-    """
-    flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | _BINARY
-    try:
-        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-    except FileExistsError:
-        try:
-            fd, created = os.open(path, flags), False
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EMLINK):
-                raise UnsafeFilenameError(f"{Path(path).name!r} is a symbolic link; it is not followed",
-                                          path=str(path)) from None
-            raise
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or (not _NOFOLLOW and os.path.islink(path)):
-        os.close(fd)
-        raise UnsafeFilenameError(f"{Path(path).name!r} is not a plain file of its own; it is not written",
-                                  path=str(path))
-    return fd, created
-
-
-def same_file(fd, path):
-    """Whether ``path`` (not followed) still names the open file ``fd``."""
-    try:
-        named, held = os.lstat(path), os.fstat(fd)
-    except OSError:
-        return False
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) and stat.S_ISREG(named.st_mode)
-
-
-def place(source, target, *, replace):
-    """Rename ``source`` to ``target`` in one directory, never through or over a link.
-
-    With ``replace`` an existing regular file at ``target`` is replaced (a name this run
-    claimed); without it an existing ``target`` raises `FileExistsError` (``os.link``
-    then unlink: an atomic no-replace rename on POSIX).
-    """
-    refuse_link(target)
-    if replace:
-        os.replace(source, target)
-        return
-    try:
-        os.link(source, target)           # source is our own .part, never a link
-    except FileExistsError:
-        raise
-    except OSError:                       # no hard links here (FAT, some network file systems)
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
-        os.replace(source, target)
-        return
-    os.unlink(source)
-
-
-def write_file(path, data, *, replace=True):
-    """Write ``data`` to ``path`` atomically via a private temporary (``mkstemp``: O_EXCL, random)."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        place(temporary, path, replace=replace)
-    finally:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
+def write_file(path, data, *, replace=True, package_file=False):
+    """Write ``data`` to ``path`` atomically through the package's one writer (``writer.write_bytes``)."""
+    return write_bytes(path, data, overwrite=replace, package_file=package_file)
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -387,11 +305,15 @@ def _local_path(savedir, name, *, url=None):
 
 def _task_for(item, index, savedir, name=None, labels=()):
     chosen = name is not None
-    name = safe_filename(name if chosen else filename_from_url(item.url), url=item.url)
+    source = "the given" if chosen else "the URL's"
+    name = refuse_reserved(safe_filename(name if chosen else filename_from_url(item.url), url=item.url),
+                           url=item.url, source=source)
     checksum_name = None
     if item.checksum_url:
         checksum_name = (name + CHECKSUM_SUFFIX if chosen
-                         else safe_filename(filename_from_url(item.checksum_url), url=item.checksum_url))
+                         else refuse_reserved(safe_filename(filename_from_url(item.checksum_url),
+                                                            url=item.checksum_url),
+                                              url=item.checksum_url, source="the URL's"))
     if _is_checksum_url(item.url) and not item.checksum_url:
         kind = CHECKSUM_ONLY
     elif (item.result_id or name).lower().startswith("error-"):

@@ -32,7 +32,6 @@ Content coding
 """
 import errno
 import json
-import logging
 import os
 import time
 import zlib
@@ -42,6 +41,7 @@ from pathlib import Path
 
 from ..checksum import ChecksumAccumulator
 from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
+from ..errors import package_logger
 from ..transport import RetryPolicy
 from . import naming
 from .http import (TRANSPORT_ERRORS, Fatal, Restart, SessionSpec, Transient, attempts_text, content_length,
@@ -52,7 +52,7 @@ from .verify import Sink, hash_prefix, matches
 
 __all__ = []
 
-log = logging.getLogger(__name__.rsplit(".", 1)[0])
+log = package_logger(__name__.rsplit(".", 1)[0])
 
 #: Error files carry one message; the manifest quotes at most this many characters of it.
 MAX_ERROR_TEXT = 2000
@@ -145,16 +145,10 @@ def _store_validator(fd, part, validator):
     except (AttributeError, OSError):   # no extended attributes (macOS, Windows, some file systems)
         pass
     sidecar = part + VALIDATOR_SUFFIX.removeprefix(PART_SUFFIX)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        handle = os.open(sidecar, flags, 0o644)
+        naming.write_file(sidecar, data, package_file=True)      # the one writer: never via a link
     except OSError:
         return   # no validator: a later resume restarts from zero unless a checksum guards it
-    try:
-        if os.fstat(handle).st_nlink == 1:
-            os.write(handle, data)
-    finally:
-        os.close(handle)
 
 
 def _load_validator(fd, part):
