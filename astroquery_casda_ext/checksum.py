@@ -5,9 +5,9 @@ A ``.checksum`` file is one line, no trailing newline::
     <crc32: 8 lower-case hex> <sha1: 40 lower-case hex> <size in bytes: lower-case hex, no padding>
 
 e.g. ``f412535a 135a1e01bae742c4a576b20fd41a683f6483ca43 9`` for the 9 bytes ``blah blah``.
-CRC-32 is zlib's (IEEE; computed by zlib-ng where it is installed).  Both the client
-(verifying downloads) and the emulator (writing the sidecars) use this module, so the
-format lives in one place.
+CRC-32 is zlib's (IEEE; computed by zlib-ng where it is installed).  The client verifies
+downloads with this module; the emulator writes its sidecars with its own writer
+(``emulator/sidecars.py``), from the same documented format.
 """
 import hashlib
 from dataclasses import dataclass

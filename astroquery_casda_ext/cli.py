@@ -1583,7 +1583,10 @@ def _demo_casda(options, console):
         log_in(casda, options, console)
         yield casda, None
         return
-    from .emulator import CasdaEmulator
+    try:
+        from .emulator import CasdaEmulator
+    except ModuleNotFoundError as exc:     # the [emulator] extra is not installed: one line, exit 2
+        raise click.UsageError(f"{exc} (or run the demo on CASDA with --server)") from None
     console.say("Starting a local CASDA emulator (synthetic ASKAP data; nothing leaves this machine) ...")
     with CasdaEmulator() as emu:
         console.say(f"  CASDA emulator at {emu.url}")

@@ -8,12 +8,14 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import requests
 from astropy.io.votable import parse
 from pyvo.io.uws import parse_job
 
+DATA = Path(__file__).parent / "data"
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 VOT = "{http://www.ivoa.net/xml/VOTable/v1.3}"
 VS = "{http://www.ivoa.net/xml/VODataService/v1.1}"
@@ -128,6 +130,48 @@ def test_failing_tap_query_is_an_error_phase_with_a_message(emulator):
     assert job.find(f"{UWS}phase").text == "ERROR"
     assert "no_such_table" in job.find(f"{UWS}errorSummary/{UWS}message").text
     assert parse_job(io.BytesIO(response.content)).errorsummary.message.content
+
+
+# --- vo TapUWService and the recorded CASDA job documents (tests/data/tap_async_*.xml) ---------------
+
+def _root_start_tag(document):
+    """The job element's start tag as written (attribute order and all)."""
+    return re.search(rb"<job [^>]*>", document).group()
+
+
+def test_tap_job_root_declares_what_casdas_does(emulator):
+    """UWS 4.1's ``XMLSerializer`` declares ``xmlns:xs`` and three schema locations."""
+    recorded = (DATA / "tap_async_completed.xml").read_bytes()
+    job_url = tap_job(emulator, QUERY=OBSCORE_TOP2, PHASE="RUN")
+    assert _root_start_tag(final_tap_job(job_url).content) == _root_start_tag(recorded)
+    for sub_document in ("parameters", "results"):
+        body = requests.get(f"{job_url}/{sub_document}", timeout=30).content
+        assert b'xmlns:xs="http://www.w3.org/2001/XMLSchema"' in body
+
+
+def test_failing_tap_job_error_type_is_upper_case_fatal(emulator):
+    """CASDA writes ``<errorSummary type="FATAL" ...>`` (tests/data/tap_async_error.xml)."""
+    recorded = ET.parse(DATA / "tap_async_error.xml").getroot().find(f"{UWS}errorSummary")
+    response = final_tap_job(tap_job(emulator, QUERY="SELECT nothing FROM casda.no_such_table", PHASE="RUN"))
+    summary = ET.fromstring(response.content).find(f"{UWS}errorSummary")
+    assert (summary.get("type"), summary.get("hasDetail")) == \
+        (recorded.get("type"), recorded.get("hasDetail"))
+    assert summary.get("type") == "FATAL"
+
+
+# --- vo result/ResultsExtractor.getFieldValue (ESCAPE_XML11 + NumericEntityEscaper.above(0x7f)) ---------
+
+@pytest.mark.parametrize("fmt, separator", [("csv", ","), ("tsv", "\t")])
+def test_every_tap_cell_is_xml_escaped_csv_and_tsv_included(emulator, fmt, separator):
+    query = ("SELECT TOP 1 'a<b & \"c\" ''d'' \u00e9 x' AS t, obs_publisher_did FROM ivoa.obscore "
+             "ORDER BY obs_publisher_did")
+    response = requests.get(emulator.url + "casda_vo_tools/tap/sync", timeout=30, params={
+        "REQUEST": "doQuery", "LANG": "ADQL", "FORMAT": fmt, "QUERY": query})
+    assert response.status_code == 200
+    header, row, end = response.text.split("\r\n")
+    assert (header, end) == (f"t{separator}obs_publisher_did", "")
+    # No raw quote is left in the cell, so CASDA's quoting rule does not fire on it.
+    assert row == f"a&lt;b &amp; &quot;c&quot; &apos;d&apos; &#233; x{separator}cube-1001"
 
 
 # --- vo siap1-fields.properties and the SIA2 stream writer ------------------------------------------------

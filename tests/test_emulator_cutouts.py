@@ -10,9 +10,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astroquery_casda_ext.checksum import checksum_of_file
-from astroquery_casda_ext.emulator.cutouts import (
-    LATITUDE_FAULT, LONGITUDE_FAULT, NOTHING_MATCHED_MESSAGE, RADIUS_FAULT, NothingMatched, process_job,
-    validate_soda_params)
+from astroquery_casda_ext.emulator.cutouts import NOTHING_MATCHED_MESSAGE, NothingMatched, process_job
+from astroquery_casda_ext.emulator.soda_validation import (
+    LATITUDE_FAULT, LONGITUDE_FAULT, RADIUS_FAULT, validate_soda_params)
 from astroquery_casda_ext.emulator.holdings import (
     SPEED_OF_LIGHT, Product, build_holdings, fits_header_bytes, polarised_source, spectral_line_source)
 

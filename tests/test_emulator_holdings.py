@@ -3,6 +3,7 @@ import json
 import math
 import tracemalloc
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astroquery_casda_ext.checksum import checksum_of_file, parse_checksum
+from astroquery_casda_ext.emulator.sidecars import write_file
 from astroquery_casda_ext.emulator.holdings import (
     EMBARGO_DATE, MANIFEST_NAME, SPEED_OF_LIGHT, HoldingsConfig, build_holdings, polarised_source,
     spectral_line_source, variable_source_fluxes)
@@ -30,6 +32,20 @@ COMPONENT_KEYS = {
 }
 OBSERVATION_KEYS = {"sbid", "obs_start", "obs_end", "obs_start_mjd", "obs_end_mjd", "telescope",
                     "obs_program", "project_code", "released_date"}
+
+
+def test_sidecars_are_written_as_other_programs_write_them(tmp_path):
+    """The emulator's own ``.checksum`` writer against CASDA's example and a sidecar written by
+    ``crc32`` and ``sha1sum`` (tests/data/README.md)."""
+    sample = Path(__file__).parent / "data" / "checksum_sample.bin"
+    data = sample.read_bytes()
+    stored = write_file(tmp_path / "copy.bin", [data[:1000], data[1000:]])
+    assert (tmp_path / "copy.bin.checksum").read_bytes() == Path(f"{sample}.checksum").read_bytes()
+    assert (stored.size, stored.checksum) == (len(data), Path(f"{sample}.checksum").read_text())
+    write_file(tmp_path / "blah", [b"blah ", b"blah"])
+    assert (tmp_path / "blah.checksum").read_text() == "f412535a 135a1e01bae742c4a576b20fd41a683f6483ca43 9"
+    write_file(tmp_path / "empty", [])
+    assert (tmp_path / "empty.checksum").read_text() == "00000000 da39a3ee5e6b4b0d3255bfef95601890afd80709 0"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 
 from astroquery_casda_ext.emulator import CasdaEmulator, EmulatorOptions, FaultRule
 from astroquery_casda_ext.emulator.__main__ import build_parser, options_from
-from astroquery_casda_ext.emulator.render import FileBody, content_type_for
+from astroquery_casda_ext.emulator.file_responses import FileBody, content_type_for
 
 AVAILABILITY = "casda_vo_tools/tap/availability"
 PROXY_AVAILABILITY = "casda_vo_proxy/vo/tap/availability"

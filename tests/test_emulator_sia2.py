@@ -4,7 +4,8 @@ import pytest
 
 from astroquery_casda_ext.emulator import schema
 from astroquery_casda_ext.emulator.adql import TapDatabase
-from astroquery_casda_ext.emulator.sia2 import DISTANCE_COLUMN, SIA2_PARAMETERS, UsageFault, build_sia2_query
+from astroquery_casda_ext.emulator.sia2_state import (
+    DISTANCE_COLUMN, SIA2_PARAMETERS, UsageFault, build_sia2_query)
 
 DATALINK_FORMAT = "application/x-votable+xml;content=datalink"
 

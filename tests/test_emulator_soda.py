@@ -5,6 +5,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -17,7 +18,7 @@ from astropy.io.votable import parse
 from pyvo.io.uws import parse_job
 
 from astroquery_casda_ext.checksum import checksum_of_file, parse_checksum
-from astroquery_casda_ext.emulator import soda_state
+from astroquery_casda_ext.emulator import ManualClock, soda_state
 from astroquery_casda_ext.emulator.cutouts import NOTHING_MATCHED_MESSAGE
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
@@ -29,10 +30,29 @@ QUICK_PLAN = (("QUEUED", 0.01), ("SUSPENDED", 0.01), ("EXECUTING", 0.01))
 GENERIC_FAILURE = "Error: A problem occured obtaining access to the requested item(s)"
 
 
+#: The emulator's clock in the current test (a `ManualClock`: timed phases pass when it is moved).
+_CLOCK = []
+
+
 @pytest.fixture(autouse=True)
 def _quick_jobs(emulator):
-    """Jobs pass through their phases in a few hundredths of a second."""
+    """Jobs pass through their phases in a few hundredths of a second of the emulator's clock,
+    which stands still until a test moves it (``wait_final`` does)."""
     emulator.set_options(job_phases=QUICK_PLAN)
+    _CLOCK[:] = [emulator.use_clock(ManualClock())]
+
+
+@pytest.fixture
+def clock(emulator):
+    return _CLOCK[0]
+
+
+def wait_until_in_flight(emulator, count=1, timeout=10):
+    """Until the emulator is answering ``count`` requests (a blocked WAIT, say)."""
+    deadline = time.monotonic() + timeout
+    while emulator.backend.request_log.in_flight < count:
+        assert time.monotonic() < deadline, "the request did not arrive"
+        time.sleep(0.001)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -94,12 +114,15 @@ def phase(root):
 
 
 def wait_final(job_url, timeout=30):
+    """The job's document once it is final: its timed phases pass on the emulator's clock,
+    moved here; staging or cutting its files is real work, polled for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         root = job_doc(job_url)
         if phase(root) in ("COMPLETED", "ERROR", "ABORTED"):
             return root
-        time.sleep(0.02)
+        _CLOCK[0].advance(0.01)
+        time.sleep(0.002)       # a breath for the worker thread's real work
     raise AssertionError(f"job did not finish: {phase(root)}")
 
 
@@ -321,20 +344,21 @@ def test_polls_walk_the_phase_plan(emulator):
     assert seen == ["QUEUED", "SUSPENDED", "EXECUTING", "COMPLETED", "COMPLETED"]
 
 
-def test_phases_follow_the_clock(emulator):
+def test_phases_follow_the_clock(emulator, clock):
     emulator.set_options(job_phases=(("QUEUED", 0.15), ("SUSPENDED", 0.15), ("EXECUTING", 0.15)))
     (cube,) = cubes(emulator, 1)
     job_url = new_job(emulator, tokens(emulator, [cube]))
-    started = time.monotonic()
+    started = clock.time()
     run(job_url)
     seen = []
     while not seen or seen[-1] != "COMPLETED":
         current = requests.get(job_url + "/phase", timeout=30).text
         if not seen or seen[-1] != current:
             seen.append(current)
-        time.sleep(0.01)
+            moved = clock.time() - started
+        clock.advance(0.01)
     assert seen == ["QUEUED", "SUSPENDED", "EXECUTING", "COMPLETED"]
-    assert time.monotonic() - started >= 0.45
+    assert moved >= 0.45
 
 
 def test_held_job_waits_for_release(emulator):
@@ -344,7 +368,7 @@ def test_held_job_waits_for_release(emulator):
     run(job_url)
     for _ in range(5):
         assert phase(job_doc(job_url)) == "HELD"
-        time.sleep(0.03)
+        _CLOCK[0].advance(60.0)
     assert emulator.backend.release_job(job_url.rsplit("/", 1)[1]) is True
     assert phase(wait_final(job_url)) == "COMPLETED"
 
@@ -433,13 +457,13 @@ def test_post_to_job_needs_action_delete(emulator):
     assert (response.status_code, response.text) == (400, "FAILURE: action parameter must have value DELETE")
 
 
-def test_expired_job_answers_410_and_its_files_redirect(emulator):
+def test_expired_job_answers_410_and_its_files_redirect(emulator, clock):
     emulator.set_options(job_expiry_seconds=0.5)
     (cube,) = cubes(emulator, 1)
     job_url, root = staged(emulator, [cube])
     href = results(root)[0][1]
     assert requests.get(href, timeout=30).status_code == 200
-    time.sleep(0.6)
+    clock.advance(0.6)
     for suffix in ("", "/phase", "/results"):
         assert requests.get(job_url + suffix, headers=TEXT, timeout=30).status_code == 410
     moved = requests.get(href, allow_redirects=False, timeout=30)
@@ -463,14 +487,20 @@ def test_uws_sub_resources(emulator):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0800", get("/destruction").text)
 
 
-def test_wait_blocks_until_the_phase_changes(emulator):
+def test_wait_blocks_until_the_phase_changes(emulator, clock):
     emulator.set_options(uws_wait=True, job_phases=(("QUEUED", 0.4), ("EXECUTING", 0.2)))
     (cube,) = cubes(emulator, 1)
     job_url = new_job(emulator, tokens(emulator, [cube]))
     run(job_url)
-    started = time.monotonic()
-    response = requests.get(job_url, params={"WAIT": 10}, timeout=30)
-    waited = time.monotonic() - started
+    started = clock.time()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.get, job_url, params={"WAIT": 10}, timeout=30)
+        wait_until_in_flight(emulator)
+        clock.advance(0.2)
+        assert not waiting.done()           # still QUEUED: the request is held
+        clock.advance(0.25)
+        response = waiting.result()
+    waited = clock.time() - started
     root = ET.fromstring(response.content)
     assert root.get("version") == "1.1"
     assert phase(root) == "EXECUTING"

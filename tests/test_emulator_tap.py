@@ -4,6 +4,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 import pytest
@@ -11,7 +12,9 @@ import pyvo
 import requests
 from astropy.io.votable import parse_single_table
 
-from astroquery_casda_ext.emulator.render import java_double, java_float, xml_escape
+from astroquery_casda_ext.emulator import ManualClock
+from astroquery_casda_ext.emulator.java_formats import java_double, java_float
+from astroquery_casda_ext.emulator.result_writers import xml_escape
 
 UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
 VOT = "{http://www.ivoa.net/xml/VOTable/v1.3}"
@@ -245,7 +248,7 @@ def awkward_rows(count, odd, run=1):
 @pytest.mark.parametrize("separator", [",", "\t"])
 def test_large_results_render_exactly_as_cell_by_cell(separator, monkeypatch):
     """Whole-column rendering (for millions of rows) gives the bytes of one cell at a time."""
-    from astroquery_casda_ext.emulator import render
+    from astroquery_casda_ext.emulator import result_writers as render
     monkeypatch.setattr(render, "_BATCH_CHARS", 4096)      # batches of about 100 rows: many kinds
     from astroquery_casda_ext.emulator.adql import QueryResult
     from astroquery_casda_ext.emulator.schema import Column
@@ -430,12 +433,21 @@ def test_async_through_the_proxy_applies_the_users_projects(emulator):
 
 
 def test_uws_wait_blocks_only_when_enabled(emulator):
+    clock = emulator.use_clock(ManualClock())
     emulator.set_options(uws_wait=True)
     job_url = create_job(emulator, QUERY=OBSCORE_TOP2)
-    started = time.monotonic()
-    job = ET.fromstring(requests.get(job_url, params={"WAIT": "0.3"}, timeout=10).content)
+    started = clock.time()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.get, job_url, params={"WAIT": "0.3"}, timeout=10)
+        deadline = time.monotonic() + 10
+        while emulator.backend.request_log.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        clock.advance(0.2)
+        assert not waiting.done()           # held for the WAIT's 0.3 s of the emulator's clock
+        clock.advance(0.15)
+        job = ET.fromstring(waiting.result().content)
     assert job.find(f"{UWS}phase").text == "PENDING"
-    assert time.monotonic() - started >= 0.3
+    assert clock.time() - started >= 0.3
 
 
 # --- VOSI and pyvo ----------------------------------------------------------------------------------

@@ -4,9 +4,19 @@ import signal
 import sys
 import threading
 
-from .holdings import HoldingsConfig
-from .options import EmulatorOptions
-from .server import CasdaEmulator
+from . import require
+
+try:
+    require()
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__":
+        raise
+    print(f"python -m astroquery_casda_ext.emulator: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+from .holdings import HoldingsConfig  # noqa: E402
+from .options import EmulatorOptions  # noqa: E402
+from .server import CasdaEmulator  # noqa: E402 - after the check above
 
 
 def build_parser():

@@ -2,29 +2,29 @@
 
 `EmulatorBackend` owns the synthetic holdings, the TAP database built from them, the
 OPAL users, DataLink tokens, SODA jobs (``soda_state.DataAccessJobStore``), TAP async jobs
-(`TapJobStore`), the injected faults (`FaultList`) and the log of served requests
-(`RequestLog`).  ``reset()`` puts it back the way it started, for the next test.
+(``tap_state.TapJobStore``), the injected faults (`FaultList`), the log of served requests
+(`RequestLog`) and the clock every service reads (``clock.Clock``, replaceable by a
+``clock.ManualClock``).  ``reset()`` puts it back the way it started, for the next test.
 """
-import datetime as _dt
 import hashlib
 import hmac
-import shutil
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import schema
 from .adql import TapDatabase
 from .catalogue import bulk_catalogue_table
+from .clock import Clock
 from .datalink_state import TokenStore
 from .holdings import build_holdings
 from .options import EmulatorOptions, FaultRule
 from .soda_state import DataAccessJobStore
+from .tap_state import TapJobStore
 
-__all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "TapJob", "TapJobStore", "TapJobFailed",
-           "EmulatorBackend", "BUILTIN_USERNAME", "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
+__all__ = ["User", "LoggedRequest", "RequestLog", "FaultList", "EmulatorBackend", "BUILTIN_USERNAME",
+           "BUILTIN_PASSWORD", "BUILTIN_USER_ID"]
 
 #: The built-in OPAL account (a local test account; the password is not a secret).
 BUILTIN_USERNAME = "casda-user"
@@ -103,6 +103,12 @@ class RequestLog:
             self._in_flight -= 1
             self._changed.notify_all()
 
+    @property
+    def in_flight(self):
+        """How many requests are being answered right now."""
+        with self._changed:
+            return self._in_flight
+
     def snapshot(self, settle=1.0):
         """The entries so far, after waiting up to ``settle`` seconds for requests in flight.
 
@@ -169,143 +175,6 @@ class FaultList:
 # TAP async jobs
 # --------------------------------------------------------------------------------------
 
-#: TAP job defaults of CASDA's configuration (seconds).
-TAP_EXECUTION_DURATION = 360_000
-TAP_DESTRUCTION_SECONDS = 43_200
-#: vo_tools runs at most this many async TAP queries at once (``tap.maxRunningJobs``).
-TAP_MAX_RUNNING = 4
-
-TAP_ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING"})
-
-
-class TapJobFailed(Exception):
-    """Raised by a TAP job's work function: the job ends in ERROR with this message."""
-
-
-@dataclass
-class TapJob:
-    """One TAP async job (UWS).  ``parameters`` keys are lower-case, values the first given."""
-
-    job_id: str
-    parameters: dict
-    user: User | None
-    via_proxy: bool
-    created: _dt.datetime
-    destruction: _dt.datetime
-    phase: str = "PENDING"
-    start_time: _dt.datetime | None = None
-    end_time: _dt.datetime | None = None
-    execution_duration: int = TAP_EXECUTION_DURATION
-    error: str | None = None
-    result_path: Path | None = None
-    result_type: str | None = None
-    changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
-
-    def set_phase(self, phase, **updates):
-        with self.changed:
-            for name, value in updates.items():
-                setattr(self, name, value)
-            self.phase = phase
-            self.changed.notify_all()
-
-    def wait_for_change(self, phase, timeout):
-        """Block up to ``timeout`` seconds while the job is still in ``phase`` (UWS 1.1 WAIT)."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while self.phase == phase and (remaining := deadline - time.monotonic()) > 0:
-                self.changed.wait(remaining)
-
-
-def _utcnow():
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
-class TapJobStore:
-    """TAP async jobs and the threads running them; results are files under ``root``."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self._jobs = {}
-        self._lock = threading.Lock()
-        self._running = threading.BoundedSemaphore(TAP_MAX_RUNNING)
-
-    def create(self, parameters, user, via_proxy):
-        now = _utcnow()
-        job = TapJob(str(uuid.uuid4()), dict(parameters), user, via_proxy, created=now,
-                     destruction=now + _dt.timedelta(seconds=TAP_DESTRUCTION_SECONDS))
-        with self._lock:
-            self._jobs[job.job_id] = job
-        return job
-
-    def get(self, job_id):
-        """The job, or None."""
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    def delete(self, job_id):
-        """Forget a job and its result; False if unknown."""
-        with self._lock:
-            job = self._jobs.pop(job_id, None)
-        if job is None:
-            return False
-        if job.phase in TAP_ACTIVE_PHASES:
-            job.set_phase("ABORTED", end_time=_utcnow())
-        if job.result_path is not None:
-            job.result_path.unlink(missing_ok=True)
-        return True
-
-    def run(self, job, work):
-        """PHASE=RUN: QUEUED now, then EXECUTING and ``work(job)`` in a thread.
-
-        ``work`` returns ``(result_path, content_type)`` or raises `TapJobFailed`.
-        Returns False when the job was not PENDING (nothing happens then).
-        """
-        with job.changed:
-            if job.phase != "PENDING":
-                return False
-            job.phase = "QUEUED"
-            job.changed.notify_all()
-        threading.Thread(target=self._execute, args=(job, work), name=f"tap-{job.job_id[:8]}",
-                         daemon=True).start()
-        return True
-
-    def abort(self, job):
-        with job.changed:
-            if job.phase in TAP_ACTIVE_PHASES:
-                job.phase, job.end_time = "ABORTED", _utcnow()
-                job.changed.notify_all()
-
-    def _execute(self, job, work):
-        with self._running:
-            if job.phase != "QUEUED":
-                return  # aborted while queued
-            job.set_phase("EXECUTING", start_time=_utcnow())
-            try:
-                path, content_type = work(job)
-            except TapJobFailed as exc:
-                job.set_phase("ERROR", error=str(exc), end_time=_utcnow())
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure is the job's error, as at CASDA
-                job.set_phase("ERROR", error=f"Unexpected exception: {exc}", end_time=_utcnow())
-                return
-            if job.phase == "ABORTED":
-                Path(path).unlink(missing_ok=True)
-                return
-            job.set_phase("COMPLETED", result_path=Path(path), result_type=content_type, end_time=_utcnow())
-
-    def result_file(self, job_id, suffix):
-        """Where a job's result goes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / f"{job_id}{suffix}"
-
-    def clear(self):
-        with self._lock:
-            jobs, self._jobs = list(self._jobs.values()), {}
-        for job in jobs:
-            self.abort(job)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------
 # The backend
 # --------------------------------------------------------------------------------------
@@ -333,7 +202,9 @@ class EmulatorBackend:
     database : TapDatabase
     tokens : datalink_state.TokenStore
     soda_jobs : soda_state.DataAccessJobStore
-    tap_jobs : TapJobStore
+    tap_jobs : tap_state.TapJobStore
+    clock : clock.Clock
+        The time of every service (`set_clock`).
     faults : FaultList
     request_log : RequestLog
     up_since : datetime.datetime
@@ -345,13 +216,13 @@ class EmulatorBackend:
         self.data_dir = Path(data_dir)
         self.holdings = build_holdings(self.data_dir / "holdings", self.options.holdings)
         self.database = TapDatabase(self._tables())
+        self.clock = Clock()
         self.tokens = TokenStore()
-        self.jobs_dir = self.data_dir / "soda-jobs"
-        self.soda_jobs = DataAccessJobStore(self)
+        self.soda_jobs = DataAccessJobStore(self, self.data_dir / "soda-jobs")
         self.tap_jobs = TapJobStore(self.data_dir / "tap-results")
         self.faults = FaultList()
         self.request_log = RequestLog()
-        self.up_since = _utcnow()
+        self.up_since = self.clock.now()
         self._users = {}
         self._builtin = User(BUILTIN_USER_ID, BUILTIN_USERNAME, frozenset(self.holdings.member_projects))
         self._add_account(self._builtin, BUILTIN_PASSWORD)
@@ -410,8 +281,12 @@ class EmulatorBackend:
         """Let a HELD SODA job continue (``EmulatorOptions.hold_jobs``)."""
         return self.soda_jobs.release_job(job_id)
 
+    def set_clock(self, clock):
+        """Make ``clock`` the time of every service (jobs, expiry, WAIT, signed URLs)."""
+        self.clock = self.soda_jobs.clock = self.tap_jobs.clock = clock
+
     def reset(self):
-        """Back to the state after construction: options, users, faults, log, jobs, tokens."""
+        """Back to the state after construction: options, users, faults, log, jobs, tokens, clock."""
         self.options = self.initial_options
         with self._users_lock:
             self._users = {BUILTIN_USERNAME: self._users[BUILTIN_USERNAME]}
@@ -420,6 +295,7 @@ class EmulatorBackend:
         self.tap_jobs.clear()
         self.tokens.clear()
         self.request_log.clear()
+        self.set_clock(Clock())
 
     def table(self, full_name):
         """The TableDef called ``full_name`` (``schema.table``, case-insensitive), or None."""

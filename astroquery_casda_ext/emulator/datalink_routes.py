@@ -1,38 +1,21 @@
 """The DataLink handler (``datalink/links``) and its route, mounted under both VO bases.
 
 Reads the request (IDs in order, RESPONSEFORMAT), lets ``datalink_state.LinkBuilder`` make
-the rows and ``datalink_render`` write the document.  `request_params` (parameters in the
-order sent) is shared with the SODA handlers.
+the rows and ``datalink_render`` write the document.
 """
-from urllib.parse import parse_qsl
-
 from werkzeug.wrappers import Response
+
+from .context import request_params
 
 from .datalink_render import (
     render_document, render_error, render_self_description, render_services, render_table)
 from .datalink_state import LinkBuilder
 
-__all__ = ["ROUTES", "links", "request_params"]
+__all__ = ["ROUTES", "links"]
 
 #: RESPONSEFORMAT values that mean VOTable (vo_tools ``OutputFormat.VOTABLE``).
 VOTABLE_FORMATS = frozenset({"votable", "xml", "text/xml", "application/x-votable+xml",
                              "application/x-votable+xml;content=datalink"})
-
-
-def request_params(request):
-    """Query and form parameters as (lower-case key, value) pairs, in the order sent.
-
-    Parsed from the raw query string and body because werkzeug's ``MultiDict`` groups
-    values by key, which would reorder ``ID=a&id=b&ID=c``.
-    """
-    pairs = parse_qsl(request.query_string.decode("utf-8", "replace"), keep_blank_values=True)
-    if request.method == "POST":
-        if request.mimetype == "application/x-www-form-urlencoded":
-            body = request.get_data(cache=True, as_text=True)
-            pairs += parse_qsl(body, keep_blank_values=True) if body else list(request.form.items(multi=True))
-        else:
-            pairs += list(request.form.items(multi=True))
-    return [(key.lower(), value) for key, value in pairs]
 
 
 def _response(body, response_format):

@@ -179,7 +179,7 @@ class LinkBuilder:
         self.rows = []
         self.services = set()
         self.tokens = backend.tokens
-        self.now = datetime.now(timezone.utc)
+        self.now = backend.clock.now()     # embargo ends by the emulator's clock
 
     def add_id(self, requested):
         """Append the rows for one requested ID (``DataLinkService.buildDataAccessForId``)."""

@@ -9,7 +9,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from .holdings import HoldingsConfig
+from .sky_model import HoldingsConfig
 
 __all__ = ["EmulatorOptions", "FaultRule", "FAULT_KINDS"]
 

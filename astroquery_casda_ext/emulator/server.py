@@ -25,11 +25,10 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from ..endpoints import Endpoints
 from . import routes
 from .backend import BUILTIN_PASSWORD, BUILTIN_USERNAME, EmulatorBackend, LoggedRequest
 from .options import EmulatorOptions, FaultRule
-from .render import FileBody
+from .file_responses import FileBody
 
 __all__ = ["CasdaEmulator", "EmulatorApp", "PROXY_REALM"]
 
@@ -414,14 +413,21 @@ class CasdaEmulator:
         return self.backend.options
 
     @property
+    def clock(self):
+        """The clock every service reads (`~astroquery_casda_ext.emulator.clock.Clock`, or the one
+        given to `use_clock`)."""
+        return self.backend.clock
+
+    def use_clock(self, clock):
+        """Run the services by ``clock`` (e.g. a `~astroquery_casda_ext.emulator.clock.ManualClock`)
+        until `reset`; returns it."""
+        self.backend.set_clock(clock)
+        return clock
+
+    @property
     def request_log(self):
         """Every request served so far (`LoggedRequest`), oldest first."""
         return self.backend.request_log.snapshot()
-
-    @property
-    def endpoints(self):
-        """The client's `Endpoints` for this emulator."""
-        return Endpoints.for_server(self.url)
 
     # ----- controls
     def add_fault(self, rule=None, **fields):

@@ -251,15 +251,15 @@ def presigned_url(url, secret, job_id, file_name, now):
     return url(s3_path(job_id, quote(file_name)).lstrip("/")) + f"?{query}&X-Amz-Signature={signature}"
 
 
-def href_maker(url, style, secret, job):
+def href_maker(url, style, secret, job, now):
     """A function giving each `JobResult` its href in ``style``.
 
     ``plain`` ``<host>/download/web/<job>/<file>`` (``/pawsey/`` for Pawsey jobs); ``encoded``
     the same URL percent-encoded whole; ``presigned`` an S3-style URL signed with ``secret``.
-    ``url(path)`` makes a server path absolute.
+    ``url(path)`` makes a server path absolute; ``now`` (seconds since the epoch) is when
+    presigned URLs are signed.
     """
     area = "pawsey" if job.pawsey else "web"
-    now = time.time()
 
     def href(result):
         if style == "presigned":

@@ -8,14 +8,14 @@ Refusals are `SodaError` and go out as CASDA's content-negotiated error bodies
 import functools
 import hmac
 import json
-import time
 from datetime import datetime, timezone
 from xml.sax.saxutils import escape, quoteattr
 
 from werkzeug.wrappers import Response
 
-from . import render
-from .datalink_routes import request_params
+from . import vosi_render
+from .file_responses import stream_file
+from .context import request_params
 from .soda_render import (
     ERROR_PAGE, SERVICE_DESCRIPTOR, capabilities_document, error_summary_text, exception_file_text,
     format_time, href_maker, render_job, render_job_list, render_named_parameter, render_parameters,
@@ -78,9 +78,14 @@ def _store(ctx):
     return ctx.backend.soda_jobs
 
 
+def _now(ctx):
+    """The emulator's time (``clock.Clock``; a test may have stopped it)."""
+    return ctx.backend.clock.time()
+
+
 def _hrefs(ctx, store, job):
     """The href of each result of ``job``, in the configured ``href_style``, on this request's host."""
-    return href_maker(ctx.url, getattr(ctx.options, "href_style", "plain"), store.secret, job)
+    return href_maker(ctx.url, getattr(ctx.options, "href_style", "plain"), store.secret, job, _now(ctx))
 
 
 def _param_map(pairs):
@@ -118,7 +123,7 @@ def create_job(ctx):
     errors = store.validate(params, None, id_required=True)
     if errors:
         raise SodaError(400, ";".join(errors))
-    job = store.create(params, store.owner_of(params["id"]), time.time())
+    job = store.create(params, store.owner_of(params["id"]), _now(ctx))
     return redirect(job_url(ctx, job.job_id), job.job_id)
 
 
@@ -131,15 +136,15 @@ def job_list(ctx):
 def get_job(ctx, job_id):
     """``GET data/async/<id>``: the job document (a poll; blocks on WAIT when enabled)."""
     store = _store(ctx)
-    job = store.lookup(job_id, time.time())
-    phase = job.observe(time.time(), poll=True)
+    job = store.lookup(job_id, _now(ctx))
+    phase = job.observe(_now(ctx), poll=True)
     uws_wait = getattr(ctx.options, "uws_wait", False)
     if uws_wait:
         wait = _wait_seconds(ctx.request.args)
         wanted = ctx.request.args.get("PHASE") or ctx.request.args.get("phase")
         if wait and phase in ACTIVE_PHASES and (wanted is None or wanted == phase):
-            job.wait_for_change(phase, time.time() + wait)
-        store.lookup(job_id, time.time())
+            job.wait_for_change(phase, _now(ctx) + wait, ctx.backend.clock)
+        store.lookup(job_id, _now(ctx))
     return xml_response(render_job(job, _hrefs(ctx, store, job), version="1.1" if uws_wait else None))
 
 
@@ -157,7 +162,7 @@ def _wait_seconds(args):
 @handles_errors
 def delete_job(ctx, job_id):
     """``DELETE data/async/<id>``: 303 to the job list; the job is gone at once."""
-    now = time.time()
+    now = _now(ctx)
     store = _store(ctx)
     store.delete(store.lookup(job_id, now), now)
     return redirect(ctx.url(ASYNC_PATH))
@@ -167,7 +172,7 @@ def delete_job(ctx, job_id):
 def post_job(ctx, job_id):
     """``POST data/async/<id>`` with ``ACTION=DELETE``."""
     store = _store(ctx)
-    store.lookup(job_id, time.time())
+    store.lookup(job_id, _now(ctx))
     action = _single(_param_map(request_params(ctx.request)), "action")
     if action != "DELETE":
         raise SodaError(400, "action parameter must have value DELETE")
@@ -176,15 +181,15 @@ def post_job(ctx, job_id):
 
 @handles_errors
 def get_phase(ctx, job_id):
-    job = _store(ctx).lookup(job_id, time.time())
-    return text_response(job.observe(time.time(), poll=True))
+    job = _store(ctx).lookup(job_id, _now(ctx))
+    return text_response(job.observe(_now(ctx), poll=True))
 
 
 @handles_errors
 def post_phase(ctx, job_id):
     """``POST .../phase``: ``PHASE=RUN`` (from PENDING) or ``PHASE=ABORT``; 303 to the job."""
     store = _store(ctx)
-    now = time.time()
+    now = _now(ctx)
     job = store.lookup(job_id, now)
     action = _single(_param_map(request_params(ctx.request)), "phase")
     if action not in ("RUN", "ABORT"):
@@ -198,8 +203,8 @@ def post_phase(ctx, job_id):
 
 
 def _pending_job(ctx, job_id):
-    job = _store(ctx).lookup(job_id, time.time())
-    if job.observe(time.time()) != "PENDING":
+    job = _store(ctx).lookup(job_id, _now(ctx))
+    if job.observe(_now(ctx)) != "PENDING":
         raise SodaError(400, f"Job with id '{job_id}' is not pending.")
     return job
 
@@ -269,7 +274,7 @@ def delete_named_parameter(ctx, job_id, name, value=None):
 def get_results(ctx, job_id):
     """``GET .../results``; with no results CASDA streams its exception text file (HTTP 200)."""
     store = _store(ctx)
-    job = store.lookup(job_id, time.time())
+    job = store.lookup(job_id, _now(ctx))
     with job.lock:
         results = list(job.results)
         if not results:
@@ -280,39 +285,39 @@ def get_results(ctx, job_id):
 
 @handles_errors
 def get_error(ctx, job_id):
-    job = _store(ctx).lookup(job_id, time.time())
+    job = _store(ctx).lookup(job_id, _now(ctx))
     return text_response(error_summary_text(job.error) if job.error else "")
 
 
 @handles_errors
 def get_quote(ctx, job_id):
-    _store(ctx).lookup(job_id, time.time())
+    _store(ctx).lookup(job_id, _now(ctx))
     return text_response("-1")    # UWS library: QUOTE_NOT_KNOWN
 
 
 @handles_errors
 def get_execution_duration(ctx, job_id):
-    _store(ctx).lookup(job_id, time.time())
+    _store(ctx).lookup(job_id, _now(ctx))
     return text_response("0")
 
 
 @handles_errors
 def get_destruction(ctx, job_id):
-    job = _store(ctx).lookup(job_id, time.time())
+    job = _store(ctx).lookup(job_id, _now(ctx))
     return text_response(format_time(job.expires_at) if job.expires_at else "")
 
 
 @handles_errors
 def get_owner(ctx, job_id):
     """CASDA jobs have no owner: Spring writes an empty JSON body."""
-    _store(ctx).lookup(job_id, time.time())
+    _store(ctx).lookup(job_id, _now(ctx))
     return Response("", status=200, content_type="application/json")
 
 
 @handles_errors
 def post_no_op(ctx, job_id):
     """``POST .../destruction`` and ``.../executionduration`` change nothing and 303 back."""
-    _store(ctx).lookup(job_id, time.time())
+    _store(ctx).lookup(job_id, _now(ctx))
     return redirect(job_url(ctx, job_id))
 
 
@@ -340,11 +345,11 @@ def sync(ctx):
         product = ctx.backend.holdings.product(grant.product_id)
     except KeyError:
         raise SodaError(404, "File is not available") from None
-    return render.stream_file(ctx, product.path, download_name=product.staged_name)
+    return stream_file(ctx, product.path, download_name=product.staged_name)
 
 
 def availability(ctx):
-    return xml_response(render.availability(ctx.backend.up_since))
+    return xml_response(vosi_render.availability(ctx.backend.up_since))
 
 
 def capabilities(ctx):
@@ -359,7 +364,7 @@ def _published_file(store, job_id, file_name):
     job = store.find(job_id)
     if job is None:
         return None, None
-    job.observe(time.time())
+    job.observe(store.clock.time())
     if file_name not in job.files():
         return job, None
     return job, store.job_dir(job_id) / file_name
@@ -370,11 +375,11 @@ def download(ctx, job_id, file_name):
     """``/download/web|pawsey/<job>/<file>``: no auth; expired jobs redirect to the job."""
     store = _store(ctx)
     job, path = _published_file(store, job_id, file_name)
-    if job is not None and job.is_expired(time.time()):
+    if job is not None and job.is_expired(_now(ctx)):
         return Response("", status=302, headers={"Location": job_url(ctx, job_id)})
     if path is None or not path.is_file():
         raise SodaError(404, f"File {file_name} could not be found for request {job_id}")
-    return render.stream_file(ctx, path, download_name=file_name)
+    return stream_file(ctx, path, download_name=file_name)
 
 
 def s3_error(status, code, message, key):
@@ -401,7 +406,7 @@ def check_signature(ctx, store, job_id, file_name):
         lifetime = float(ctx.request.args["X-Amz-Expires"])
     except (KeyError, ValueError):
         return s3_error(403, "AccessDenied", "Invalid date or expiry", key)
-    if time.time() > signed_at.timestamp() + lifetime:
+    if _now(ctx) > signed_at.timestamp() + lifetime:
         return s3_error(403, "AccessDenied", "Request has expired", key)
     return None
 
@@ -413,9 +418,9 @@ def download_s3(ctx, job_id, file_name):
     if refused is not None:
         return refused
     job, path = _published_file(store, job_id, file_name)
-    if path is None or not path.is_file() or job.is_expired(time.time()):
+    if path is None or not path.is_file() or job.is_expired(_now(ctx)):
         return s3_error(404, "NoSuchKey", "The specified key does not exist.", f"{job_id}/{file_name}")
-    response = render.stream_file(ctx, path, download_name=file_name)
+    response = stream_file(ctx, path, download_name=file_name)
     disposition = ctx.request.args.get("response-content-disposition")
     if disposition:
         response.headers["Content-Disposition"] = disposition

@@ -16,12 +16,11 @@ import os
 import random
 import shutil
 import threading
-import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from .cutouts import NothingMatched, process_job, validate_soda_params
+from .job_store import JobStore
 
 __all__ = ["DataAccessJob", "DataAccessJobStore", "JobResult", "SodaError", "ACTIVE_PHASES", "FINAL_PHASES",
            "ABORTABLE_PHASES", "stage_whole_files", "sign", "s3_path"]
@@ -211,14 +210,15 @@ class DataAccessJob:
         with self.lock:
             return self.expires_at is not None and now >= self.expires_at
 
-    def wait_for_change(self, phase, deadline):
-        """Block until the phase differs from ``phase`` or ``deadline`` (UWS 1.1 WAIT)."""
+    def wait_for_change(self, phase, deadline, clock):
+        """Block until the phase differs from ``phase`` or ``clock`` reaches ``deadline``
+        (UWS 1.1 WAIT).  Timed phases change without a notification, so look every 50 ms."""
         with self.lock:
             while True:
-                now = time.time()
+                now = clock.time()
                 if self.observe(now) != phase or now >= deadline:
                     return self.phase
-                self.lock.wait(timeout=min(0.05, deadline - now))
+                clock.wait(self.lock, min(0.05, deadline - now))
 
     def files(self):
         """File names of the published results (only once COMPLETED)."""
@@ -226,55 +226,37 @@ class DataAccessJob:
             return {result.file_name for result in self.results}
 
 
-class DataAccessJobStore:
+class DataAccessJobStore(JobStore):
     """Every SODA job of one emulator, the worker threads, and the download signing key.
 
     Parameters
     ----------
     backend : EmulatorBackend
         Supplies ``holdings`` (products and ``data_dir``) and ``tokens`` (`TokenStore`).
+    root : path-like
+        The cache directory: one sub-directory per job.
+    clock : clock.Clock, optional
     """
 
-    def __init__(self, backend):
+    def __init__(self, backend, root, clock=None):
+        super().__init__(root, clock)
         self.backend = backend
-        self._jobs = {}
-        self._lock = threading.Lock()
         self._next_number = 1
-        self._root = None
         self.secret = os.urandom(32)
 
     # ----- bookkeeping
-    @property
-    def root(self):
-        """The cache directory holding one sub-directory per job."""
-        if self._root is None:
-            base = getattr(self.backend, "jobs_dir", None)
-            self._root = Path(base) if base else Path(self.backend.holdings.data_dir) / "soda-jobs"
-        return self._root
-
     def job_dir(self, job_id):
         return self.root / job_id
 
-    def clear(self):
-        """Forget every job and remove its files (emulator reset)."""
-        with self._lock:
-            jobs, self._jobs = list(self._jobs.values()), {}
-        now = time.time()
-        for job in jobs:
-            job.expire(now)     # a worker still running then cleans up after itself
-        if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
+    def retire(self, job):
+        job.expire(self.clock.time())     # a worker still running then cleans up after itself
 
     def create(self, params, owner, now):
-        job = DataAccessJob(str(uuid.uuid4()), owner, params, now)
-        with self._lock:
-            self._jobs[job.job_id] = job
-        return job
+        return self.add(DataAccessJob(str(uuid.uuid4()), owner, params, now))
 
     def find(self, job_id):
         """The job, expired or not, or None."""
-        with self._lock:
-            return self._jobs.get(job_id)
+        return self.get(job_id)
 
     def lookup(self, job_id, now):
         """The live job; `SodaError` 404 when unknown, 410 when expired."""
@@ -291,7 +273,7 @@ class DataAccessJobStore:
         job = self.find(job_id)
         if job is None:
             raise KeyError(job_id)
-        return job.release(time.time())
+        return job.release(self.clock.time())
 
     def reserve_numbers(self, count):
         """A block of ``count`` generated-file numbers unique within this emulator."""
@@ -373,8 +355,8 @@ class DataAccessJobStore:
             results, error = [], NO_PRODUCTS
         except Exception:  # noqa: BLE001 - CASDA reports any failure with one generic message
             results, error = [], GENERIC_FAILURE
-        job.complete_work(results, error, time.time())
-        if job.cancelled and job.is_expired(time.time()):
+        job.complete_work(results, error, self.clock.time())
+        if job.cancelled and job.is_expired(self.clock.time()):
             # Deleted (or reset) while working: nothing may be left behind.
             shutil.rmtree(self.job_dir(job.job_id), ignore_errors=True)
 

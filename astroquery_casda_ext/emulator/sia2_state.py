@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from .java_formats import java_trim
 from .schema import Column
 
 __all__ = ["UsageFault", "Sia2Query", "build_sia2_query", "SIA2_PARAMETERS", "DISTANCE_COLUMN"]
@@ -101,16 +102,6 @@ def _fault(text):
     return f"UsageFault: {text}"
 
 
-def _java_trim(value):
-    """Java's String.trim / StringUtils.trimToEmpty: strips every character <= space."""
-    start, end = 0, len(value)
-    while start < end and value[start] <= " ":
-        start += 1
-    while end > start and value[end - 1] <= " ":
-        end -= 1
-    return value[start:end]
-
-
 def _is_numeric(value):
     """Commons-lang ``StringUtils.isNumeric``: non-empty, digits only (any script)."""
     return value.isdecimal()
@@ -152,7 +143,7 @@ def _check_radius(text):
 
 
 def _validate_pos(value):
-    text = _java_trim(value)
+    text = java_trim(value)
     # CASDA splits on single spaces here, so doubled spaces give empty (invalid) numbers.
     parts = text.split(" ")
     if _CIRCLE.fullmatch(text):
@@ -172,7 +163,7 @@ def _validate_pos(value):
 
 
 def _pos_clause(value):
-    text = _java_trim(value)
+    text = java_trim(value)
     parts = re.split(" +", text)
     if _CIRCLE.fullmatch(text):
         return f"INTERSECTS(CIRCLE('ICRS GEOCENTER', {parts[1]}, {parts[2]}, {parts[3]}),s_region)=1"
@@ -197,7 +188,7 @@ def _range_clause(bounds):
 # --- numeric, time, polarisation, text --------------------------------------------------------
 
 def _validate_numeric(name, value):
-    text = _java_trim(value)
+    text = java_trim(value)
     if text and not _NUMERIC_SINGLE.fullmatch(text) and not _NUMERIC_RANGE.fullmatch(text):
         return [_fault(f"Invalid {name} value {text}")]
     bounds = re.split(" +", text)
@@ -210,15 +201,15 @@ def _validate_numeric(name, value):
 
 def _numeric_clause(name, value):
     low_column, high_column = _NUMERIC_COLUMNS[name]
-    text = _java_trim(value)
+    text = java_trim(value)
     if re.fullmatch(r"-Inf +\+Inf", text):
         return f"{low_column} IS NOT NULL AND {high_column} IS NOT NULL"
     if _NUMERIC_SINGLE.fullmatch(text):
         return f"{low_column} <= {text} AND {high_column} >= {text}"
     if text.endswith(" +Inf"):
-        return f"{high_column} >= {_java_trim(text[:-5])}"
+        return f"{high_column} >= {java_trim(text[:-5])}"
     if text.startswith("-Inf "):
-        return f"{low_column} <= {_java_trim(text[5:])}"
+        return f"{low_column} <= {java_trim(text[5:])}"
     low, high = re.split(" +", text)
     return f"{low_column} <= {high} AND {high_column} >= {low}"
 
@@ -226,10 +217,10 @@ def _numeric_clause(name, value):
 def _validate_time(values):
     errors = []
     for value in values:
-        if not _java_trim(value):
+        if not java_trim(value):
             errors.append(_fault(_DATE_EMPTY))
             continue
-        dates = re.split(" +", _java_trim(value))
+        dates = re.split(" +", java_trim(value))
         errors.extend(_fault(_DATE_INVALID) for date in dates if not _MJD.fullmatch(date))
         if not errors:      # CASDA checks count and order only while nothing else is wrong
             if len(dates) > 2:
@@ -240,21 +231,21 @@ def _validate_time(values):
 
 
 def _time_clause(value):
-    dates = re.split(" +", _java_trim(value))
+    dates = re.split(" +", java_trim(value))
     if len(dates) == 2:
         return f"t_min >= {dates[0]} AND t_max <= {dates[1]}"
     return f"t_min <= {dates[0]} AND t_max >= {dates[0]}"
 
 
 def _validate_pol(value):
-    state = _java_trim(value).upper()
+    state = java_trim(value).upper()
     if state and state not in _POL_STATES:
         return [_fault(f"Invalid POL value {value}")]
     return []
 
 
 def _pol_clause(value):
-    state = _java_trim(value).upper()
+    state = java_trim(value).upper()
     return f"pol_states LIKE '%/{state}/%'" if state in _POL_STATES else ""
 
 
@@ -267,7 +258,7 @@ def _validate_dptype(value):
 
 def _text_clause(name, value):
     # CASDA's Java writes each quote as four (replaceAll("'", "''''")): kept for fidelity.
-    literal = _java_trim(value).lower().replace("'", "''''")
+    literal = java_trim(value).lower().replace("'", "''''")
     return f"lower({_TEXT_COLUMNS[name]}) = '{literal}'"
 
 
@@ -277,7 +268,7 @@ def _group(params):
     """Values per lower-cased name, in request order; UsageFault on an unknown name."""
     grouped = {}
     for name, value in params:
-        key = _java_trim(str(name)).lower()
+        key = java_trim(str(name)).lower()
         if key.upper() not in SIA2_PARAMETERS + _OUTPUT_PARAMETERS:
             raise UsageFault([_fault(f"Invalid parameter name {key.upper()}")], terminated=False)
         grouped.setdefault(key, []).append("" if value is None else str(value))
@@ -314,9 +305,9 @@ def _validate_value(name, value):
 def _validate_maxrec(values):
     if not values:
         return []
-    if len(values) > 1 or len(_java_trim(values[0]).split(" ")) > 1:
+    if len(values) > 1 or len(java_trim(values[0]).split(" ")) > 1:
         return [_fault("Query can only contain a single MAXREC value")]
-    if not _is_numeric(_java_trim(values[0])):
+    if not _is_numeric(java_trim(values[0])):
         return [_fault("The maximum amount of records is invalid. MAXREC must be a valid whole number")]
     return []
 
@@ -325,7 +316,7 @@ def _clause(name, value):
     if name == "POS":
         return _pos_clause(value)
     if name in _NUMERIC_COLUMNS:
-        return "" if not _java_trim(value) else _numeric_clause(name, value)
+        return "" if not java_trim(value) else _numeric_clause(name, value)
     if name == "TIME":
         return _time_clause(value)
     if name == "POL":
@@ -346,7 +337,7 @@ def _adql(grouped):
     positions = grouped.get("pos", [])
     if len(positions) == 1 and _CIRCLE.fullmatch(positions[0]):
         # CASDA tests the raw value here (no trim): only then is there a distance column.
-        parts = re.split(" +", _java_trim(positions[0]))
+        parts = re.split(" +", java_trim(positions[0]))
         target = f"POINT('ICRS GEOCENTER',{parts[1]}, {parts[2]})"
         distance = f"DISTANCE(POINT('ICRS GEOCENTER',s_ra,s_dec),{target})"
         columns = f'{distance} as "distance", *'
