@@ -9,13 +9,11 @@ bytes piling up in memory; a damaged or cut encoding is fetched again.
 """
 import time
 import tracemalloc
-import zlib
 
 import pytest
 import requests
 import responses
 
-from astroquery_casda_ext.checksum import ChecksumAccumulator
 from astroquery_casda_ext.download import Downloader
 from astroquery_casda_ext.emulator import FaultRule
 from astroquery_casda_ext.transport import RetryPolicy
@@ -118,13 +116,3 @@ def test_files_are_asked_for_unencoded_and_other_codings_are_refused(tmp_path):
     assert "Content-Encoding: br, which this client does not decode" in row["message"]
     assert list(tmp_path.iterdir()) == []
 
-
-def test_the_crc32_is_zlibs_whichever_library_computes_it():
-    data = bytes(range(256)) * 5000
-    accumulator = ChecksumAccumulator()
-    for start in range(0, len(data), 70_001):
-        accumulator.update(memoryview(data)[start:start + 70_001])
-    assert accumulator.result().crc32 == f"{zlib.crc32(data):08x}"
-    accumulator = ChecksumAccumulator()
-    accumulator.update(b"blah blah")          # CASDA's own example
-    assert str(accumulator.result()) == "f412535a 135a1e01bae742c4a576b20fd41a683f6483ca43 9"
