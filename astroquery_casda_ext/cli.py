@@ -191,7 +191,7 @@ class JobProgress:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             name, phase, since = self._status
-            line = f"\r  job {name}: {phase}, {time.monotonic() - since:5.0f} s elapsed"
+            line = f"\r  job {name}: {plain_text(phase)}, {time.monotonic() - since:5.0f} s elapsed"
             click.echo(line, err=True, nl=False)
             time.sleep(min(self.tick, left))
         self._clear()

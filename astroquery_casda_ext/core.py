@@ -26,7 +26,7 @@ from .discovery import Discovery
 from .download import Downloader
 from .endpoints import Endpoints
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, JobError,
-                     JobSubmissionError, NotLoggedInError, QueryError, ServiceError, redact_url)
+                     JobSubmissionError, NotLoggedInError, QueryError, ServiceError, plain_text, redact_url)
 from .jobs import PollPolicy, SodaJob, wait_all
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
@@ -804,8 +804,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
     def _finish(self, jobs, wait, verbose, policy):
         if not wait:
             return jobs
-        on_phase = (lambda job, phase, elapsed: log.info(f"{job.url}: {phase} after {elapsed:.0f} s")) \
-            if verbose else None
+        on_phase = (lambda job, phase, elapsed:          # a phase is server text: escaped for the log
+                    log.info(f"{job.url}: {plain_text(phase)} after {elapsed:.0f} s")) if verbose else None
         try:
             wait_all(jobs, policy, on_phase=on_phase)
             for job in jobs:

@@ -246,10 +246,12 @@ def _flock(fd, path, what):
             if exc.errno in _HELD:
                 return False
             folder = Path(path).parent
-            raise LockUnavailableError(
-                f"cannot lock {what} in {folder}: the file system refuses locks ({os.strerror(exc.errno)}; "
-                "NFS without lockd, or Lustre mounted noflock?). Use a folder on a file system with locking "
-                "(local disk, NFS with lockd, Lustre with flock)", path=str(folder)) from None
+            if exc.errno in _NO_LOCKS:
+                raise LockUnavailableError(
+                    f"cannot lock {what} in {folder}: the file system refuses locks ({os.strerror(exc.errno)}; "
+                    "NFS without lockd, or Lustre mounted noflock?). Use a folder on a file system with "
+                    "locking (local disk, NFS with lockd, Lustre with flock)", path=str(folder)) from None
+            raise LockUnavailableError(f"cannot lock {what} in {folder}: {exc}", path=str(folder)) from None
         _held_here.add(key)
     return True
 

@@ -117,7 +117,7 @@ def pool_emulator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
+    import distributed        # a test dependency (setup.cfg)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=50) as local, distributed.Client(local) as client:
         yield client

@@ -387,7 +387,7 @@ def test_an_output_claimed_by_another_process_is_refused(casda, world):
 
 def test_two_partitioned_runs_into_one_folder_the_second_refused_at_once(casda, catalogue_emulator, world):
     folder = world.dest / "parts"
-    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="latency", delay=1.0))
+    catalogue_emulator.add_fault(FaultRule(path="/results/result$", kind="latency", delay=0.5, times=2))
     outcome = {}
     first = threading.Thread(target=lambda: outcome.setdefault(
         "first", casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=2, output=folder)))
@@ -473,12 +473,13 @@ def test_a_damaged_partition_manifest_is_a_clear_error_naming_it(casda, world, d
 
 # --- file systems that refuse flock ---------------------------------------------------------------------
 
-@pytest.fixture
-def no_flock(monkeypatch):
+@pytest.fixture(params=[errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS], ids=["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
+def no_flock(monkeypatch, request):
+    """NFS without lockd answers ENOLCK; Lustre mounted noflock, EOPNOTSUPP or ENOSYS."""
     import fcntl
 
     def refuse(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        raise OSError(request.param, os.strerror(request.param))
     monkeypatch.setattr(fcntl, "flock", refuse)
 
 

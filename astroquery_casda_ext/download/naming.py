@@ -1,5 +1,6 @@
-"""Local names: what each URL is called on disk, the claims that keep names apart, and the
-file-system operations that never follow or replace a link.
+"""Local names: what each URL is called on disk and the claims that keep names apart.  The
+file-system operations that never follow or replace a link, and the names reserved for the
+package's own files, live in the package's one writer (``writer.py``).
 
 Every path a download writes is *claimed* (`Claims`) before anything is written: a file's
 final name, its ``.part``, the ``.part.validator`` fallback, its ``.checksum`` sidecar, and
@@ -20,8 +21,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..checksum import Checksum
 from ..errors import DownloadError, UnsafeFilenameError, redact_url
 # The link-safe file operations live in the one writer; imported here for the transfer loop.
-from ..writer import (RESERVED_SUFFIXES, is_regular_file, open_part, place, refuse_link,  # noqa: F401
-                      refuse_reserved, same_file, write_bytes)
+from ..writer import (is_regular_file, open_part, place, refuse_link, refuse_reserved,  # noqa: F401
+                      same_file, write_bytes)
 
 __all__ = []
 
