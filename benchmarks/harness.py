@@ -43,7 +43,8 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["Row", "WorkloadResult", "EmulatorProcess", "BenchmarkError", "run_child", "run_process", "interleave",
+__all__ = ["Row", "WorkloadResult", "EmulatorProcess", "BenchmarkError", "run_child", "run_process",
+           "interleave",
            "spread", "time_row", "rate_row", "count_row", "ceiling_row", "verify_files", "request_counts",
            "datalink_limit", "vmhwm_mb", "say", "child_env"]
 
@@ -405,7 +406,8 @@ def run_process(command, *, cwd=None, timeout=3600):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=child_env(), timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=child_env(),
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BenchmarkError(f"{command[0]} took longer than {timeout} s") from None
     seconds = time.perf_counter() - started

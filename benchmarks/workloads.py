@@ -124,7 +124,8 @@ FULL = Scale("full", repeats=3, w1_files=(5, 20, 80), product_size=5_000_000, jo
              big_settle=4.0,
              many_files=500, many_size=50_000, many_latency=0.05, rows=100_000, tap_repeat=3)
 QUICK = Scale("quick", repeats=3, w1_files=(3,), product_size=100_000, job_seconds=0.2, poll_interval=0.25,
-              default_poll_files=None, positions=3, big_size=5_000_000, big_repeats=3, big_settle=0.0, many_files=6,
+              default_poll_files=None, positions=3, big_size=5_000_000, big_repeats=3, big_settle=0.0,
+              many_files=6,
               many_size=20_000, many_latency=0.01, rows=2_000, tap_repeat=3)
 
 
@@ -545,7 +546,8 @@ def run_w3(scale, workdir):
         figures["mb_per_s"] = scale.big_size / 1e6 / figures["seconds"]
     parameters = {"size": scale.big_size, "repeats": scale.big_repeats,
                   "settle": f"{scale.big_settle:g} s between deleting the previous file and each run",
-                  "timing": "wall time of fresh processes, from start to exit (start-up and imports included)",
+                  "timing": "wall time of fresh processes, from start to exit (start-up and imports "
+                            "included)",
                   "ours": "python benchmarks/w3_ours.py: CasdaClass.download_files([file, file.checksum]), "
                           "CRC-32 and SHA-1 verified",
                   "floor": "python benchmarks/bare_loop.py: the bare verifying loop (http.client readinto "
@@ -561,7 +563,8 @@ def _curl(url, target):
 
 def _w3_rows(scale, runs):
     size = (f"{scale.big_size >> 30} GiB" if scale.big_size % (1 << 30) == 0 else
-            f"{scale.big_size >> 20} MiB" if scale.big_size % (1 << 20) == 0 else f"{scale.big_size / 1e6:g} MB")
+            f"{scale.big_size >> 20} MiB" if scale.big_size % (1 << 20) == 0 else
+            f"{scale.big_size / 1e6:g} MB")
     rate = (lambda name: harness.figures_of(runs.get(name, []), "mb_per_s"))
     peaks = harness.figures_of(runs["ours"], "peak_rss_mb")
     measure = f"one {size} file: throughput"

@@ -94,9 +94,11 @@ def test_a_gzip_bomb_without_checksum_is_cut_at_max_unannounced(bulk_emulator, b
     assert [path for path in tmp_path.iterdir() if not path.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("damage", [dict(kind="corrupt", after_bytes=1000), dict(kind="truncate", after_bytes=5000)],
+@pytest.mark.parametrize("damage", [dict(kind="corrupt", after_bytes=1000),
+                                    dict(kind="truncate", after_bytes=5000)],
                          ids=["damaged encoding", "encoding cut short"])
-def test_an_encoding_that_does_not_decode_is_fetched_again_from_zero(bulk_emulator, bulk_file, tmp_path, damage):
+def test_an_encoding_that_does_not_decode_is_fetched_again_from_zero(bulk_emulator, bulk_file, tmp_path,
+                                                                      damage):
     bulk_emulator.add_fault(FaultRule(path=DATA, kind="gzip", times=1))
     bulk_emulator.add_fault(FaultRule(path=DATA, times=1, **damage))
     manifest = download([bulk_file], tmp_path)
