@@ -57,16 +57,22 @@ class Conf(_config.ConfigNamespace):
     download_retries = _config.ConfigItem(
         5, 'Retries per file on connection errors, timeouts, 429 and 5xx responses.')
     download_min_rate = _config.ConfigItem(
-        1000.0, 'Slowest average rate (bytes per second) a file transfer may keep once '
-        'download_grace seconds have passed; a slower one stops with an error (0 = no limit).')
+        1000.0, 'Slowest average rate (bytes per second) a file transfer or a streamed TAP result '
+        'may keep once download_grace seconds have passed; a slower one stops with an error (0 = no limit).')
     download_grace = _config.ConfigItem(
-        60.0, 'Seconds a file transfer may take before download_min_rate applies.')
+        60.0, 'Seconds a file transfer or a streamed TAP result may take before download_min_rate applies.')
     request_retries = _config.ConfigItem(
         5, 'Retries of a query, DataLink or job request when CASDA answers 429/5xx or the '
         'connection breaks (requests that are not safe to repeat are retried only on 429/503).')
     request_budget = _config.ConfigItem(
         30.0, 'Longest time in seconds one query, DataLink or job request may take, retries and '
         'their waits included, before its failure is raised (0 = no limit beyond request_retries).')
+    document_max_bytes = _config.ConfigItem(
+        64 << 20, 'Most bytes (after decompression) of a job, DataLink, metadata or error document; '
+        'a longer answer stops with an error naming the URL.')
+    table_max_bytes = _config.ConfigItem(
+        1 << 30, 'Most bytes (after decompression) of a TAP or SIA2 answer read whole into a Table; '
+        'stream larger results to a file with query_tap(output=...).')
     unknown_phase_polls = _config.ConfigItem(
         20, 'Looks at a job in a phase this client does not know before giving up with JobError '
         '(the phase is logged once and taken as not final until then).')

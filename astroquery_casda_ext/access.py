@@ -16,21 +16,18 @@ CASDA's DataLink comes in two flavours that a client must both read:
 * v1.24 and later: a ``standardID`` INFO, the Pawsey row is ``pawsey_async_service``,
   ``CIRCLE``/``POLYGON`` input params.
 """
-import re
 import warnings
 from dataclasses import dataclass, field
-from io import BytesIO
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import requests
-from astropy.io.votable import parse as parse_votable
-from astropy.io.votable.exceptions import W50
 from astropy.table import Row, Table
 
-from .errors import (AccessDeniedWarning, CasdaLoginError, DataLinkError, InvalidInputError,
-                     InvalidTableError, NoAccessError, NotLoggedInError, redact_url)
-from .transport import describe_failure
+from .documents import fetch, parse_votable, query_status
+from .errors import (AccessDeniedWarning, DataLinkError, InvalidInputError, InvalidTableError, NoAccessError,
+                     NotLoggedInError, redact_url)
+from .transport import server_message   # re-exported: the server's words from an error answer
 
 __all__ = ["AccessToken", "AccessReport", "DataLinkRow", "ServiceDescriptor", "DataLinkDocument",
            "DataLinkClient", "parse_datalink", "product_ids_from_table", "server_message",
@@ -136,7 +133,7 @@ def parse_datalink(content):
 
     Parameters
     ----------
-    content : bytes
+    content : bytes or `~astroquery_casda_ext.documents.Document`
         The body of a ``datalink/links`` response.
 
     Returns
@@ -151,7 +148,7 @@ def parse_datalink(content):
         The body is not a VOTable, or is CASDA's fault document
         (``QUERY_STATUS=ERROR``, e.g. ``TransientFault: ...``).
     """
-    votable = _read_votable(content)
+    votable = parse_votable(content, what="reading CASDA's DataLink answer", kind=DataLinkError)
     results = next((res for res in votable.resources if res.type == "results" and res.tables), None)
     if results is None:
         message = _query_error(votable) or "the DataLink response has no results table"
@@ -165,24 +162,9 @@ def parse_datalink(content):
     return DataLinkDocument(rows, services, standard_id or "")
 
 
-def _read_votable(content):
-    with warnings.catch_warnings():
-        # Old CASDA servers declare CHANNEL with unit "pixels", which astropy flags (W50).
-        warnings.filterwarnings("ignore", category=W50)
-        try:
-            return parse_votable(BytesIO(content), verify="warn")
-        except Exception as exc:   # expat and astropy raise several unrelated types here
-            snippet = _squeeze(content.decode("utf-8", "replace"), 200)
-            raise DataLinkError(f"DataLink answered with something that is not a VOTable "
-                                f"({type(exc).__name__}): {snippet!r}", server_message=snippet) from exc
-
-
 def _query_error(votable):
-    infos = list(votable.infos) + [info for res in votable.resources for info in res.infos]
-    for info in infos:
-        if info.name == "QUERY_STATUS" and info.value == "ERROR":
-            return (info.content or "").strip() or "QUERY_STATUS=ERROR"
-    return None
+    status, message = query_status(votable)
+    return (message or "QUERY_STATUS=ERROR") if status == "ERROR" else None
 
 
 def _rows(table):
@@ -305,24 +287,6 @@ def _text(value):
 
 # --- HTTP -----------------------------------------------------------------------------------
 
-def server_message(response, limit=500):
-    """The server's own words from an error response, readable and bounded.
-
-    CASDA answers errors as plain text (``FAILURE: ...``) when asked with
-    ``Accept: text/plain``, and otherwise as an HTML page; tags are dropped here.
-    """
-    text = response.text or ""
-    if "<" in text and re.search(r"<(html|body|h1|p|div|title)\b", text, re.IGNORECASE):
-        text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
-        text = re.sub(r"<[^>]+>", " ", text)
-    return _squeeze(text, limit) or f"HTTP {response.status_code} {response.reason or ''}".strip()
-
-
-def _squeeze(text, limit):
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 class DataLinkClient:
     """Get SODA access tokens for CASDA products through the authenticated DataLink.
 
@@ -412,21 +376,8 @@ class DataLinkClient:
 
     def _fetch(self, batch):
         url = self.datalink_url
-        try:
-            response = self.session.get(url, params=[("ID", pid) for pid in batch],
-                                        auth=self._auth_for(url), timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise DataLinkError(f"DataLink request to {redact_url(url)} failed: {describe_failure(exc)}",
-                                url=url) from exc
-        if response.status_code == 401:
-            raise CasdaLoginError("CASDA rejected the login for DataLink (HTTP 401): "
-                                  f"{server_message(response)}")
-        if response.status_code >= 400:
-            message = server_message(response)
-            raise DataLinkError(f"DataLink at {redact_url(url)} answered HTTP {response.status_code}: "
-                                f"{message}",
-                                url=url, status=response.status_code, server_message=message)
-        return response.content
+        return fetch(self.session, "GET", url, what="DataLink request", kind=DataLinkError,
+                     params=[("ID", pid) for pid in batch], auth=self._auth_for(url), timeout=self.timeout)
 
     def _auth_for(self, url):
         if self.auth is None or isinstance(self.auth, requests.auth.AuthBase):

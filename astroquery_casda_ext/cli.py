@@ -1023,7 +1023,7 @@ def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite
 
 
 def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
-    """``casda tap ... -o x.parquet``: the result streamed to Parquet (tap.py), never held whole."""
+    """``casda tap ... -o x.parquet``: the result streamed to Parquet (the tap package), never held whole."""
     console, started = options.console, time.monotonic()
     _refuse_output(output, overwrite)
     adql = sys.stdin.read() if adql == "-" else adql

@@ -8,14 +8,10 @@ import dataclasses
 import logging
 import warnings
 from datetime import datetime, timezone
-from io import BytesIO
 
 import astropy.units as u
-import requests
 from astroquery import log
 from astroquery.query import BaseVOQuery, QueryWithLogin
-from astropy.io.votable import parse as parse_votable
-from pyvo.dal import DALQueryError, DALServiceError, TAPResults
 
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
@@ -23,14 +19,15 @@ from .access import DataLinkClient, product_ids_from_table
 from .credentials import (PasswordNotStoredWarning, ProxyAuth, find_password, guard_session, keyring_advice,
                           store_password as save_password)
 from .discovery import Discovery
+from .documents import Document, parse_votable, table_of
 from .download import Downloader
 from .endpoints import Endpoints
-from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, JobError,
-                     JobSubmissionError, NotLoggedInError, QueryError, ServiceError, plain_text, redact_url)
-from .jobs import PollPolicy, SodaJob, wait_all
+from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, NotLoggedInError,
+                     QueryError, ServiceError, redact_url)
+from .jobs import JobBatch, PollPolicy, SodaJob
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
-from .transport import RetryPolicy, describe_failure, install_log_redaction, mount_api_retries
+from .transport import RetryPolicy, failure, failures_as, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass", "poll_policy"]
 
@@ -233,27 +230,19 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         """A synchronous TAP query through astroquery's `_request` (and so its cache)."""
         url = (self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url) + "/sync"
         auth = self._proxy_auth()(url) if authenticated else None
-        try:
+        with failures_as(url=url, what="CASDA TAP query"):
             response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
-        except requests.RequestException as exc:
-            raise ServiceError(f"cannot reach CASDA TAP at {redact_url(url)}: {describe_failure(exc)}",
-                               url=url) from exc
-        if response.status_code in (401, 403):
-            raise CasdaLoginError(f"CASDA TAP refused the credentials: HTTP {response.status_code}")
         try:
             if not response.ok:
-                raise ServiceError(f"CASDA TAP error (HTTP {response.status_code}) at {redact_url(url)}: "
-                                   f"{_server_text(response)}", url=url, status=response.status_code)
-            return TAPResults(parse_votable(BytesIO(response.content), verify="warn"), url=url).to_table()
-        except DALQueryError as exc:
-            raise QueryError(f"CASDA TAP rejected the query: {exc}", url=url) from None
-        except (ServiceError, DALServiceError, ValueError) as exc:
+                raise failure(url=url, what="CASDA TAP query", response=response)
+            document = Document(url, response.status_code, "", response.content)
+            return table_of(parse_votable(document, what="CASDA TAP query"), "TAP", url=url)
+        except QueryError:
+            raise   # CASDA's answer to this query: the same query gets the same answer
+        except ServiceError:
             # never replay a failed answer from the cache once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
-            if isinstance(exc, ServiceError):
-                raise
-            raise ServiceError(f"CASDA TAP sent an unreadable answer at {redact_url(url)}: {exc}",
-                               url=url) from None
+            raise
 
     def _datalink(self):
         return self._built_services()[2]
@@ -299,18 +288,14 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                     password_file=password_file, reenter=reenter_password)
         log.info(f"Authenticating {credentials.username} on CASDA ...")
         auth = ProxyAuth(credentials, self.endpoints.vo_proxy)
-        try:
-            response = self._request("GET", self.endpoints.login_url, auth=auth(self.endpoints.login_url),
-                                     timeout=self.TIMEOUT, cache=False)
-        except requests.RequestException as exc:
-            raise ServiceError(f"cannot reach CASDA's login check at {redact_url(self.endpoints.login_url)}: "
-                               f"{describe_failure(exc)}", url=self.endpoints.login_url) from exc
+        url = self.endpoints.login_url
+        with failures_as(url=url, what="CASDA's login check"):
+            response = self._request("GET", url, auth=auth(url), timeout=self.TIMEOUT, cache=False)
         if response.status_code in (401, 403):
             raise CasdaLoginError(f"CASDA rejected the login for {credentials.username}: "
                                   f"HTTP {response.status_code} {_server_text(response)}")
         if response.status_code != 200:
-            raise ServiceError(f"CASDA login check failed: HTTP {response.status_code} "
-                               f"{_server_text(response)}", url=response.url, status=response.status_code)
+            raise failure(url=url, what="CASDA's login check", response=response)
         self._credentials = credentials
         self.USERNAME = credentials.username
         log.info("Authentication successful!")
@@ -381,11 +366,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         if get_query_payload:
             return payload
         url = self.endpoints.sia2_url
-        try:
+        with failures_as(url=url, what="CASDA SIA2 query"):
             response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
-        except requests.RequestException as exc:
-            raise ServiceError(f"cannot reach CASDA SIA2 at {redact_url(url)}: {describe_failure(exc)}",
-                               url=url) from exc
         if cache and not response.ok:
             # astroquery caches every answer: a 503 must not be replayed once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
@@ -402,9 +384,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         if kwargs.get("get_query_payload"):
             return response
         if not response.ok:
-            status = response.status_code
-            raise ServiceError(f"CASDA SIA2 error (HTTP {status}) at {redact_url(response.url)}: "
-                               f"{_server_text(response)}", url=response.url, status=status)
+            raise failure(url=response.url, what="CASDA SIA2 query", response=response)
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
 
     def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
@@ -468,23 +448,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                    get_query_payload=True)
             if maxrec is not None and (isinstance(maxrec, bool) or not isinstance(maxrec, int) or maxrec < 1):
                 raise InvalidInputError(f"maxrec {maxrec!r} must be a positive integer")
-            client = self._tap_client(authenticated)
-            if output is not None:
-                return client.stream_to(query, output, maxrec=maxrec, async_job=async_job,
-                                        overwrite=overwrite, progress=progress)
-            if result_format == "votable":
-                return client.votable_table(query, maxrec=maxrec, async_job=async_job)
-            return client.table(query, maxrec=maxrec, async_job=async_job, progress=bool(progress))
+            return self._tap_client(authenticated).query(query, maxrec=maxrec, async_job=async_job, output=output,
+                                                         overwrite=overwrite, result_format=result_format,
+                                                         progress=progress)
         return self._query("tap", query, async_job=async_job, maxrec=maxrec, authenticated=authenticated,
                            cache=cache, get_query_payload=get_query_payload)
 
-    # --- catalogue-scale TAP (tap.py) ------------------------------------------------------
+    # --- catalogue-scale TAP (tap/) ------------------------------------------------------
 
     def _tap_client(self, authenticated):
-        from .tap import AuthSession, TapClient
-        url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
-        auth = self._proxy_auth() if authenticated else None
-        return TapClient(AuthSession(self._session, auth), url, timeout=self.TIMEOUT)
+        return self._discovery.tap_client(authenticated)
 
     def query_tap_partitioned(self, query, *, by, parts=8, output, bounds=None, executor=None, max_running=4,
                               part_retries=2, verify_counts=False, authenticated=None, progress=None):
@@ -756,68 +729,14 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         return self._finish(jobs, wait, verbose, policy)
 
     def _submit(self, table, service, params, request=None, on_error="abort"):
-        """Create and run as few jobs as possible (``conf.job_batch_size`` products each).
-
-        Each job URL is logged (INFO) the moment the job exists.  If job k of n cannot be
-        created or started, the jobs before it are aborted (``on_error="abort"``) or handed
-        back in the `JobSubmissionError` (``"keep"``), never left running unknown.
-        """
+        """The call's jobs (`~astroquery_casda_ext.jobs.JobBatch`) for the products of ``table``."""
         report = self._datalink().tokens_for(product_ids_from_table(table), service)
-        size = max(1, int(conf.job_batch_size))
-        batches = [report.tokens[start:start + size] for start in range(0, len(report.tokens), size)]
-        jobs = []
-        for number, batch in enumerate(batches, 1):
-            try:
-                job = SodaJob.create(self._session, batch[0].service_url, [t.token for t in batch],
-                                     params or None, timeout=self.TIMEOUT, request=request)
-                jobs.append(job)
-                job.run()
-            except JobError as exc:
-                if exc.job_url and all(made.url != exc.job_url for made in jobs):
-                    # made, but its first document was unusable: it is aborted or kept with the others
-                    jobs.append(SodaJob(self._session, exc.job_url, timeout=self.TIMEOUT, request=request))
-                raise self._submission_failed(jobs, number, len(batches), exc, on_error) from exc
-            log.info(f"Started {service} job {job.url} ({number} of {len(batches)}, "
-                     f"{len(batch)} product(s))")
-        return jobs
+        return JobBatch.submit(self._session, report.tokens, params, request=request, timeout=self.TIMEOUT,
+                               on_error=on_error, service=service)
 
     @staticmethod
-    def _submission_failed(jobs, number, total, exc, on_error):
-        """The `JobSubmissionError` for job ``number`` of ``total``, after aborting or keeping the rest."""
-        what = f"job {number} of {total} could not be {'started' if exc.job_url else 'created'}: {exc.reason}"
-        if on_error == "keep" or not jobs:
-            kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
-            return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],
-                                      server_message=exc.server_message)
-        left = []
-        for job in jobs:
-            try:
-                job.abort()
-            except JobError:
-                left.append(job)
-        log.info(f"Aborted {len(jobs) - len(left)} job(s) of this call after the failure")
-        tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
-                if left else f"; the {len(jobs)} job(s) already made were aborted")
-        return JobSubmissionError(what + tail, jobs=jobs, job_urls=[job.url for job in jobs],
-                                  server_message=exc.server_message)
-
-    def _finish(self, jobs, wait, verbose, policy):
-        if not wait:
-            return jobs
-        on_phase = (lambda job, phase, elapsed:          # a phase is server text: escaped for the log
-                    log.info(f"{job.url}: {plain_text(phase)} after {elapsed:.0f} s")) if verbose else None
-        try:
-            wait_all(jobs, policy, on_phase=on_phase)
-            for job in jobs:
-                job.raise_if_error()
-        except JobError as exc:   # name every job of the call: none is lost with the error
-            exc.job_urls = list(dict.fromkeys([*exc.job_urls, *(job.url for job in jobs)]))
-            raise
-        urls = []
-        for job in jobs:
-            _report_misses(job)
-            urls.extend(job.result_urls())
-        return urls
+    def _finish(batch, wait, verbose, policy):
+        return batch.finish(policy, verbose=verbose) if wait else batch.jobs
 
     def cutout_table(self, job):
         """A table naming, for each file of a finished cutout job, its product and region."""
@@ -917,14 +836,6 @@ def _no_rows(table):
     except TypeError:
         raise InvalidTableError(f"expected a table of products, a row or product ids, "
                                 f"got {type(table).__name__}") from None
-
-
-def _report_misses(job):
-    """Say (in the log) when regions missed products: CASDA answers those with error files."""
-    misses = job.error_files()
-    if misses:
-        log.warning(f"{len(misses)} region/product combination(s) had no data (CASDA error files); "
-                    f"they are not returned as data: see job.error_files() for {job.url}")
 
 
 def _cone_radius(radius, width, height, polygon):

@@ -374,7 +374,7 @@ class AuthSession:
 
     ``auth`` is a `ProxyAuth` (or None): it answers only for URLs under the OPAL proxy, so
     the shared session itself never carries credentials and no other host sees them.
-    pyvo (through ``discovery.py``) and the catalogue-scale TAP client (``tap.py``) are
+    ``discovery.py`` and the TAP client (``tap/``) are
     both handed one.  Pickled (for a process pool or dask workers), it arrives with the
     session guarded again (``guard_session``): the redirect guard is not lost on the way.
     """

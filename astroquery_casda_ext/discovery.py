@@ -1,4 +1,4 @@
-"""Finding data: SIA2 payloads and results, TAP queries through pyvo, ADQL helpers.
+"""Finding data: SIA2 payloads and results, TAP queries, ADQL helpers.
 
 `Discovery` takes the façade's `requests.Session`, its `~astroquery_casda_ext.endpoints.Endpoints`
 and an optional ``auth(url)`` callable (`~astroquery_casda_ext.credentials.ProxyAuth`).
@@ -7,51 +7,33 @@ CASDA's answers become astropy Tables, ``QUERY_STATUS=ERROR`` becomes
 `~astroquery_casda_ext.errors.QueryError` with the server's words, and ``OVERFLOW``
 becomes astroquery's `~astroquery.exceptions.MaxResultsWarning`.
 
-The document reader `parse_sia2` is a pure function of bytes, testable on recorded
-CASDA responses; UWS job documents are read by `astroquery_casda_ext.jobs`.
+SIA2 answers are fetched and parsed by `~astroquery_casda_ext.documents` (bounded in bytes and
+time, parser failures mapped); `parse_sia2` is a pure function of bytes, testable on recorded
+CASDA responses; TAP queries go through the TAP package's one entry point
+(``tap.TapClient.query``).
 """
-import http.client
-import io
 import re
 import time as _time
-import warnings
-import xml.etree.ElementTree as ElementTree
-from contextlib import contextmanager
-from urllib.parse import unquote, urljoin
 
 import numpy as np
-import requests
-import urllib3
 from astropy import units as u
-from astropy.io.votable import parse as parse_votable
-from astropy.io.votable.exceptions import VOWarning
 from astropy.table import Row
 from astropy.time import Time
-from astroquery.exceptions import MaxResultsWarning
-from pyvo.dal import TAPResults, TAPService
-from pyvo.dal.exceptions import DALAccessError, DALOverflowWarning, DALQueryError
-from pyvo.dal.tap import TAPQuery, escape
+from pyvo.dal.tap import escape
 
 from .credentials import AuthSession
-from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, JobTimeoutError,
-                     NotLoggedInError, QueryError, ServiceError, redact_url)
-from .errors import package_logger
-from .transport import describe_failure, gave_up, one_call
-from .jobs import is_final, parse_job_document
+from .documents import fetch, parse_votable, table_of
+from .errors import InvalidInputError, InvalidTableError, NotLoggedInError
+from .tap import TapClient
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
 
 __all__ = ["Discovery", "parse_sia2", "SIA2_DATAPRODUCT_TYPES"]
 
-_log = package_logger(__name__)
 
 #: The only values CASDA's SIA2 accepts for ``DPTYPE`` (2-D images are ``cube`` too).
 SIA2_DATAPRODUCT_TYPES = ("image", "cube")
-# Columns that hold ICRS degrees; given a unit if the server left it out, so that
-# SkyCoord(t['s_ra'], t['s_dec']) works on every table this module returns.
-_DEGREE_COLUMNS = ("s_ra", "s_dec", "ra_deg_cont", "dec_deg_cont")
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_UWS_ERROR_PREFIX = "Query Error: "
 
 
 # --- small validators -------------------------------------------------------------------------
@@ -184,49 +166,6 @@ def _is_number(text):
 
 # --- documents --------------------------------------------------------------------------------
 
-@contextmanager
-def _quiet_votable():
-    """Silence the VOTable warnings CASDA's documents raise (and pyvo's overflow warning,
-    which `_warn_overflow` replaces with astroquery's)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VOWarning)
-        warnings.simplefilter("ignore", DALOverflowWarning)
-        yield
-
-
-def _query_status(votable):
-    """(status, message) of the last ``QUERY_STATUS`` INFO: CASDA writes OVERFLOW or a
-    late ERROR after ``</TABLE>``, so the last one is the one that counts."""
-    status = ("OK", "")
-    for resource in votable.resources:
-        for info in resource.infos:
-            if info.name.upper() == "QUERY_STATUS":
-                status = (str(info.value).upper(), (info.content or "").strip())
-    return status
-
-
-def _repair_units(table):
-    """Units astropy's VOTable reader could not read (CDS syntax has no ``beam``, so
-    ``flux_peak`` in ``mJy/beam`` arrives unrecognised) are read again in astropy's own
-    syntax; degree columns without a unit get one, so SkyCoord can use them."""
-    for column in table.itercols():
-        if isinstance(column.unit, u.UnrecognizedUnit):
-            try:
-                column.unit = u.Unit(column.unit.name, parse_strict="raise")
-            except ValueError:
-                pass               # e.g. CASDA's 'h:m:s' on text columns: keep it as written
-    for name in _DEGREE_COLUMNS:
-        if name in table.colnames and table[name].unit is None:
-            table[name].unit = u.deg
-    return table
-
-
-def _warn_overflow(table, service):
-    warnings.warn(MaxResultsWarning(
-        f"CASDA's {service} stopped at {len(table)} rows (MAXREC or the server's limit): there are more. "
-        "Narrow the query or raise maxrec."), stacklevel=3)
-
-
 def _filter_subtypes(table, subtypes):
     wanted = {item.lower() for item in _strings(subtypes, "dataproduct_subtype")}
     if "dataproduct_subtype" not in table.colnames:
@@ -268,116 +207,7 @@ def parse_sia2(content, *, dataproduct_subtype=None):
 
 
 def _votable_table(content, service):
-    data = content.encode() if isinstance(content, str) else content
-    with _quiet_votable():
-        try:
-            votable = parse_votable(io.BytesIO(data))
-        except (ValueError, IndexError, ElementTree.ParseError) as exc:
-            raise ServiceError(f"CASDA's {service} answer is not a VOTable: {exc}") from None
-        status, message = _query_status(votable)
-        if status == "ERROR":
-            raise QueryError(f"CASDA {service} query failed: {message}", server_message=message)
-        resources = [res for res in votable.resources if res.tables]
-        if not resources:
-            raise ServiceError(f"CASDA's {service} answer has no result table")
-        table = resources[0].tables[0].to_table(use_names_over_ids=True)
-    if status == "OVERFLOW":
-        _warn_overflow(table, service)
-    return _repair_units(table)
-
-
-def _tap_result_href(document):
-    """The href of a TAP job's result (id ``result``, else the first), or None."""
-    hrefs = dict(document.results)
-    return hrefs.get("result") or next(iter(hrefs.values()), None)
-
-
-def _result_url(href, job_url):
-    """The result URL: CASDA percent-encodes whole hrefs (``https%3A%2F%2F...``)."""
-    if href and "://" not in href and re.match(r"[A-Za-z][A-Za-z0-9+.-]*%3A", href, re.IGNORECASE):
-        href = unquote(href)
-    return urljoin(job_url + "/", href) if href else job_url + "/results/result"
-
-
-# --- transport --------------------------------------------------------------------------------
-
-class _PerRequestAuthSession(AuthSession):
-    """The session pyvo is given: an `~astroquery_casda_ext.credentials.AuthSession` with a
-    timeout, reading small answers whole.
-
-    pyvo calls ``get``/``post``/``delete`` with neither auth nor (for sync queries) a
-    timeout.  Credentials set on the shared session would go to every host, so instead each
-    request asks ``auth(url)``, which answers only for the OPAL proxy.
-    """
-
-    def __init__(self, session, auth, timeout):
-        super().__init__(session, auth)
-        self._timeout = timeout
-
-    def request(self, method, url, **kwargs):
-        kwargs.setdefault("timeout", self._timeout)
-        if not kwargs.pop("stream", False):
-            return super().request(method, url, **kwargs)
-        if method.upper() == "POST" and url.rstrip("/").endswith("/sync"):
-            # a query result: pyvo parses it as it arrives (large results come much faster);
-            # Discovery._run_sync sends the query again if the answer breaks off
-            return super().request(method, url, stream=True, **kwargs)
-        # other answers are small: read whole, so the session's retries cover a body cut short
-        response = super().request(method, url, stream=False, **kwargs)
-        response.raw = urllib3.HTTPResponse(io.BytesIO(response.content), preload_content=False)
-        return response
-
-
-#: Transport failures that mean an answer broke off part-way (worth sending the query again).
-_BROKEN_OFF = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-               requests.exceptions.Timeout, urllib3.exceptions.ProtocolError,
-               urllib3.exceptions.ReadTimeoutError, http.client.IncompleteRead, ConnectionError,
-               TimeoutError)
-
-
-def _broke_off(exc):
-    """Whether ``exc`` (or anything in its chain, pyvo's ``cause`` included) is a broken transfer."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _BROKEN_OFF):
-            return True
-        seen.add(id(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return False
-
-
-@contextmanager
-def _service_errors(url, service="TAP"):
-    """Translate pyvo's and requests' exceptions into this package's, once, at the boundary."""
-    try:
-        yield
-    except DALQueryError as exc:
-        reason = str(exc.reason or "").strip()
-        reason = reason[len(_UWS_ERROR_PREFIX):] if reason.startswith(_UWS_ERROR_PREFIX) else reason
-        raise QueryError(f"CASDA {service} query failed: {reason}", url=url, server_message=reason) from None
-    except DALAccessError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, requests.RequestException) and not isinstance(cause, requests.HTTPError):
-            _raise_unreachable(cause, url, service)
-        _raise_http(getattr(exc, "code", None), str(exc.reason or exc), url, service)
-    except requests.HTTPError as exc:
-        _raise_http(exc.response.status_code, str(exc), url, service)
-    except requests.RequestException as exc:
-        _raise_unreachable(exc, url, service)
-
-
-def _raise_unreachable(exc, url, service):
-    raise ServiceError(f"cannot reach CASDA {service} at {redact_url(url)}: {describe_failure(exc)}",
-                       url=url) from None
-
-
-def _raise_http(status, message, url, service):
-    if status == 401:
-        raise CasdaLoginError(f"CASDA rejected the OPAL credentials (HTTP 401 from {redact_url(url)})") \
-            from None
-    shown = f" (HTTP {status})" if status else ""
-    raise ServiceError(f"CASDA {service} error{shown} at {redact_url(url)}: {message}", url=url,
-                       status=status or None) from None
+    return table_of(parse_votable(content, what=f"CASDA's {service} answer"), service)
 
 
 class Discovery:
@@ -414,7 +244,6 @@ class Discovery:
         self.timeout = timeout
         self._sleep = sleep
         self._clock = clock
-        self._tap_services = {}
 
     # --- SIA2 -----------------------------------------------------------------------------
 
@@ -491,11 +320,10 @@ class Discovery:
         ``authenticated=True`` asks the OPAL proxy, which needs ``auth``.
         """
         url = self.endpoints.proxy_sia2_url if authenticated else self.endpoints.sia2_url
-        session = _PerRequestAuthSession(self._session, self._auth_for(authenticated), self.timeout)
-        with _service_errors(url, "SIA2"):
-            response = session.get(url, params=payload)
-            response.raise_for_status()
-        return parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
+        document = fetch(self._session_for(authenticated), "GET", url, what="CASDA SIA2 query", table=True,
+                         params=payload, timeout=self.timeout)
+        table = table_of(parse_votable(document, what="CASDA SIA2 query"), "SIA2", url=url)
+        return table if dataproduct_subtype is None else _filter_subtypes(table, dataproduct_subtype)
 
     # --- TAP ------------------------------------------------------------------------------
 
@@ -506,13 +334,13 @@ class Discovery:
             raise NotLoggedInError("an authenticated query needs an OPAL login: call Casda.login() first")
         return self._auth
 
-    def _tap_service(self, authenticated):
-        """(pyvo TAPService, the session it uses) for the anonymous or the proxy TAP."""
-        if authenticated not in self._tap_services:
-            url = self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
-            session = _PerRequestAuthSession(self._session, self._auth_for(authenticated), self.timeout)
-            self._tap_services[authenticated] = (TAPService(url, session=session), session)
-        return self._tap_services[authenticated]
+    def _session_for(self, authenticated):
+        """The session (credentials only for the OPAL proxy, per URL) of anonymous or proxy requests."""
+        return AuthSession(self._session, self._auth_for(authenticated))
+
+    def tap_url(self, authenticated):
+        """The TAP base URL: the anonymous VO tools' or the OPAL proxy's."""
+        return self.endpoints.proxy_tap_url if authenticated else self.endpoints.tap_url
 
     def tap(self, query, *, async_job=False, maxrec=None, authenticated=False):
         """Run an ADQL query on CASDA's TAP service.
@@ -540,7 +368,7 @@ class Discovery:
         CasdaLoginError
             The proxy rejected the credentials.
         ServiceError
-            Any other failure to talk to CASDA.
+            Any other failure to talk to CASDA (its message and the URL are kept).
         JobTimeoutError
             An async job did not finish within ``tap_async_timeout``.
 
@@ -552,79 +380,14 @@ class Discovery:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError(f"query {query!r} must be a non-empty ADQL string")
         maxrec = None if maxrec is None else _positive_int(maxrec, "maxrec")
-        service, session = self._tap_service(bool(authenticated))
-        with _service_errors(service.baseurl), _quiet_votable():
-            if async_job:
-                results = self._run_async(service.baseurl, session, query, maxrec)
-            else:
-                results = self._run_sync(service, query, maxrec)
-            table = results.to_table()
-        if results.status[0].upper() == "OVERFLOW":
-            _warn_overflow(table, "TAP")
-        return _repair_units(table)
+        return self.tap_client(bool(authenticated)).query(query, maxrec=maxrec, async_job=async_job)
 
-    def _run_sync(self, service, query, maxrec):
-        """``run_sync``, sent again when the answer breaks off while pyvo parses it.
-
-        The transport adapter retries until the answer's headers arrive; a body that breaks
-        off after that can only be asked for again here.  Both share one `one_call` state,
-        so the query gets one retry count and one time budget, not one per layer.
-        """
-        with one_call() as call:
-            while True:
-                try:
-                    return service.run_sync(query, maxrec=maxrec)
-                except Exception as exc:  # pyvo and astropy wrap transport errors in their own types
-                    if not _broke_off(exc) or gave_up(exc) or not call.retry():
-                        raise
-
-    def _run_async(self, tap_url, session, query, maxrec):
-        # pyvo's AsyncTAPJob cannot read CASDA's job documents (timestamps like
-        # 2023-03-14T10:21:09.118+0800) and does not wait through SUSPENDED/HELD, so the
-        # submission and result use pyvo and the job is followed with read_uws_job.
-        submitted = TAPQuery(tap_url, query, mode="async", maxrec=maxrec, session=session).submit()
-        submitted.close()
-        submitted.raise_for_status()
-        if not submitted.history:       # CASDA answers a new job with 303 to the job's URL
-            raise ServiceError(f"CASDA's TAP did not create a job (HTTP {submitted.status_code})",
-                               url=tap_url, status=submitted.status_code)
-        job_url = submitted.url.rstrip("/")
-        _log.info("Created TAP job %s", job_url)
-        try:
-            session.post(job_url + "/phase", data={"PHASE": "RUN"}, allow_redirects=False).raise_for_status()
-            document = self._wait_for_job(session, job_url)
-            if document.phase != "COMPLETED":
-                raise DALQueryError(document.error_summary or f"the job ended {document.phase}",
-                                    document.phase, job_url)
-            response = session.get(_result_url(_tap_result_href(document), job_url))
-            response.raise_for_status()
-            return TAPResults(parse_votable(io.BytesIO(response.content)), url=job_url, session=session)
-        finally:
-            self._delete_job(session, job_url)
-
-    def _wait_for_job(self, session, job_url):
-        deadline = self._clock() + self.tap_async_timeout
-        delay = self.tap_poll_first
-        while True:
-            response = session.get(job_url)
-            response.raise_for_status()
-            document = parse_job_document(response.content)
-            phase = document.phase
-            if is_final(phase):
-                return document
-            if self._clock() + delay > deadline:
-                raise JobTimeoutError(f"TAP job {job_url} still {phase} after {self.tap_async_timeout:g} s",
-                                      job_url=job_url, phase=phase)
-            self._sleep(delay)
-            delay = min(self.tap_poll_cap, delay * 1.5)
-
-    @staticmethod
-    def _delete_job(session, job_url):
-        # Deleting is good manners (CASDA keeps finished jobs for 12 h); failing to is harmless.
-        try:
-            session.delete(job_url, allow_redirects=False)
-        except requests.RequestException:
-            pass
+    def tap_client(self, authenticated):
+        """The `~astroquery_casda_ext.tap.TapClient` (the one TAP entry point) of the anonymous
+        or the proxy TAP, with this object's timeout, async poll policy and clock."""
+        return TapClient(self._session_for(authenticated), self.tap_url(authenticated), timeout=self.timeout,
+                         poll_first=self.tap_poll_first, poll_cap=self.tap_poll_cap,
+                         job_timeout=self.tap_async_timeout, sleep=self._sleep, clock=self._clock)
 
     # --- ADQL helpers ---------------------------------------------------------------------
 

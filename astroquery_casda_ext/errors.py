@@ -162,7 +162,7 @@ class QueryError(ServiceError, InvalidQueryError):
     """A TAP or SIA2 query came back with ``QUERY_STATUS=ERROR``."""
 
 
-# --- catalogue-scale TAP (tap.py) -------------------------------------------------------------
+# --- catalogue-scale TAP (tap/) -------------------------------------------------------------
 
 class IncompleteResultError(ServiceError):
     """A TAP result broke off before its end (CASDA's CSV has no end marker: we check).

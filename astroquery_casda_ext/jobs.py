@@ -1,41 +1,43 @@
-"""SODA async jobs at CASDA: create, add parameters, run, wait, read the results.
+"""The package's UWS module: one job type for TAP async queries and SODA jobs, one poll loop.
 
-CASDA's SODA service (``casda_data_access/data/async``) is a UWS 1.0 job service: a job
-is created from DataLink tokens, may get cutout parameters while PENDING, is started
-with ``PHASE=RUN``, and while files come off tape it passes through QUEUED, EXECUTING
-and SUSPENDED (and HELD when an operator pauses it) before COMPLETED, ERROR or
-ABORTED.  `SodaJob` is a handle on one job: it asks the server only when told to
-(`SodaJob.refresh`, `SodaJob.wait`), and `SodaJob.phase` is the phase last seen.
+CASDA's TAP async (``casda_vo_tools/tap/async``) and SODA (``casda_data_access/data/async``)
+services are UWS job services: a job is created, may get parameters while PENDING, is
+started with ``PHASE=RUN``, and (SODA: while files come off tape) passes through QUEUED,
+EXECUTING and SUSPENDED (and HELD when an operator pauses it) before COMPLETED, ERROR or
+ABORTED.  `UwsJob` is a handle on one job (create, run, refresh, wait, abort, delete, the
+error summary, resume by URL); `TapJob` and `SodaJob` add what each service's results
+are.  A job asks the server only when told to (`UwsJob.refresh`, `UwsJob.wait`), and
+`UwsJob.phase` is the phase last seen.
+
+`wait_all` is the package's one poll loop (`PollPolicy`: growing delays, a timeout,
+unknown phases bounded); `JobBatch` runs a call's several SODA jobs: submit, abort or
+keep them when one fails, wait, and collect the files.
 
 A job is identified by its URL alone, so a wait interrupted in one process can be
 resumed in another with ``SodaJob.load(session, url)``; every `JobError` names the URL
-and the ``load_job(...)`` call that does it.  `wait_all` follows several jobs in one loop.
-
-No request is retried here: the session's transport adapter
-(`~astroquery_casda_ext.transport.ApiRetryAdapter`) is the one retry layer.
+and the ``load_job(...)`` call that does it.  Job documents are read by
+`~astroquery_casda_ext.documents` (bounded in bytes and time), failures mapped by
+`~astroquery_casda_ext.transport.failure`.  No request is retried here: the session's
+transport adapter (`~astroquery_casda_ext.transport.ApiRetryAdapter`) is the one retry layer.
 """
 import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from io import BytesIO
+from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
 
-import requests
-from pyvo.io.uws import parse_job
-
 from . import conf
-from .access import AccessToken, server_message
-from .errors import (InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
-                     JobNotFoundError, JobTimeoutError, redact_url)
+from .access import AccessToken
+from .documents import JobDocument, fetch, parse_job_document
+from .errors import (CasdaError, InvalidInputError, InvalidURLError, JobError, JobExpiredError, JobFailedError,
+                     JobNotFoundError, JobSubmissionError, JobTimeoutError, QueryError, ServiceError, redact_url)
 from .errors import package_logger
 from .soda_params import SodaRequest
-from .transport import describe_failure
 
 __all__ = ["ACTIVE_PHASES", "FINAL_PHASES", "is_final", "JobDocument", "parse_job_document",
-           "PollPolicy", "ResultFile", "SodaJob", "product_id_of", "wait_all", "request_from_parameters"]
+           "PollPolicy", "ResultFile", "UwsJob", "SodaJob", "TapJob", "JobBatch", "product_id_of", "wait_all",
+           "request_from_parameters"]
 
 log = package_logger(__name__)
 
@@ -44,7 +46,7 @@ log = package_logger(__name__)
 #: one a newer CASDA invents) is logged once and waited through for
 #: ``PollPolicy.unknown_phase_polls`` looks, then reported as a `JobError`.
 #: (pyvo's parser keeps any phase, but ``AsyncTAPJob.wait`` gives up on SUSPENDED and
-#: HELD, which is why `SodaJob.wait` follows these sets instead.)
+#: HELD, which is why `UwsJob.wait` follows these sets instead.)
 ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING", "SUSPENDED", "HELD"})
 
 #: Phases after which nothing more will happen.
@@ -57,100 +59,15 @@ _ALSO_FINAL = frozenset({"ARCHIVED"})
 #: ``FAILURE: <message>`` instead of an HTML page; job documents are XML, hence the second type.
 _ACCEPT = "text/plain, application/xml;q=0.9"
 
+#: CASDA's TAP prefixes an async job's error summary with this.
+_QUERY_ERROR = "Query Error: "
+
 _JOB_PATH = re.compile(r"^/(?:.*/)?data/async/([^/]+)/?$")
 
 
 def is_final(phase):
     """True when nothing more will happen to a job in ``phase``."""
     return phase in FINAL_PHASES or phase in _ALSO_FINAL
-
-
-# --- the job document -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class JobDocument:
-    """The parts of a UWS job document this client uses.
-
-    ``results`` are ``(result id, href)`` pairs exactly as the server sent them;
-    ``parameters`` are ``(name, value)`` pairs (they contain access tokens, so neither is
-    shown by ``repr``).
-    """
-
-    job_id: str
-    phase: str
-    results: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    error_summary: str | None = None
-    version: str = "1.0"
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    destruction: datetime | None = None
-    parameters: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-
-
-_TIME_ELEMENT = re.compile(rb"(<(?:[\w.-]+:)?(?:quote|creationTime|startTime|endTime|destruction)\b[^>/]*>)"
-                           rb"([^<]*)(</)")
-
-
-def _normalise_times(content):
-    # pyvo hands UWS timestamps to astropy Time, which accepts no numeric UTC offset at
-    # all (neither CASDA's "+0800" nor "+08:00"), so offsets are converted to UTC "Z" here.
-    def to_utc(match):
-        text = match.group(2).decode("utf-8", "replace").strip()
-        return match.group(1) + _utc_text(text).encode() + match.group(3)
-    return _TIME_ELEMENT.sub(to_utc, content)
-
-
-def _utc_text(text):
-    if not text:
-        return ""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return ""   # not a timestamp (some UWS servers write e.g. -1 for an unknown quote)
-    if moment.tzinfo is None:
-        return text
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
-
-
-def parse_job_document(content):
-    """Parse a UWS job document (CASDA SODA's ``uws:`` prefixed or TAP's default namespace).
-
-    Parameters
-    ----------
-    content : bytes
-        The body of ``GET <job URL>``.
-
-    Returns
-    -------
-    JobDocument
-
-    Raises
-    ------
-    JobError
-        The content is not a UWS job document.
-    """
-    try:
-        job = parse_job(BytesIO(_normalise_times(content)))
-    except Exception as exc:   # expat, astropy and pyvo raise unrelated types for bad input
-        snippet = " ".join(content[:200].decode("utf-8", "replace").split())
-        raise JobError(f"not a UWS job document ({type(exc).__name__}): {snippet!r}") from exc
-    phase = (job.phase or "").strip().upper()
-    if not phase:
-        raise JobError("the UWS job document has no phase")
-    summary = job.errorsummary
-    message = getattr(getattr(summary, "message", None), "content", None) if summary is not None else None
-    return JobDocument(
-        job_id=(job.jobid or "").strip(), phase=phase,
-        results=tuple(((result.id_ or "").strip(), (result.href or "").strip()) for result in job.results),
-        error_summary=(message or "").strip() or None, version=str(job.version or "1.0"),
-        start_time=_datetime(job.starttime), end_time=_datetime(job.endtime),
-        destruction=_datetime(job.destruction),
-        parameters=tuple(((param.id_ or "").strip(), (param.content or "").strip())
-                         for param in job.parameters))
-
-
-def _datetime(value):
-    return None if value is None else value.to_datetime(timezone=timezone.utc)
 
 
 # --- polling policy -------------------------------------------------------------------------
@@ -320,70 +237,36 @@ def _validate_job_url(job_url):
     return str(job_url).strip().rstrip("/")
 
 
-class SodaJob:
-    """A CASDA SODA (UWS 1.0) job.
+class UwsJob:
+    """A UWS job (1.0 or 1.1) of any CASDA service: the one job type of the package.
 
-    Build one with `SodaJob.create` (new job) or `SodaJob.load` (existing job by URL).
+    Build one with the subclasses' ``create`` (new job) or `load` (existing job by URL).
 
     Parameters
     ----------
     session : `requests.Session`
-        Session used for every request (SODA needs no credentials: tokens authorise).
+        Session used for every request.
     url : str
-        The job URL, ``.../data/async/<job id>``.
+        The job URL.
     timeout : float
         Seconds to wait for the server to connect and answer one request.
     delete_on_exit : bool
         Delete the job on the server when a ``with`` block around it ends.
-    request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
-        The regions and windows the job cuts (what labels its files); for a job loaded by
-        URL it is read back from the job's parameters.
     """
 
-    def __init__(self, session, url, *, timeout=30, delete_on_exit=False, request=None, _secrets=()):
+    #: The service's name in messages.
+    service = "UWS"
+    #: The public exception of this service's failures (statuses 404 and 410 have their own).
+    error_kind = JobError
+
+    def __init__(self, session, url, *, timeout=30, delete_on_exit=False, _secrets=()):
         self.session = session
-        #: The job URL; all that is needed to find the job again (`SodaJob.load`).
-        self.url = str(url).rstrip("/")
+        #: The job URL; all that is needed to find the job again (`load`).
+        self.url = str(url).rstrip("/") if url else None
         self.timeout = timeout
         self.delete_on_exit = delete_on_exit
-        #: The regions and spectral windows of a cutout or spectrum job (None: whole files).
-        self.request = request
         self._document = None
         self._secrets = {value for value in _secrets if value}
-
-    # construction ------------------------------------------------------------------------
-
-    @classmethod
-    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False,
-               request=None):
-        """Create a PENDING job for ``tokens`` (and optional SODA ``params``).
-
-        Parameters
-        ----------
-        session : `requests.Session`
-        async_url : str
-            The SODA async endpoint (the DataLink descriptor's accessURL).
-        tokens : list of str or `~astroquery_casda_ext.access.AccessToken`
-            Access tokens, all for the same service and user.
-        params : dict, optional
-            SODA parameters, ``{name: value or [values]}`` (e.g. ``{"CIRCLE": [...]}``).
-        request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
-            What ``params`` came from; kept as the job's ``request`` attribute to label the results.
-
-        Raises
-        ------
-        JobError
-            The server refused (its message is quoted, tokens removed) or gave no job URL.
-        """
-        secrets = _token_strings(tokens)
-        form = [("ID", token) for token in secrets] + _form(params)
-        job = cls(session, async_url, timeout=timeout, delete_on_exit=delete_on_exit, request=request,
-                  _secrets=secrets)
-        job.url = None   # no job yet: errors must not name the async endpoint as one
-        response = job._call("POST", async_url, "creating the SODA job", data=form, job_statuses=False)
-        job.url = job._job_url_from(async_url, response)
-        log.info("Created SODA job %s", job.url)
-        return job.refresh()
 
     @classmethod
     def load(cls, session, job_url, *, timeout=30, delete_on_exit=False):
@@ -391,40 +274,33 @@ class SodaJob:
 
         Raises
         ------
-        InvalidURLError
-            ``job_url`` is not ``http(s)://<host>/.../data/async/<job id>``.
         JobNotFoundError, JobExpiredError
             The server does not know the job (404) or it has expired (410).
         """
-        job = cls(session, _validate_job_url(job_url), timeout=timeout, delete_on_exit=delete_on_exit)
-        job.refresh()
-        job.request = request_from_parameters(job.document.parameters)
-        return job
+        job = cls(session, job_url, timeout=timeout, delete_on_exit=delete_on_exit)
+        return job.refresh()
 
-    @classmethod
-    def from_json(cls, session, text, *, timeout=30):
-        """The job saved by `to_json` (only its URL matters), refreshed."""
-        try:
-            url = json.loads(text)["url"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(f"not a saved SODA job: {exc}") from None
-        return cls.load(session, url, timeout=timeout)
-
-    def to_json(self):
-        """A JSON record of the job (its URL, id and last phase) to resume it elsewhere."""
-        return json.dumps({"url": self.url, "job_id": self.job_id, "phase": self.phase})
-
-    def _job_url_from(self, async_url, response):
-        location = response.headers.get("Location")
+    def _job_url_from(self, endpoint, document):
+        """The new job's URL: CASDA's ``Location`` (a 303), or a job id or document in the body."""
+        location = document.headers.get("Location")
         if location:
-            return urljoin(async_url, location).rstrip("/")
-        body = response.text.strip()
+            return urljoin(endpoint, location).rstrip("/")
+        body = document.text.strip()
         if body.startswith("<"):
-            body = parse_job_document(response.content).job_id
+            try:
+                body = parse_job_document(document).job_id
+            except JobError:
+                body = ""   # not a job document (e.g. a maintenance page): said below
         if re.fullmatch(r"[A-Za-z0-9._~-]+", body or ""):
-            return async_url.rstrip("/") + "/" + body
-        raise JobError(f"SODA created no job: HTTP {response.status_code} without a Location or a job id "
-                       f"from {redact_url(async_url)}: {self._redact(server_message(response))}")
+            return endpoint.rstrip("/") + "/" + body
+        said = self._redact(" ".join(document.text.split())[:300])
+        raise self._kind_error(f"{self.service} did not create a job: HTTP {document.status} without a Location "
+                               f"or a job id from {redact_url(endpoint)}: {said}", endpoint)
+
+    def _kind_error(self, message, url):
+        if issubclass(self.error_kind, JobError):
+            return self.error_kind(message, job_url=self.url, phase=self.phase)
+        return self.error_kind(message, url=url)
 
     # state -------------------------------------------------------------------------------
 
@@ -455,7 +331,7 @@ class SodaJob:
         return self._document.destruction if self._document else None
 
     def __repr__(self):
-        return f"<SodaJob {self.url} phase={self.phase}>"
+        return f"<{type(self).__name__} {self.url} phase={self.phase}>"
 
     __str__ = __repr__
 
@@ -464,10 +340,7 @@ class SodaJob:
 
     def __exit__(self, exc_type, exc, traceback):
         if self.delete_on_exit:
-            try:
-                self.delete()
-            except JobError:
-                pass   # the job expires on its own; a failed clean-up must not hide the real outcome
+            self.discard()
 
     # requests ----------------------------------------------------------------------------
 
@@ -476,49 +349,40 @@ class SodaJob:
             text = text.replace(secret, "<token>")
         return text
 
-    def _call(self, method, url, what, *, job_statuses=True, params=None, data=None, timeout=None):
-        """Send one SODA request; translate every failure into a public JobError subclass.
+    def _call(self, method, url, what, *, job_statuses=True, document=False, budget=None, timeout=None,
+              accept=_ACCEPT, allow_redirects=False, **kwargs):
+        """Send one request (read within the document bounds); every failure becomes a public
+        exception through `~astroquery_casda_ext.transport.failure`.  Nothing is retried here."""
+        statuses = {}
+        if job_statuses:
+            statuses = {404: (JobNotFoundError, f"{what} failed: CASDA does not know job {self.url} (HTTP 404)"),
+                        410: (JobExpiredError, f"{what} failed: job {self.url} has expired (HTTP 410); "
+                                               "stage the data again")}
+        details = {"job_url": self.url, "phase": self.phase} if issubclass(self.error_kind, JobError) else {}
+        return fetch(self.session, method, url, what=what, kind=self.error_kind, statuses=statuses,
+                     scrub=self._redact, details=details, accept=accept, expect_xml=document, budget=budget,
+                     allow_redirects=allow_redirects, timeout=timeout or self.timeout, **kwargs)
 
-        Nothing is retried here: the session's transport adapter already did, within its budget.
-        """
+    def _read(self, document):
         try:
-            response = self.session.request(method, url, params=params, data=data,
-                                            headers={"Accept": _ACCEPT}, allow_redirects=False,
-                                            timeout=timeout or self.timeout)
-        except requests.RequestException as exc:
-            raise JobError(f"{what}: no answer from {redact_url(url)} ({describe_failure(exc)})",
-                           job_url=self.url, phase=self.phase) from exc
-        status = response.status_code
-        if status < 400:
-            return response
-        message = self._redact(server_message(response))
-        text = f"{what} failed: HTTP {status} from {redact_url(url)}: {message}"
-        kind = JobError
-        if job_statuses and status == 404:
-            kind, text = JobNotFoundError, f"{what} failed: CASDA does not know job {self.url} (HTTP 404)"
-        elif job_statuses and status == 410:
-            kind, text = JobExpiredError, (f"{what} failed: job {self.url} has expired (HTTP 410); "
-                                           "stage the data again")
-        raise kind(text, job_url=self.url, phase=self.phase, server_message=message)
-
-    def _read(self, response):
-        try:
-            document = parse_job_document(response.content)
+            parsed = parse_job_document(document)
         except JobError as exc:   # a garbled answer: the job itself may be fine, keep its URL
-            raise JobError(f"reading job {self.url}: {self._redact(str(exc))}", job_url=self.url,
-                           phase=self.phase, server_message=exc.server_message) from exc
-        for name, value in document.parameters:
-            if name.lower() == "id":   # the job's tokens: keep them out of messages
-                self._secrets.update(piece for piece in re.split(r"[{},\s]+", value) if piece)
-        self._document = document
+            raise self._kind_error(f"reading job {self.url}: {self._redact(str(exc))}", self.url) from exc
+        self._document = parsed
         return self
 
-    def refresh(self):
-        """Read the job document from the server; returns ``self``."""
-        return self._read(self._call("GET", self.url, "reading the job"))
+    def refresh(self, *, budget=None):
+        """Read the job document from the server; returns ``self``.
+
+        ``budget`` (seconds) shortens ``conf.request_budget`` for this read (a wait's time left);
+        by default no read of a job document outlives ``conf.job_timeout`` either.
+        """
+        if budget is None:
+            budget = float(conf.job_timeout) or None
+        return self._read(self._call("GET", self.url, "reading the job", document=True, budget=budget))
 
     def add_parameters(self, params):
-        """Add SODA parameters (``{name: value or [values]}``); CASDA allows this only while PENDING.
+        """Add parameters (``{name: value or [values]}``); UWS allows this only while PENDING.
 
         Raises
         ------
@@ -546,6 +410,15 @@ class SodaJob:
             self._call("DELETE", self.url, "deleting the job")
         except (JobNotFoundError, JobExpiredError):
             pass
+
+    def discard(self):
+        """`delete`, as good manners: a failure is logged, never raised (the job expires on its own)."""
+        if not self.url:
+            return
+        try:
+            self.delete()
+        except CasdaError as exc:
+            log.info("could not delete job %s: %s", self.url, exc)
 
     # waiting -----------------------------------------------------------------------------
 
@@ -587,18 +460,21 @@ class SodaJob:
         """UWS 1.1: the server holds the request until the phase changes or WAIT seconds pass."""
         wait_seconds = max(1, math.ceil(_bounded(policy.cap, remaining)))
         phase, before = self.phase, clock()
-        response = self._call("GET", self.url, "waiting for the job",
+        document = self._call("GET", self.url, "waiting for the job", document=True,
                               params={"WAIT": wait_seconds, "PHASE": phase},
+                              budget=None if remaining is None else remaining + self.timeout,
                               timeout=(self.timeout, self.timeout + wait_seconds))
-        self._read(response)
+        self._read(document)
         if self.phase == phase and clock() - before < wait_seconds / 2:
             sleep(_bounded(policy.delay(elapsed), remaining))   # WAIT was ignored: back off as for UWS 1.0
 
+    def _resume_hint(self):
+        return ""
+
     def _timeout(self, elapsed, policy, job_urls=None):
         return JobTimeoutError(
-            f"job {self.url} is still {self.phase} after {elapsed:.0f} s (timeout {policy.timeout:g} s). "
-            f"It keeps running on the server: resume with Casda.load_job('{self.url}') "
-            f"(or SodaJob.load(session, '{self.url}')).", job_url=self.url, phase=self.phase,
+            f"{self.service} job {self.url} is still {self.phase} after {elapsed:.0f} s (timeout "
+            f"{policy.timeout:g} s).{self._resume_hint()}", job_url=self.url, phase=self.phase,
             job_urls=job_urls)
 
     # outcome -----------------------------------------------------------------------------
@@ -613,6 +489,148 @@ class SodaJob:
             raise JobExpiredError(f"job {self.url} is {self.phase}: its results were deleted; "
                                   "stage the data again",
                                   job_url=self.url, phase=self.phase)
+
+
+class TapJob(UwsJob):
+    """A CASDA TAP async query (UWS 1.0): created from the query's parameters, one result.
+
+    Failures to reach the service are `~astroquery_casda_ext.errors.ServiceError`; a job
+    that ends in ERROR is a `~astroquery_casda_ext.errors.QueryError` with the server's
+    words (`raise_if_error`).
+    """
+
+    service = "TAP"
+    error_kind = ServiceError
+
+    @classmethod
+    def create(cls, session, tap_url, params, *, timeout=30):
+        """Create a PENDING job at ``<tap_url>/async`` for ``params`` (``QUERY``, ``MAXREC``...)."""
+        endpoint = tap_url.rstrip("/") + "/async"
+        job = cls(session, None, timeout=timeout)
+        created = job._call("POST", endpoint, "creating the TAP job", data=params, job_statuses=False)
+        job.url = job._job_url_from(endpoint, created)
+        log.info("Created TAP job %s", job.url)
+        return job
+
+    def raise_if_error(self):
+        if self.phase in ("ERROR", "ABORTED"):
+            message = (self.error_summary or f"the job ended {self.phase}").strip()
+            message = message[len(_QUERY_ERROR):] if message.startswith(_QUERY_ERROR) else message
+            raise QueryError(f"CASDA TAP query failed: {message}", url=self.url, server_message=message)
+        super().raise_if_error()
+
+    def result_url(self):
+        """The URL of the job's result (id ``result``, else the first); CASDA percent-encodes
+        whole hrefs (``https%3A%2F%2F...``)."""
+        hrefs = dict(self._document.results) if self._document else {}
+        href = hrefs.get("result") or next(iter(hrefs.values()), None)
+        if href and "://" not in href and re.match(r"[A-Za-z][A-Za-z0-9+.-]*%3A", href, re.IGNORECASE):
+            href = unquote(href)
+        return urljoin(self.url + "/", href) if href else self.url + "/results/result"
+
+
+class SodaJob(UwsJob):
+    """A CASDA SODA (UWS 1.0) job.
+
+    Build one with `SodaJob.create` (new job) or `SodaJob.load` (existing job by URL).
+
+    Parameters
+    ----------
+    session : `requests.Session`
+        Session used for every request (SODA needs no credentials: tokens authorise).
+    url : str
+        The job URL, ``.../data/async/<job id>``.
+    timeout : float
+        Seconds to wait for the server to connect and answer one request.
+    delete_on_exit : bool
+        Delete the job on the server when a ``with`` block around it ends.
+    request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
+        The regions and windows the job cuts (what labels its files); for a job loaded by
+        URL it is read back from the job's parameters.
+    """
+
+    service = "SODA"
+
+    def __init__(self, session, url, *, timeout=30, delete_on_exit=False, request=None, _secrets=()):
+        super().__init__(session, url, timeout=timeout, delete_on_exit=delete_on_exit, _secrets=_secrets)
+        #: The regions and spectral windows of a cutout or spectrum job (None: whole files).
+        self.request = request
+
+    # construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, session, async_url, tokens, params=None, *, timeout=30, delete_on_exit=False,
+               request=None):
+        """Create a PENDING job for ``tokens`` (and optional SODA ``params``).
+
+        Parameters
+        ----------
+        session : `requests.Session`
+        async_url : str
+            The SODA async endpoint (the DataLink descriptor's accessURL).
+        tokens : list of str or `~astroquery_casda_ext.access.AccessToken`
+            Access tokens, all for the same service and user.
+        params : dict, optional
+            SODA parameters, ``{name: value or [values]}`` (e.g. ``{"CIRCLE": [...]}``).
+        request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
+            What ``params`` came from; kept as the job's ``request`` attribute to label the results.
+
+        Raises
+        ------
+        JobError
+            The server refused (its message is quoted, tokens removed) or gave no job URL.
+        """
+        secrets = _token_strings(tokens)
+        form = [("ID", token) for token in secrets] + _form(params)
+        # no job yet: errors must not name the async endpoint as one
+        job = cls(session, None, timeout=timeout, delete_on_exit=delete_on_exit, request=request,
+                  _secrets=secrets)
+        created = job._call("POST", async_url, "creating the SODA job", data=form, job_statuses=False)
+        job.url = job._job_url_from(async_url, created)
+        log.info("Created SODA job %s", job.url)
+        return job.refresh()
+
+    @classmethod
+    def load(cls, session, job_url, *, timeout=30, delete_on_exit=False):
+        """The existing job at ``job_url``, refreshed.
+
+        Raises
+        ------
+        InvalidURLError
+            ``job_url`` is not ``http(s)://<host>/.../data/async/<job id>``.
+        JobNotFoundError, JobExpiredError
+            The server does not know the job (404) or it has expired (410).
+        """
+        job = cls(session, _validate_job_url(job_url), timeout=timeout, delete_on_exit=delete_on_exit)
+        job.refresh()
+        job.request = request_from_parameters(job.document.parameters)
+        return job
+
+    @classmethod
+    def from_json(cls, session, text, *, timeout=30):
+        """The job saved by `to_json` (only its URL matters), refreshed."""
+        try:
+            url = json.loads(text)["url"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"not a saved SODA job: {exc}") from None
+        return cls.load(session, url, timeout=timeout)
+
+    def to_json(self):
+        """A JSON record of the job (its URL, id and last phase) to resume it elsewhere."""
+        return json.dumps({"url": self.url, "job_id": self.job_id, "phase": self.phase})
+
+    def _read(self, document):
+        super()._read(document)
+        for name, value in self._document.parameters:
+            if name.lower() == "id":   # the job's tokens: keep them out of messages
+                self._secrets.update(piece for piece in re.split(r"[{},\s]+", value) if piece)
+        return self
+
+    def _resume_hint(self):
+        return (f" It keeps running on the server: resume with Casda.load_job('{self.url}') "
+                f"(or SodaJob.load(session, '{self.url}')).")
+
+    # outcome -----------------------------------------------------------------------------
 
     def result_files(self):
         """The delivered data files, each with its checksum URL (error files excluded)."""
@@ -631,13 +649,9 @@ class SodaJob:
                 for item in files]
 
     def _fetch_text(self, url):
-        try:
-            response = self.session.get(url, timeout=self.timeout)
-            response.raise_for_status()
-        except requests.RequestException as exc:
-            raise JobError(f"could not read error file {redact_url(url)}: {type(exc).__name__}",
-                           job_url=self.url, phase=self.phase) from exc
-        return self._redact(response.text.strip())
+        document = self._call("GET", url, f"reading error file {redact_url(url)}", job_statuses=False,
+                              accept="text/plain, */*;q=0.5", allow_redirects=True)
+        return self._redact(document.text.strip())
 
     def result_urls(self):
         """astroquery's list: every data file URL followed by its checksum URL."""
@@ -696,13 +710,15 @@ def request_from_parameters(parameters):
 def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_phase=None):
     """Follow several jobs in one loop until each reaches a final phase; their phases, in order.
 
-    Every round waits once (`PollPolicy.delay`) and then reads each job still active, so
-    ``n`` jobs cost one wait per round, not ``n``.  A single UWS 1.1 job is asked to block
-    (``WAIT``) instead.
+    The package's one poll loop (TAP async queries and SODA jobs alike).  Every round waits
+    once (`PollPolicy.delay`) and then reads each job still active, so ``n`` jobs cost one
+    wait per round, not ``n``.  A single UWS 1.1 job is asked to block (``WAIT``) instead.
+    Each read is bounded by the time left before the policy's timeout, so a job document
+    that trickles in cannot keep the wait alive past it.
 
     Parameters
     ----------
-    jobs : list of `SodaJob`
+    jobs : list of `UwsJob`
     policy : PollPolicy, optional
         Default `PollPolicy.from_conf`.
     sleep, clock : callable
@@ -713,14 +729,18 @@ def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_ph
     Raises
     ------
     JobTimeoutError, JobNotFoundError, JobExpiredError, JobError
-        As `SodaJob.wait`; ``job_urls`` lists every job still active.
+        As `UwsJob.wait`; ``job_urls`` lists every job still active.
     """
     jobs = list(jobs)
     policy = policy or PollPolicy.from_conf()
     start, seen, unknown = clock(), {}, {}
-    for job in jobs:
-        if job.document is None:
-            job.refresh()
+    try:
+        for job in jobs:
+            if job.document is None:
+                job.refresh(budget=_read_budget(policy, 0.0))
+    except JobError as exc:
+        exc.job_urls = [url for url in dict.fromkeys([exc.job_url, *(job.url for job in jobs)]) if url]
+        raise
     pending = jobs
     while True:
         elapsed = clock() - start
@@ -737,7 +757,7 @@ def wait_all(jobs, policy=None, *, sleep=time.sleep, clock=time.monotonic, on_ph
                 continue
             sleep(_bounded(policy.delay(elapsed), remaining))
             for job in pending:
-                job.refresh()
+                job.refresh(budget=_read_budget(policy, clock() - start))
         except JobError as exc:
             exc.job_urls = [url for url in dict.fromkeys([exc.job_url, *urls]) if url]
             raise
@@ -763,5 +783,125 @@ def _settled(job, policy, seen, unknown, on_phase, elapsed):
     return False
 
 
+#: Seconds a last look at a job may take when its wait's time is up (then the timeout is raised).
+_LAST_LOOK = 1.0
+
+
+def _read_budget(policy, elapsed):
+    """Seconds one read of a job document may take: what is left of the wait, so a document
+    that trickles in cannot keep the wait alive past ``policy.timeout`` (by more than a last look)."""
+    remaining = policy.remaining(elapsed)
+    return None if remaining is None else max(remaining, _LAST_LOOK)
+
+
 def _bounded(seconds, remaining):
     return seconds if remaining is None else max(0.0, min(seconds, remaining))
+
+
+# --- a call's several SODA jobs -------------------------------------------------------------
+
+class JobBatch:
+    """The SODA jobs of one call (``stage_data``, ``cutout``, ``spectra``): submit, abort or
+    keep them when one fails, wait for them all, and collect their files.
+
+    Parameters
+    ----------
+    jobs : list of `SodaJob`
+    """
+
+    def __init__(self, jobs):
+        self.jobs = list(jobs)
+
+    @classmethod
+    def submit(cls, session, tokens, params=None, *, request=None, batch_size=None, timeout=30,
+               on_error="abort", service=""):
+        """Create and run as few jobs as possible (``batch_size`` tokens each, default
+        ``conf.job_batch_size``).
+
+        Each job URL is logged (INFO) the moment the job exists.  If job k of n cannot be
+        created or started, the jobs before it are aborted (``on_error="abort"``) or handed
+        back in the `JobSubmissionError` (``"keep"``), never left running unknown.
+
+        Parameters
+        ----------
+        session : `requests.Session`
+        tokens : list of `~astroquery_casda_ext.access.AccessToken`
+            All for one service (their ``service_url`` is the SODA async endpoint).
+        params : dict, optional
+            SODA parameters of every job.
+        request : `~astroquery_casda_ext.soda_params.SodaRequest`, optional
+            What the parameters came from (labels the results).
+        on_error : {'abort', 'keep'}
+        service : str
+            For the log lines.
+
+        Raises
+        ------
+        JobSubmissionError
+        """
+        if on_error not in ("abort", "keep"):
+            raise InvalidInputError(f"on_error must be 'abort' or 'keep', not {on_error!r}")
+        size = max(1, int(batch_size or conf.job_batch_size))
+        tokens = list(tokens)
+        batches = [tokens[start:start + size] for start in range(0, len(tokens), size)]
+        jobs = []
+        for number, batch in enumerate(batches, 1):
+            try:
+                job = SodaJob.create(session, batch[0].service_url, [t.token for t in batch], params or None,
+                                     timeout=timeout, request=request)
+                jobs.append(job)
+                job.run()
+            except JobError as exc:
+                if exc.job_url and all(made.url != exc.job_url for made in jobs):
+                    # made, but its first document was unusable: it is aborted or kept with the others
+                    jobs.append(SodaJob(session, exc.job_url, timeout=timeout, request=request))
+                raise cls(jobs)._submission_failed(number, len(batches), exc, on_error) from exc
+            log.info("Started %s job %s (%d of %d, %d product(s))", service, job.url, number, len(batches),
+                     len(batch))
+        return cls(jobs)
+
+    def _submission_failed(self, number, total, exc, on_error):
+        """The `JobSubmissionError` for job ``number`` of ``total``, after aborting or keeping the rest."""
+        jobs = self.jobs
+        what = f"job {number} of {total} could not be {'started' if exc.job_url else 'created'}: {exc.reason}"
+        if on_error == "keep" or not jobs:
+            kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
+            return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],
+                                      server_message=exc.server_message)
+        left = []
+        for job in jobs:
+            try:
+                job.abort()
+            except JobError:
+                left.append(job)
+        log.info("Aborted %d job(s) of this call after the failure", len(jobs) - len(left))
+        tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
+                if left else f"; the {len(jobs)} job(s) already made were aborted")
+        return JobSubmissionError(what + tail, jobs=jobs, job_urls=[job.url for job in jobs],
+                                  server_message=exc.server_message)
+
+    def finish(self, policy=None, *, verbose=False, sleep=time.sleep, clock=time.monotonic):
+        """Wait for every job (`wait_all`), raise the first failure naming every job of the
+        call, report regions that missed products, and return astroquery's list of URLs."""
+        on_phase = (lambda job, phase, elapsed: log.info("%s: %s after %.0f s", job.url, phase, elapsed)) \
+            if verbose else None
+        try:
+            wait_all(self.jobs, policy, on_phase=on_phase, sleep=sleep, clock=clock)
+            for job in self.jobs:
+                job.raise_if_error()
+        except JobError as exc:   # name every job of the call: none is lost with the error
+            exc.job_urls = list(dict.fromkeys([*exc.job_urls, *(job.url for job in self.jobs)]))
+            raise
+        urls = []
+        for job in self.jobs:
+            _report_misses(job)
+            urls.extend(job.result_urls())
+        return urls
+
+
+def _report_misses(job):
+    """Say (in the log) when regions missed products: CASDA answers those with error files."""
+    misses = job.error_files()
+    if misses:
+        log.warning("%d region/product combination(s) had no data (CASDA error files); they are not "
+                    "returned as data: see job.error_files() for %s", len(misses), job.url)

@@ -4,11 +4,11 @@ the login check) is retried here, and nowhere above.
 `ApiRetryAdapter`, mounted on the façade's session, sends a request again when the failure
 is transient, under one `RetryPolicy` and one total-time budget per call
 (``conf.request_budget``), so a failure reaches the user in seconds, not minutes.  Callers
-(pyvo, DataLink, SODA jobs, astroquery's ``_request``) never loop; the two places that must
-send a request again after its answer has started to arrive (a streamed TAP result that
-breaks off, a download resumed with ``Range``) ask a `RetryState` of the same policy, and
-a streamed query shares the adapter's state through `one_call`, so its retries and time
-are counted once.
+(the document reader, DataLink, jobs, astroquery's ``_request``) never loop: a body read
+whole is read inside the adapter's loop (`read_body`), so one cut short is asked for again
+here too.  The one place that must send a request again after its answer has started to
+be written (a download resumed with ``Range``) asks a `RetryState` of the same policy; a
+TAP result streamed to a file that breaks off is an error (nothing kept: run it again).
 
 Which failures are retried depends on the failure and on whether sending the request
 twice is harmless:
@@ -37,6 +37,19 @@ and the caller turns it into the package's public exception with the server's me
 urllib3's `~urllib3.util.Retry` is not used for the loop itself: it has no total-time
 budget, no injectable clock, cannot re-read a body cut short, and counts a refused
 connection, an unknown host name and a connect timeout as the same "connect" error.
+
+This module also owns the two other guarantees every request shares:
+
+* **bounded bodies**: `Pacing`, the one rule for how long a body may take (a total
+  deadline, or a minimum average rate after a grace; downloads and TAP streams use the
+  rate, documents the deadline), and `read_body`, which reads a body within a byte bound
+  counted on the *decoded* bytes (gzip and deflate are decoded here, ``max_length`` at a
+  time, so a small body that inflates to gigabytes stops at the bound).  Inside a
+  `bounded` block the adapter reads every body this way, within its retry loop.
+* **one failure mapper**: `failure` turns a requests/urllib3 failure, a body that broke a
+  bound, or an HTTP error status into the package's public exception, naming the URL
+  (redacted) and the server's own message.  Nothing else in the package catches
+  ``requests.RequestException`` to build an error.
 """
 import contextlib
 import contextvars
@@ -46,20 +59,23 @@ import random
 import re
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
 
 from . import conf
-from .errors import redact_url
+from .errors import CasdaLoginError, DownloadError, JobError, ServiceError, redact_url
 from .errors import package_logger
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
-           "describe_failure", "one_call", "gave_up", "TRANSIENT_STATUSES"]
+           "describe_failure", "TRANSIENT_STATUSES", "Pacing", "BodyBounds",
+           "BodyLimitError", "bounded", "read_body", "failure", "failures_as", "server_message", "rate_text"]
 
 log = package_logger(__name__)
 
@@ -230,36 +246,6 @@ class RetryState:
         return f"<RetryState retries={self.retries}/{self.policy.total} elapsed={self.elapsed:.1f}s>"
 
 
-_CALL = contextvars.ContextVar("astroquery_casda_ext_retry_call", default=None)
-
-
-class _Call:
-    """The `RetryState` shared by every request sent inside one `one_call` block."""
-
-    def __init__(self):
-        self.state = None
-
-    def retry(self, retry_after=None):
-        """Wait before sending the call again; False when its retries or budget are spent."""
-        return self.state is not None and self.state.wait(retry_after)
-
-
-@contextlib.contextmanager
-def one_call():
-    """Count every request sent inside the block as one call: one `RetryState`, one budget.
-
-    For the few callers that must send a request again after its answer began to arrive
-    (a streamed TAP result that broke off): ``with one_call() as call: ... if call.retry():``
-    so that the adapter's retries and theirs share one count and one time budget.
-    """
-    call = _Call()
-    token = _CALL.set(call)
-    try:
-        yield call
-    finally:
-        _CALL.reset(token)
-
-
 #: Methods that may be sent twice (RFC 9110 idempotent methods).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT", "TRACE"})
 
@@ -282,10 +268,9 @@ def _reads_only(request):
 
 
 def _streamed_query(request):
-    """A synchronous query whose answer is parsed as it streams in (pyvo's TAP ``sync``).
+    """A synchronous query whose answer is streamed to a file (``tap.TapClient.stream_to``).
 
-    It is retried here until its headers arrive; a body that breaks off later is sent for
-    again by its caller (`~astroquery_casda_ext.discovery.Discovery`), inside `one_call`.
+    It is retried here until its headers arrive; a body that breaks off later is an error.
     """
     return request.method == "POST" and bool(_READING_POST.search(urlsplit(request.url).path))
 
@@ -359,7 +344,7 @@ class ApiRetryAdapter(HTTPAdapter):
     """An `~requests.adapters.HTTPAdapter` that sends API requests again when CASDA is busy.
 
     See the module docstring for what is retried.  Each request is one call with its own
-    `RetryState` (retries and time budget), unless it is sent inside `one_call`.
+    `RetryState` (retries and time budget).
 
     Parameters
     ----------
@@ -385,30 +370,30 @@ class ApiRetryAdapter(HTTPAdapter):
         return state
 
     def _state(self):
-        call = _CALL.get()
-        if call is not None and call.state is not None:
-            return call.state
         policy = self.policy if self.policy is not None else RetryPolicy.for_api()
-        state = policy.start(sleep=self._sleep, clock=self._clock, rand=self._rand)
-        if call is not None:
-            call.state = state
-        return state
+        return policy.start(sleep=self._sleep, clock=self._clock, rand=self._rand)
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        if stream and not _streamed_query(request):
+        bounds = _BOUNDS.get()
+        if stream and bounds is None and not _streamed_query(request):
             # a download: the downloader resumes it with Range under its own RetryState
             return super().send(request, stream, timeout, verify, cert, proxies)
         state = self._state()
+        if bounds is None and not stream:
+            # a body read whole (astroquery's _request, pyvo): the largest bounds, never none
+            bounds = BodyBounds(int(conf.table_max_bytes), Pacing.for_streams(), self._clock(), self._clock)
+        if bounds is not None and "Accept-Encoding" in request.headers:
+            request.headers["Accept-Encoding"] = DOCUMENT_CODINGS   # the codings read_body decodes
         reads_only = _reads_only(request)
         while True:
             try:
                 response = super().send(request, stream, timeout, verify, cert, proxies)
-                if not stream:
-                    response.content   # read here, so that a body cut short can be asked for again
+                if bounds is not None:
+                    # read here, within the bounds, so that a body cut short can be asked for again
+                    read_body(response, bounds, error_page=response.status_code >= 400)
             except requests.RequestException as exc:
                 if not _worth_resending(exc, reads_only) or \
                         not state.wait(within=state.policy.refused_budget if _refused(exc) else None):
-                    exc.casda_retries_spent = True   # see gave_up(): no caller sends it again
                     raise
                 why = describe_failure(exc)
             else:
@@ -421,18 +406,6 @@ class ApiRetryAdapter(HTTPAdapter):
                 response.close()
             log.info("%s %s: %s; sent again (retry %d of at most %d, %.1f s into the call)", request.method,
                      redact_url(request.url), why, state.retries, state.policy.total, state.elapsed)
-
-
-def gave_up(exc):
-    """True when ``exc`` (or its cause) was raised by `ApiRetryAdapter` after deciding not to
-    retry: a caller that sends again after a broken-off body must not retry it a second time."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if getattr(exc, "casda_retries_spent", False):
-            return True
-        seen.add(id(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return False
 
 
 def mount_api_retries(session, policy=None, **kwargs):
@@ -469,3 +442,318 @@ def install_log_redaction():
     logger = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, RedactQueryStrings) for f in logger.filters):
         logger.addFilter(RedactQueryStrings())
+
+
+# --- bounded bodies -------------------------------------------------------------------------------
+
+def rate_text(rate):
+    """A rate in bytes per second, for messages: ``"512 B/s"``, ``"1.5 kB/s"``, ``"12.0 MB/s"``."""
+    for unit in ("B/s", "kB/s", "MB/s"):
+        if rate < 1000 or unit == "MB/s":
+            return f"{rate:.0f} {unit}" if unit == "B/s" else f"{rate:.1f} {unit}"
+        rate /= 1000.0
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How long a body may take: the one pacing rule of every body the package reads.
+
+    A body breaks the rule when it is still arriving ``deadline`` seconds after its call
+    began, or when, after ``grace`` seconds, it has averaged less than ``min_rate`` bytes
+    per second.  Documents (job, DataLink, metadata) are judged by the deadline
+    (``conf.request_budget``); large bodies whose size is not known in advance (downloads,
+    TAP streams and tables) by the rate (``conf.download_min_rate`` after
+    ``conf.download_grace``), so a trickle ends and a large answer at a healthy rate does not.
+    """
+
+    #: Seconds from the call's start after which the body is given up (None: no deadline).
+    deadline: float | None = None
+    #: Slowest average bytes per second after ``grace`` seconds (0: no minimum).
+    min_rate: float = 0.0
+    #: Seconds before ``min_rate`` applies.
+    grace: float = 0.0
+
+    @classmethod
+    def for_documents(cls):
+        """A deadline of ``conf.request_budget`` seconds (read now; 0 means none)."""
+        budget = float(conf.request_budget)
+        return cls(deadline=budget if budget > 0 else None)
+
+    @classmethod
+    def for_streams(cls):
+        """``conf.download_min_rate`` bytes per second after ``conf.download_grace`` seconds (read now)."""
+        return cls(min_rate=float(conf.download_min_rate), grace=float(conf.download_grace))
+
+    def breach(self, done, elapsed):
+        """None while a body of ``done`` bytes after ``elapsed`` seconds keeps to the rule, else
+        why it does not, in words for an error message."""
+        if self.deadline is not None and elapsed > self.deadline:
+            return f"{done:,} bytes after {elapsed:.1f} s, past the budget of {self.deadline:g} s"
+        if self.min_rate and elapsed > self.grace + done / self.min_rate:
+            return (f"{done} bytes in {elapsed:.0f} s ({rate_text(done / elapsed)}), below the minimum "
+                    f"rate of {rate_text(self.min_rate)}")
+        return None
+
+    def time_left(self, done, elapsed):
+        """Seconds the next read may wait before the rule is broken (None: no limit)."""
+        limits = []
+        if self.deadline is not None:
+            limits.append(self.deadline - elapsed)
+        if self.min_rate:
+            limits.append(self.grace + done / self.min_rate - elapsed)
+        return max(0.0, min(limits)) if limits else None
+
+
+class BodyLimitError(Exception):
+    """A body broke its byte bound or its `Pacing` (``why`` says how); `failure` maps it to
+    the caller's public exception.  Never retried: the server would do it again."""
+
+    def __init__(self, why):
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class BodyBounds:
+    """The bounds of the bodies read inside one `bounded` block."""
+
+    max_bytes: int
+    pacing: Pacing
+    started: float
+    clock: object = time.monotonic
+    #: The setting that gave ``max_bytes`` (named in the error).
+    setting: str = "conf.table_max_bytes"
+
+    def elapsed(self):
+        return self.clock() - self.started
+
+
+_BOUNDS = contextvars.ContextVar("astroquery_casda_ext_body_bounds", default=None)
+
+
+@contextlib.contextmanager
+def bounded(max_bytes, pacing=None, *, clock=time.monotonic, setting="conf.document_max_bytes"):
+    """Read every body of the requests sent inside the block with `read_body`, within
+    ``max_bytes`` decoded bytes and ``pacing`` (default `Pacing.for_documents`), counted
+    from the start of the block (so retries share the time).  Yields the `BodyBounds`."""
+    bounds = BodyBounds(int(max_bytes), pacing or Pacing.for_documents(), clock(), clock, setting)
+    token = _BOUNDS.set(bounds)
+    try:
+        yield bounds
+    finally:
+        _BOUNDS.reset(token)
+
+
+#: Content codings `read_body` decodes itself (what documents are asked for).
+DOCUMENT_CODINGS = "gzip, deflate"
+_DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "x-gzip": lambda: zlib.decompressobj(
+    16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
+_READ_SIZE = 1 << 16
+#: Most decoded bytes made from one step of decompression.
+_DECODED_STEP = 1 << 20
+#: The most of an error page that is read (an error message quotes its beginning only).
+_ERROR_TEXT_BYTES = 64 << 10
+
+
+def _socket_of(raw):
+    connection = getattr(raw, "_connection", None)
+    return getattr(connection, "sock", None)
+
+
+def read_some(raw, pacing, done, elapsed, *, size=_READ_SIZE, decode_content=False):
+    """The next bytes of a body that have arrived (b"" at its end), never waiting past ``pacing``.
+
+    The socket's timeout is shortened to the time the rule leaves (``done`` bytes so far,
+    ``elapsed()`` seconds since the call began), so neither a trickle nor a stall outlives it.
+
+    Raises
+    ------
+    BodyLimitError
+        The body broke the rule.
+    requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError
+        The body broke off or timed out (the read timeout).
+    """
+    sock = _socket_of(raw)
+    read_timeout = sock.gettimeout() if sock is not None else None
+    left = pacing.time_left(done, elapsed())
+    if sock is not None and left is not None:
+        sock.settimeout(max(0.01, min(left + 0.01, read_timeout or left + 0.01)))
+    try:
+        chunk = raw.read1(size, decode_content=decode_content)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        why = pacing.breach(done, elapsed())
+        if why:
+            raise BodyLimitError(why) from None
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError, OSError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    finally:
+        if sock is not None and read_timeout is not None and left is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(read_timeout)
+    why = pacing.breach(done + len(chunk), elapsed())
+    if why:
+        raise BodyLimitError(why)
+    return chunk
+
+
+def read_body(response, bounds, *, error_page=False):
+    """Read ``response``'s whole body within ``bounds``; sets ``response.content``.
+
+    An ``error_page`` (an answer with an error status) is read only up to its first 64 KiB,
+    all an error message quotes; the rest is never read.
+
+    Reads what has arrived (``read1``), never waiting past the pacing rule (the socket's
+    timeout is shortened to the time left), and decodes gzip/deflate here with
+    ``max_length``, so no more than ``bounds.max_bytes + 1`` decoded bytes are ever held.
+
+    Raises
+    ------
+    BodyLimitError
+        Too many bytes, too slow, or a content coding this client does not decode.
+    requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError
+        The body broke off (the adapter may send the request again).
+    """
+    if response._content is not False:   # requests' own marker of a body not yet read
+        return response.content
+    raw = response.raw
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    try:
+        if coding not in ("", "identity") and coding not in _DECODERS:
+            raise BodyLimitError(f"is encoded as {coding!r}, which this client does not decode")
+        decoder = _DECODERS[coding]() if coding in _DECODERS else None
+        parts, size, room = [], 0, min(bounds.max_bytes, _ERROR_TEXT_BYTES) if error_page else bounds.max_bytes
+        while True:
+            chunk = read_some(raw, bounds.pacing, size, bounds.elapsed)
+            if not chunk:
+                if decoder is not None:
+                    tail = decoder.flush()
+                    size += len(tail)
+                    parts.append(tail)
+                break
+            data = chunk
+            while data:
+                # at most one read's worth of output at a time: zlib holds a second copy of each piece
+                piece = decoder.decompress(data, min(room - size + 1, _DECODED_STEP)) if decoder is not None \
+                    else data
+                data = decoder.unconsumed_tail if decoder is not None else b""
+                size += len(piece)
+                if size > room and error_page:
+                    parts.append(piece[:len(piece) - (size - room)])
+                    response._content = b"".join(parts)
+                    response._content_consumed = True
+                    response.close()   # the rest is not read: the connection cannot be used again
+                    return response._content
+                if size > room:
+                    raise BodyLimitError(f"is longer than {room:,} bytes{' once decoded' if decoder else ''} "
+                                         f"({bounds.setting})")
+                parts.append(piece)
+    except zlib.error as exc:
+        response.close()
+        raise BodyLimitError(f"is not valid {coding} ({exc})") from None
+    except BaseException:
+        response.close()   # never hand a half-read connection back to the pool
+        raise
+    response._content = b"".join(parts)
+    response._content_consumed = True
+    raw.release_conn()
+    return response._content
+
+
+# --- the one failure mapper --------------------------------------------------------------------
+
+def server_message(response, limit=500):
+    """The server's own words from an error response, readable and bounded.
+
+    CASDA answers errors as plain text (``FAILURE: ...``) when asked with
+    ``Accept: text/plain``, and otherwise as an HTML page; tags are dropped here.  A body not
+    yet read (a streamed answer) is read only up to 64 KiB.
+    """
+    if response._content is False:   # streamed and not read: take its beginning only
+        with contextlib.suppress(Exception):
+            with bounded(_ERROR_TEXT_BYTES, Pacing(deadline=5.0)) as bounds:
+                read_body(response, bounds, error_page=True)
+        if response._content is False:
+            response._content = b""
+    text = response.text or ""
+    if "<" in text and re.search(r"<(html|body|h1|p|div|title)\b", text, re.IGNORECASE):
+        text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
+        text = re.sub(r"<[^>]+>", " ", text)
+    return squeeze(text, limit) or f"HTTP {response.status_code} {response.reason or ''}".strip()
+
+
+def squeeze(text, limit):
+    """``text`` on one line, at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _build(kind, message, url, status, said, details):
+    if issubclass(kind, ServiceError):
+        return kind(message, url=url, status=status, server_message=said, **details)
+    if issubclass(kind, JobError):
+        return kind(message, server_message=said, **details)
+    if issubclass(kind, DownloadError):
+        return kind(message, url=url, **details)
+    return kind(message)
+
+
+def failure(exc=None, *, url, what, kind=ServiceError, response=None, statuses=None, scrub=None, **details):
+    """The package's public exception for a request that failed; the caller raises it.
+
+    The one place a transport failure becomes a package error.  The message says what was
+    being done, names the URL (redacted: no query string, no user info) and gives the
+    server's own words or the reason no answer came.
+
+    Parameters
+    ----------
+    exc : Exception, optional
+        A `requests.RequestException` (no usable answer: timeouts, resets, TLS, DNS), a
+        `BodyLimitError`, or None when ``response`` carries an HTTP error status.
+    url : str
+        The request's URL.
+    what : str
+        What was being done, e.g. ``"reading the job"``, ``"CASDA TAP query"``.
+    kind : type
+        The exception to raise (a `~astroquery_casda_ext.errors.CasdaError` subclass).
+    response : `requests.Response`, optional
+        An answer with an error status (>= 400).
+    statuses : dict, optional
+        ``{status: (kind, message or None)}`` for statuses with their own meaning (e.g.
+        404/410 for a job); by default 401 and 403 are a
+        `~astroquery_casda_ext.errors.CasdaLoginError`.
+    scrub : callable, optional
+        Applied to the server's text (e.g. removes access tokens it echoed).
+    **details
+        Passed to ``kind`` (e.g. ``job_url``, ``phase`` of a `JobError`).
+
+    Returns
+    -------
+    CasdaError
+    """
+    shown = redact_url(url)
+    scrub = scrub or (lambda text: text)
+    if isinstance(exc, BodyLimitError):
+        return _build(kind, f"{what}: the answer from {shown} {exc.why}; stopped", url, None, None, details)
+    if exc is not None:
+        return _build(kind, f"{what}: no answer from {shown} ({describe_failure(exc)})", url, None, None,
+                      details)
+    status = response.status_code
+    said = scrub(server_message(response))
+    special = dict(statuses or {})
+    special.setdefault(401, (CasdaLoginError, None))
+    special.setdefault(403, (CasdaLoginError, None))
+    special_kind, special_text = special.get(status, (kind, None))
+    message = special_text or f"{what} failed: HTTP {status} from {shown}: {said}"
+    if special_kind is CasdaLoginError:
+        return CasdaLoginError(f"{what}: CASDA rejected the login (HTTP {status} from {shown}): {said}")
+    return _build(special_kind, message, url, status, said, details)
+
+
+@contextlib.contextmanager
+def failures_as(kind=ServiceError, *, url, what, **details):
+    """Raise `failure` (as ``kind``) for any transport failure or broken bound inside the block."""
+    try:
+        yield
+    except (requests.RequestException, BodyLimitError) as exc:
+        raise failure(exc, url=url, what=what, kind=kind, **details) from exc

@@ -164,7 +164,7 @@ def run_child(*args, timeout=7200):
 
 def _ours(url):
     from astroquery_casda_ext import CasdaClass
-    from astroquery_casda_ext.tap import _pyarrow
+    from astroquery_casda_ext.tap.rows import _pyarrow
     _pyarrow()          # pyarrow is imported on first use: an import, kept out of the timing like pyvo's
     client = CasdaClass(server=url)
     # The warm-up goes through RecordingProxy, which answers only once the emulator (about

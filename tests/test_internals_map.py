@@ -87,6 +87,104 @@ def test_the_map_names_the_client_modules_that_import_the_emulator():
     assert importers == set(re.findall(r"``(\w+\.py)``", statement.group()))
 
 
+# --- each guarantee in one layer -----------------------------------------------------------------
+
+CLIENT_FILES = sorted(path for path in PACKAGE.rglob("*.py") if "emulator" not in path.relative_to(PACKAGE).parts)
+
+
+def _name(path):
+    return str(path.relative_to(PACKAGE))
+
+
+def _dotted(node):
+    """``a.b.c`` of a Name/Attribute chain ('' for anything else)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+#: Parsers of XML/VOTable documents: only the document reader may use them on network answers.
+_PARSERS = ("astropy.io.votable", "pyvo.io.uws", "pyvo.dal", "xml.etree", "xml.dom", "xml.sax", "pyexpat",
+            "lxml", "defusedxml")
+
+
+def _absolute_imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+def test_only_the_document_reader_parses_network_documents():
+    """XML and VOTable parsers are imported by ``documents.py`` alone (pyvo's ADQL ``escape``
+    is no parser)."""
+    users = {_name(path) for path in CLIENT_FILES
+             for module in _absolute_imports(ast.parse(path.read_text(encoding="utf-8")))
+             if module.startswith(_PARSERS) and module != "pyvo.dal.tap"}
+    assert users == {"documents.py"}
+
+
+def _except_types(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            kinds = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            yield from (_dotted(kind) for kind in kinds)
+
+
+#: Where requests' and urllib3's exceptions may be caught: the failure mapper, and the download
+#: transfer loop, which classifies failures for its resume logic (wording them with
+#: ``transport.describe_failure``).
+FAILURE_LAYERS = {"transport.py", "download/http.py", "download/transfer.py", "download/executors.py"}
+
+
+def test_only_transport_maps_transport_failures():
+    catching = {_name(path) for path in CLIENT_FILES
+                for kind in _except_types(ast.parse(path.read_text(encoding="utf-8")))
+                if kind.startswith(("requests.", "urllib3.")) or kind in ("RequestException", "TRANSPORT_ERRORS")}
+    assert catching <= FAILURE_LAYERS and "transport.py" in catching
+
+
+def _loops_calling(tree, attribute):
+    for loop in (node for node in ast.walk(tree) if isinstance(node, (ast.While, ast.For))):
+        for node in ast.walk(loop):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute:
+                yield loop
+
+
+def test_one_poll_loop():
+    """Only ``jobs.py`` looks at a job again in a loop (``refresh`` or ``_blocking_refresh``),
+    and only in ``wait_all``."""
+    pollers = {}
+    for path in CLIENT_FILES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        functions = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]
+        for function in functions:
+            if any(True for attribute in ("refresh", "_blocking_refresh") for _ in _loops_calling(function, attribute)):
+                pollers.setdefault(_name(path), set()).add(function.name)
+    assert pollers == {"jobs.py": {"wait_all"}}
+
+
+def test_one_query_status_rule_one_document_reader_one_failure_mapper():
+    """``QUERY_STATUS`` is compared, and documents fetched and parsed, in ``documents.py`` only;
+    bodies are read within bounds and failures mapped in ``transport.py`` only."""
+    for path in CLIENT_FILES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        compares = [node for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                    and node.value == "QUERY_STATUS"]
+        defines = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        if _name(path) != "documents.py":
+            assert not compares, f"{_name(path)} reads QUERY_STATUS itself"
+            assert not defines & {"parse_job_document", "status_of", "query_status", "fetch"}, _name(path)
+        if _name(path) != "transport.py":
+            assert not defines & {"read_body", "failure", "read_some"}, _name(path)
+
+
 def _service_table_column(title):
     """The ``x.py`` names in one column of the emulator's per-service table."""
     lines = EMULATOR_SECTION[EMULATOR_SECTION.index("service       state"):].splitlines()

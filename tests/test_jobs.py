@@ -351,7 +351,7 @@ def test_a_persistent_503_while_polling_ends_in_seconds_naming_the_job(mocked, f
 def test_a_garbled_document_while_polling_keeps_the_job_url(mocked, fake_time):
     job = loaded(mocked, "job_executing.xml")
     mocked.get(JOB, body=b"<html>proxy error page</html>", content_type="text/html")
-    with pytest.raises(JobError, match="reading job .*UWS job document") as info:
+    with pytest.raises(JobError, match="reading the job: .* answered with text/html, not an XML document") as info:
         job.wait(sleep=fake_time.sleep, clock=fake_time.clock)
     assert info.value.job_url == JOB and f"load_job('{JOB}')" in str(info.value)
 

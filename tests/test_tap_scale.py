@@ -16,7 +16,8 @@ from astroquery_casda_ext import CasdaClass
 from astroquery_casda_ext.emulator import CasdaEmulator, FaultRule
 from astroquery_casda_ext.errors import (IncompleteResultError, IncompleteResultWarning, InvalidInputError,
                                          PartitionedQueryError, QueryError)
-from astroquery_casda_ext.tap import (MANIFEST_NAME, _PacedReader, read_casda_csv, relaxed_votable,
+from astroquery_casda_ext.tap.rows import _PacedReader
+from astroquery_casda_ext.tap import (MANIFEST_NAME, read_casda_csv, relaxed_votable,
                                       split_select)
 
 ROWS = 2000

@@ -42,7 +42,7 @@ from pathlib import Path
 from ..checksum import ChecksumAccumulator
 from ..errors import ChecksumMismatchError, DownloadError, UnsafeFilenameError, redact_url
 from ..errors import package_logger
-from ..transport import RetryPolicy
+from ..transport import Pacing, RetryPolicy
 from . import naming
 from .http import (TRANSPORT_ERRORS, Fatal, Restart, SessionSpec, Transient, attempts_text, content_length,
                    describe, fetch_small, open_stream, parse_content_range, read_expected, worker_session)
@@ -337,13 +337,6 @@ def _fill(reader, block, pace):
     return filled, None, False
 
 
-def _rate_text(rate):
-    for unit in ("B/s", "kB/s", "MB/s"):
-        if rate < 1000 or unit == "MB/s":
-            return f"{rate:.0f} {unit}" if unit == "B/s" else f"{rate:.1f} {unit}"
-        rate /= 1000.0
-
-
 # --- one file -----------------------------------------------------------------------------------
 
 class _Transfer:
@@ -587,13 +580,12 @@ class _Transfer:
         reader = _body_reader(response, self.coding)
         received, started = 0, self.hooks.clock()
 
+        pacing = Pacing(min_rate=self.config.min_rate, grace=self.config.grace)   # the streams' one rule
+
         def pace(filled):
-            elapsed = self.hooks.clock() - started
-            done = received + filled
-            if self.config.min_rate and elapsed > self.config.grace + done / self.config.min_rate:
-                raise Fatal(f"{self.final.name}: {done} bytes in {elapsed:.0f} s "
-                            f"({_rate_text(done / elapsed)}), below the minimum rate of "
-                            f"{_rate_text(self.config.min_rate)}; stopped (the partial file is kept)")
+            why = pacing.breach(received + filled, self.hooks.clock() - started)
+            if why:
+                raise Fatal(f"{self.final.name}: {why}; stopped (the partial file is kept)")
 
         discard = None      # why the .part must start again, once every block handed over is written
         with Sink(self._part_fd(), offset, self.accumulator, self.config,
