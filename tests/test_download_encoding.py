@@ -32,9 +32,9 @@ def bulk_file(bulk_files):
     return bulk_files[0]
 
 
-def download(items, savedir, **options):
-    downloader = Downloader(requests.Session(), progress=False, retry=RetryPolicy(jitter=0.0),
-                            sleep=lambda seconds: None, **options)
+def download(items, savedir, *, retry=RetryPolicy(jitter=0.0), **options):
+    downloader = Downloader(requests.Session(), progress=False, retry=retry, sleep=lambda seconds: None,
+                            **options)
     return downloader.download(items, savedir)
 
 
@@ -118,3 +118,19 @@ def test_files_are_asked_for_unencoded_and_other_codings_are_refused(tmp_path):
     assert "Content-Encoding: br, which this client does not decode" in row["message"]
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_an_encoded_answer_to_a_range_request_starts_the_file_again(bulk_emulator, bulk_file, tmp_path):
+    """A resumed file answered with a gzip-encoded 206: its offsets are not the file's, so the
+    .part is not continued from it; the file is fetched again from zero and verified."""
+    since = len(bulk_emulator.request_log)
+    bulk_emulator.add_fault(FaultRule(path=DATA, kind="truncate", after_bytes=1_000_000, times=1))
+    first = download([bulk_file], tmp_path, retry=RetryPolicy(total=0, jitter=0.0))
+    assert first.table["status"][0] == "ERROR"
+    assert (tmp_path / (bulk_file.filename + ".part")).stat().st_size == 1_000_000
+    bulk_emulator.add_fault(FaultRule(path=DATA, kind="gzip", times=2))
+    row = download([bulk_file], tmp_path).table[0]
+    assert (row["status"], row["checksum_status"]) == ("COMPLETE", "verified")
+    assert open(row["path"], "rb").read() == original(bulk_emulator, bulk_file)
+    statuses = [entry.status for entry in bulk_emulator.request_log[since:] if entry.path.endswith(".fits")]
+    assert statuses == [200, 206, 200]     # cut; the rest, encoded: not continued; the whole file, encoded
