@@ -92,3 +92,27 @@ def memory_keyring():
     backend = MemoryKeyring()
     keyring.set_keyring(backend)   # _hermetic_environment restores the previous backend
     return backend
+
+
+@pytest.fixture
+def casda_cli(emulator, capsys, monkeypatch):
+    """Run ``casda ARGS`` in this process (no interpreter start-up; still real HTTP to the
+    emulator), with the built-in account in the environment and ``--server`` the emulator.
+
+    Returns a `subprocess.CompletedProcess` (``returncode``, ``stdout``, ``stderr``).
+    """
+    import subprocess
+    from astroquery_casda_ext import cli
+
+    def run(*args, password=True, user=True, server=True):
+        for name, value, wanted in (("CASDA_USER", emulator.username, user),
+                                    ("CASDA_PASSWORD", emulator.password, password)):
+            if wanted:
+                monkeypatch.setenv(name, value)
+            else:
+                monkeypatch.delenv(name, raising=False)
+        argv = [str(arg) for arg in args] + (["--server", emulator.url] if server else [])
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+    return run

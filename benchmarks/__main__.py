@@ -27,7 +27,7 @@ from pathlib import Path
 from . import workloads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 #: Workloads of ``benchmarks/tap_scale.py`` (catalogue-scale TAP), imported only when selected.
 TAP_SCALE = ("W5", "W6")
 #: W4 reads the request counts of these workloads' runs.
@@ -110,12 +110,14 @@ def run_workloads(selected, scale, workdir, progress=None):
     """
     tap_scale = tap_scale_module() if set(TAP_SCALE) & set(selected) else None
     counted = COUNTED if selected == ("W4",) else tuple(name for name in COUNTED if name in selected)
-    runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3}
+    from .cli_startup import run_w8
+    runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3,
+               "W8": run_w8}
     for name in TAP_SCALE:
         runners[name] = (lambda scale_, workdir_, _name=name: getattr(tap_scale, f"run_{_name.lower()}")(
             scale_, workdir_))
     results = {}
-    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6"):
+    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6", "W8"):
         if name not in selected and not (name in counted and "W4" in selected):
             continue
         try:
