@@ -95,6 +95,30 @@ def memory_keyring():
 
 
 @pytest.fixture
+def casda_cli(emulator, capsys, monkeypatch):
+    """Run ``casda ARGS`` in this process (no interpreter start-up; still real HTTP to the
+    emulator), with the built-in account in the environment and ``--server`` the emulator.
+
+    Returns a `subprocess.CompletedProcess` (``returncode``, ``stdout``, ``stderr``).
+    """
+    import subprocess
+    from astroquery_casda_ext import cli
+
+    def run(*args, password=True, user=True, server=True):
+        for name, value, wanted in (("CASDA_USER", emulator.username, user),
+                                    ("CASDA_PASSWORD", emulator.password, password)):
+            if wanted:
+                monkeypatch.setenv(name, value)
+            else:
+                monkeypatch.delenv(name, raising=False)
+        argv = [str(arg) for arg in args] + (["--server", emulator.url] if server else [])
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+    return run
+
+
+@pytest.fixture
 def closed_port():
     """A loopback port nothing listens on (connections to it are refused)."""
     import socket

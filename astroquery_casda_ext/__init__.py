@@ -80,6 +80,20 @@ class Conf(_config.ConfigNamespace):
 
 conf = Conf()
 
-from .core import Casda, CasdaClass  # noqa: E402
-
 __all__ = ['Casda', 'CasdaClass', 'conf', 'Conf']
+_FACADE = ('Casda', 'CasdaClass')
+
+
+def __getattr__(name):
+    # The façade, and with it astroquery.query (pyvo's registry, astropy's tables: 0.7 s), is
+    # imported when first asked for, so that the emulator, the checksum module and the command
+    # line's help start without it (PEP 562).
+    if name in _FACADE:
+        from . import core
+        globals().update((key, getattr(core, key)) for key in _FACADE)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FACADE))

@@ -5,10 +5,14 @@ Every command is a thin layer over the `~astroquery_casda_ext.CasdaClass` façad
 and prints.  `main` takes ``argv`` and *returns* the exit code, so tests call it directly;
 ``python -m astroquery_casda_ext.cli`` and the ``casda`` console script both run it.
 
-Where things are printed: results (tables, job URLs, summaries) go to standard output;
-narration, progress and warnings go to standard error, so ``casda ... --json | jq`` and
-``casda query ... > table.txt`` stay clean.  Errors are one line on standard error, never
-a traceback (``--debug`` shows it).
+Where things are printed: results (tables, job URLs, summaries) go to standard output and
+nothing else does; narration, progress, warnings and the ``-v``/``--debug`` log go to
+standard error at every verbosity, so ``casda ... --json | jq`` and ``casda query ... -o -``
+stay clean.  Errors are one line on standard error, never a traceback (``--debug`` shows it).
+
+Values are read by click parameter types that call the library's own parsers
+(`~astroquery_casda_ext.regions`), so ``--radius 0.5`` means what ``radius=0.5`` means in
+Python.  Only click is imported at start-up: ``casda --help`` must not pay for astropy.
 """
 import contextlib
 import functools
@@ -23,20 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
-from astropy import units as u
-from astropy.table import Table
-from astropy.time import Time
 
-from . import __version__, conf
-from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, JobTimeoutError,
-                     MissingDependencyError, NoAccessError, NotLoggedInError, ServiceError, UnsafeFilenameError,
-                     plain_text, redact_url)
-from .errors import package_logger
-from .writer import refuse_link, refuse_reserved, write_bytes
+from . import __version__
 
 __all__ = ["main", "cli", "EXIT_OK", "EXIT_NOTHING_FOUND", "EXIT_USAGE", "EXIT_LOGIN", "EXIT_JOB",
-           "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES"]
+           "EXIT_DOWNLOAD", "EXIT_SERVICE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "COLLECTION_ALIASES",
+           "EXIT_CODES"]
 
 EXIT_OK = 0
 #: The request was valid but matched nothing (no images, no sources above the flux limit).
@@ -50,17 +46,29 @@ EXIT_SERVICE = 6
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
-EXIT_CODES_HELP = """\b
-Exit codes (the same for every command):
-  0    success
-  1    nothing matched (no rows, images, cubes or sources above the flux limit)
-  2    usage error: bad arguments, coordinates, source file, unwritable destination
-  3    login failed or no credentials (wrong password, unsafe password file)
-  4    a CASDA job failed, expired, was aborted or timed out
-  5    a download failed or did not match its checksum
-  6    another CASDA service error (query, DataLink, no connection)
-  70   internal error (rerun with --debug for the traceback)
-  130  interrupted (Ctrl-C); a started job goes on: 'casda job URL --wait'
+#: The one exit-code table: (code, situation); ``casda --help`` and docs/cli.rst show it.
+EXIT_CODES = (
+    (EXIT_OK, "success, also a rerun that found everything already there and verified"),
+    (EXIT_NOTHING_FOUND, "nothing matched: no rows, images, cubes or sources above the flux limit, "
+                         "an unknown product, or no position inside any footprint"),
+    (EXIT_USAGE, "usage error: bad arguments, values, coordinates, source file, unwritable destination "
+                 "or -o file (checked before anything is sent; nothing is created)"),
+    (EXIT_LOGIN, "login failed or no credentials (no user name, wrong password, unsafe password file)"),
+    (EXIT_JOB, "a CASDA job failed, expired, was aborted or timed out"),
+    (EXIT_DOWNLOAD, "a download failed or did not match its checksum"),
+    (EXIT_SERVICE, "another CASDA service error, or no connection (CASDA, the name resolver)"),
+    (EXIT_INTERNAL, "internal error (rerun with --debug for the traceback)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); a started job goes on: 'casda job URL --wait'"),
+)
+
+
+def _wrapped(text, indent=7, width=92):
+    import textwrap
+    return textwrap.fill(text, width=width, initial_indent="", subsequent_indent=" " * indent)
+
+
+EXIT_CODES_HELP = "\b\nExit codes (the same for every command):\n" + "\n".join(
+    f"  {code:<4} {_wrapped(text)}" for code, text in EXIT_CODES) + """
 
 \b
 Credentials (never on the command line), first found wins:
@@ -69,10 +77,16 @@ Credentials (never on the command line), first found wins:
   No keyring (headless, HPC)? Use the first two, or: pip install keyrings.alt
 
 \b
+Values: angles with units or plain degrees (2arcmin, 0.5deg, 0.5); positions in degrees,
+  sexagesimal (RA in hours) or an object name; --band LOW HIGH with units ('-' for an open
+  end); --channel FIRST LAST (1-based); --time START END (ISO dates or MJD).
 Output: tables go to the screen; -o FILE writes .xml/.vot, .csv or .ecsv;
   -o - with --format {table,csv,ecsv,votable,json} writes them to stdout.
+  Logs (-v: each HTTP request; --debug: with headers, secrets masked) go to stderr.
 Options: --radius is always a search cone; --cutout-radius (alias --size)
-  is always the size of a cutout."""
+  is always the size of a cutout.
+Reruns: the same command into the same DEST only verifies; a changed request
+  fetches what it needs under new names."""
 
 #: Formats of ``-o -`` (standard output), by ``--format``; ``table`` is the screen layout.
 STDOUT_FORMATS = {"table": None, "csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable",
@@ -105,7 +119,8 @@ _JOB_URL = re.compile(r"/data/async/[^/?#]+/?$")
 _OBSCORE_SCREEN_COLUMNS = ("obs_publisher_did", "obs_id", "obs_collection", "dataproduct_subtype",
                            "filename", "s_ra", "s_dec", "t_min", "em_min", "em_max", "obs_release_date")
 
-log = package_logger("astroquery_casda_ext.cli")
+#: The logger of the ``-v`` request log (one line per HTTP exchange), made by `_request_log`.
+HTTP_LOGGER = "astroquery_casda_ext.http"
 
 
 class NothingFound(Exception):
@@ -155,6 +170,9 @@ def _isatty(stream):
 
 
 def _json_default(value):
+    import numpy as np
+    from astropy import units as u
+    from astropy.time import Time
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, u.Quantity):
@@ -164,11 +182,38 @@ def _json_default(value):
     return str(value)
 
 
+def plain_text(text):
+    """Text made safe for the terminal, control characters escaped (`errors.plain_text`; imported
+    when first needed, so that the help costs nothing more than click)."""
+    from .errors import plain_text as escaped
+    return escaped(text)
+
+
 def _one_line(text, limit=600):
     """``text`` on one line, control characters escaped (server text reaches the terminal here)."""
     lines = [plain_text(line.strip()) for line in str(text).splitlines() if line.strip()]
     joined = "; ".join(lines) if lines else plain_text(str(text))
     return joined if len(joined) <= limit else joined[:limit - 3] + "..."
+
+
+#: Python spellings in the library's messages, and what a shell user types instead.
+_SHELL_TERMS = (
+    (re.compile(r"(\d+(?:\.\d+)?)\s*\*\s*u\.([A-Za-z]+)"), r"\1\2"),            # 0.5 * u.deg -> 0.5deg
+    (re.compile(r"\bpass username=\s*(\([^)]*\))?"), "give --user "),
+    (re.compile(r"\busername=\b"), "--user "),
+    (re.compile(r"\brest_frequency\b"), "--rest-frequency"),
+    (re.compile(r"\bpassword_file\b"), "--password-file"),
+    (re.compile(r"use None for an open end"), "use '-' for an open end"),
+    (re.compile(r"\bor None\b"), "or '-'"),
+    (re.compile(r"call Casda\.login\(\) first"), "log in ('casda login', CASDA_PASSWORD or --password-file)"),
+)
+
+
+def shell_terms(text):
+    """A library message in the shell's words (``--user``, ``0.5deg``), not Python's."""
+    for pattern, replacement in _SHELL_TERMS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JobProgress:
@@ -200,6 +245,142 @@ class JobProgress:
     def _clear(self):
         if self.console.interactive and self._status is not None:
             click.echo("\r" + " " * 60 + "\r", err=True, nl=False)
+
+
+# --- values: click types over the library's parsers ---------------------------------------------
+
+class LibraryValue(click.ParamType):
+    """A click type whose text goes to one of the library's parsers.
+
+    The CLI and Python then read a value alike; the library's error (an
+    `~astroquery_casda_ext.errors.InvalidInputError`) becomes click's usage error, in the
+    shell's words.
+    """
+
+    def parse(self, text):
+        raise NotImplementedError
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        from .errors import InvalidInputError
+        try:
+            return self.parse(value.strip())
+        except InvalidInputError as exc:
+            self.fail(shell_terms(str(exc)), param, ctx)
+
+
+class Angle(LibraryValue):
+    """An angle with units (``2arcmin``, ``0.5deg``) or plain degrees (``0.5``): `regions.parse_radius`."""
+
+    name = "angle"
+
+    def __init__(self, max_deg=10.0):
+        self.max_deg = max_deg
+
+    def get_metavar(self, param, ctx=None):
+        return "ANGLE"
+
+    def parse(self, text):
+        from .regions import parse_radius
+        return parse_radius(text, name="angle", max_deg=self.max_deg)
+
+
+class SpectralValue(LibraryValue):
+    """One end of a ``--band``: a frequency, wavelength or velocity with units; '-' is an open end."""
+
+    name = "quantity"
+
+    def parse(self, text):
+        from astropy import units as u
+        from .errors import InvalidSpectralRangeError
+        if text.lower() in ("-", "none", "inf", "+inf", "-inf"):
+            return None
+        try:
+            quantity = u.Quantity(text)
+        except (TypeError, ValueError):
+            raise InvalidSpectralRangeError(f"{text!r} is not a quantity, e.g. 1.2GHz, 21cm, "
+                                            "1500km/s") from None
+        if quantity.unit == u.dimensionless_unscaled:
+            raise InvalidSpectralRangeError(f"{text!r} needs a unit (GHz, MHz, m, cm, km/s)")
+        return quantity
+
+
+class FluxValue(LibraryValue):
+    """A flux limit in mJy/beam: a number (mJy/beam) or a quantity such as ``0.5Jy/beam``."""
+
+    name = "flux"
+
+    def parse(self, text):
+        from astropy import units as u
+        from .errors import InvalidInputError
+        try:
+            quantity = u.Quantity(text)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"{text!r} is not a flux; give e.g. 500 or 0.5Jy/beam") from None
+        if quantity.unit == u.dimensionless_unscaled:
+            return float(quantity.value)
+        try:
+            return float(quantity.to_value(u.mJy / u.beam))
+        except u.UnitsError:
+            raise InvalidInputError(f"{text!r} is not a flux per beam (mJy/beam)") from None
+
+
+class TimeValue(LibraryValue):
+    """A time: an ISO date/time or an MJD number."""
+
+    name = "time"
+
+    def parse(self, text):
+        from astropy.time import Time
+        from .errors import InvalidInputError
+        try:
+            return Time(float(text), format="mjd") if re.fullmatch(r"[0-9.]+", text) else Time(text)
+        except ValueError:
+            raise InvalidInputError(f"{text!r} is not a time: give an ISO date (2020-01-31T12:00) "
+                                    "or an MJD") from None
+
+
+class PolValue(LibraryValue):
+    """Stokes parameters: ``I``, ``QU``, ``Q,U``: `regions.parse_pol`."""
+
+    name = "pol"
+
+    def parse(self, text):
+        from .regions import parse_pol
+        return tuple(parse_pol(text))
+
+
+ANGLE = Angle()
+SPECTRAL = SpectralValue()
+FLUX = FluxValue()
+TIME = TimeValue()
+POL = PolValue()
+
+
+def checked_band(band, rest_frequency, option="--band"):
+    """``(low, high)`` as given, after the library's check (`regions.parse_band`); None if not given."""
+    if not band:
+        return None
+    from .errors import InvalidInputError
+    from .regions import parse_band
+    try:
+        parse_band(tuple(band), rest_frequency=rest_frequency)
+    except InvalidInputError as exc:
+        raise click.BadParameter(shell_terms(str(exc)), param_hint=option) from None
+    return tuple(band)
+
+
+def checked_channel(channel):
+    """``(first, last)`` after `regions.parse_channel` (1-based); None if not given."""
+    if not channel:
+        return None
+    from .errors import InvalidInputError
+    from .regions import parse_channel
+    try:
+        return parse_channel(tuple(channel))
+    except InvalidInputError as exc:
+        raise click.BadParameter(shell_terms(str(exc)), param_hint="--channel") from None
 
 
 # --- shared options -----------------------------------------------------------------------------
@@ -234,13 +415,16 @@ class Options:
         return Console(quiet=self.quiet, json_mode=self.json_mode)
 
 
+#: CASDA's environments, as ``--server`` names (kept here: the help must not import endpoints' deps).
+_ENVIRONMENTS = ("prod", "at", "test", "dev")
+
+
 def _check_server(ctx, param, value):
-    from .endpoints import ENVIRONMENTS
-    if value is None or value.lower() in ENVIRONMENTS:
+    if value is None or value.lower() in _ENVIRONMENTS:
         return value
     if not re.match(r"^https?://[^/\s]+", value):
         raise click.BadParameter(f"{value!r} is not an http(s) URL (e.g. http://127.0.0.1:8080/) "
-                                 f"or a CASDA environment ({', '.join(ENVIRONMENTS)})")
+                                 f"or a CASDA environment ({', '.join(_ENVIRONMENTS)})")
     return value
 
 
@@ -255,8 +439,11 @@ _COMMON = [
     click.option("-q", "--quiet", is_flag=True, help="No narration or progress, only results and errors."),
     click.option("--json", "json_mode", is_flag=True,
                  help="Print a machine-readable JSON summary on stdout."),
-    click.option("-v", "--verbose", is_flag=True, help="Log what the client does (HTTP requests, polls)."),
-    click.option("--debug", is_flag=True, help="Show tracebacks and debug logging."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Log each HTTP request (method, URL without credentials, status, time) and job "
+                      "poll, on stderr."),
+    click.option("--debug", is_flag=True,
+                 help="Also log request and response headers (secrets masked); show tracebacks."),
 ]
 
 
@@ -269,6 +456,7 @@ def common_options(func):
                           debug, environment, kwargs.pop("poll_interval", None), kwargs.pop("no_wait", False))
         with _logging_for(options), contextlib.ExitStack() as stack:
             if environment is not None:
+                from . import conf
                 # a named environment (prod, at, test, dev) picks CASDA's own hosts for this command only
                 stack.enter_context(conf.set_temp("environment", environment))
             return func(options, *args, **kwargs)
@@ -287,30 +475,94 @@ def job_options(func):
                              "(default: the configuration's poll_interval, 10 s).")(func)
 
 
+def window_options(func):
+    """``--band``, ``--channel``, ``--pol`` and ``--rest-frequency``: the same in every cutting command."""
+    func = click.option("--pol", type=POL, help="Stokes parameters to keep: I, QU, Q,U...")(func)
+    func = click.option("--channel", nargs=2, type=click.INT, metavar="FIRST LAST",
+                        help="Channel window, 1-based and inclusive.")(func)
+    return click.option("--band", nargs=2, type=SPECTRAL, metavar="LOW HIGH",
+                        help="Spectral window with units (1.2GHz 1.4GHz, 20cm 22cm, or velocities with "
+                             "--rest-frequency); '-' for an open end.")(func)
+
+
+# --- logs on stderr, and the request log of -v/--debug -----------------------------------------------
+
+#: Request and response headers whose values are credentials.
+_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-amz-security-token")
+
+
+def _masked_headers(headers):
+    return ", ".join(f"{name}: {'***' if name.lower() in _SECRET_HEADERS else value}"
+                     for name, value in headers.items())
+
+
+@contextlib.contextmanager
+def _request_log(debug):
+    """Log every HTTP exchange of this command (each attempt of the retry layer too).
+
+    Every session of the package (queries, DataLink, jobs, pyvo's TAP sessions, download
+    workers) sends through a requests ``HTTPAdapter``, so its ``send`` is the one place that
+    sees them all; a session hook would miss the sessions made inside pyvo and the downloader.
+    The original method is restored when the command ends.
+    """
+    from requests.adapters import HTTPAdapter
+    from .errors import package_logger, redact_url
+    http_log = package_logger(HTTP_LOGGER)
+    original = HTTPAdapter.send
+
+    def send(self, request, *args, **kwargs):
+        started = time.monotonic()
+        url = redact_url(request.url)
+        if debug:
+            http_log.debug(f"> {request.method} {url} [{_masked_headers(request.headers)}]")
+        try:
+            response = original(self, request, *args, **kwargs)
+        except Exception as exc:
+            http_log.info(f"{request.method} {url} -> {type(exc).__name__} after "
+                          f"{time.monotonic() - started:.3f} s")
+            raise
+        seconds = time.monotonic() - started
+        http_log.info(f"{request.method} {url} -> {response.status_code} in {seconds:.3f} s")
+        if debug:
+            http_log.debug(f"< {response.status_code} [{_masked_headers(response.headers)}]")
+        return response
+
+    HTTPAdapter.send = send
+    try:
+        yield
+    finally:
+        HTTPAdapter.send = original
+
+
 @contextlib.contextmanager
 def _logging_for(options):
     """Log levels for one command: quiet by default (the command narrates), more with -v/--debug.
 
-    The levels are restored afterwards, so calling `main` from Python changes nothing.
+    Every log line goes to stderr: astroquery's logger (astropy's handler prints INFO to
+    *stdout*) is given our stderr handler for the command.  The levels and handlers are
+    restored afterwards, so calling `main` from Python changes nothing.
     """
-    from astroquery import log as astroquery_log
     level = logging.DEBUG if options.debug else logging.INFO if options.verbose else logging.WARNING
-    loggers = [astroquery_log, logging.getLogger("astroquery_casda_ext")]
-    previous = [logger.level for logger in loggers]
-    handler = None
-    for logger in loggers:
+    from astroquery import log as astroquery_log
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("astroquery_casda_ext")
+    saved = [(logger, logger.level, list(logger.handlers), logger.propagate)
+             for logger in (astroquery_log, ours)]
+    astroquery_log.handlers = [handler]
+    astroquery_log.propagate = False
+    ours.addHandler(handler)
+    ours.propagate = False
+    for logger, *_ in saved:
         logger.setLevel(level)
-    if options.verbose or options.debug:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
-        loggers[1].addHandler(handler)
     try:
-        yield
+        with _request_log(options.debug) if options.verbose or options.debug else contextlib.nullcontext():
+            yield
     finally:
-        for logger, old_level in zip(loggers, previous):
+        for logger, old_level, handlers, propagate in saved:
             logger.setLevel(old_level)
-        if handler is not None:
-            loggers[1].removeHandler(handler)
+            logger.handlers = handlers
+            logger.propagate = propagate
 
 
 class _PlainFormatter(logging.Formatter):
@@ -345,48 +597,6 @@ class CoordinateCommand(click.Command):
 
 # --- parsing values -----------------------------------------------------------------------------
 
-def _radius(value, name="radius", max_deg=10.0):
-    from .regions import parse_radius
-    return parse_radius(value, name=name, max_deg=max_deg)
-
-
-def _flux(value):
-    """A flux limit in mJy/beam: a number (mJy/beam) or a quantity such as '0.5 Jy/beam'."""
-    try:
-        quantity = u.Quantity(value)
-    except (TypeError, ValueError):
-        raise click.BadParameter(f"{value!r} is not a flux; give e.g. 500 or '0.5 Jy/beam'") from None
-    if quantity.unit == u.dimensionless_unscaled:
-        return float(quantity.value)
-    try:
-        return float(quantity.to_value(u.mJy / u.beam))
-    except u.UnitsError:
-        raise click.BadParameter(f"{value!r} is not a flux per beam (mJy/beam)") from None
-
-
-def _quantity_or_open(text, name):
-    """One end of a ``--band``: a quantity with units, or '-'/'none' for an open end."""
-    if text.strip().lower() in ("-", "none", "inf", "+inf", "-inf"):
-        return None
-    try:
-        quantity = u.Quantity(text)
-    except (TypeError, ValueError):
-        raise click.BadParameter(f"{text!r} is not a quantity, e.g. 1.2GHz, 21cm, 1500km/s",
-                                 param_hint=name) from None
-    if quantity.unit == u.dimensionless_unscaled:
-        raise click.BadParameter(f"{text!r} needs a unit (GHz, MHz, m, cm, km/s)", param_hint=name)
-    return quantity
-
-
-def _time(text, name):
-    """A time: an ISO date/time or an MJD number."""
-    try:
-        return Time(float(text), format="mjd") if re.fullmatch(r"[0-9.]+", text) else Time(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a time: give an ISO date (2020-01-31T12:00) or an MJD",
-                                 param_hint=name) from None
-
-
 def expand_collections(values):
     """Collection names to send: aliases (RACS, EMU, ...) expanded, other names kept as given.
 
@@ -404,7 +614,7 @@ def expand_collections(values):
 
 
 def _position(tokens, ra=None, dec=None):
-    """One position from positional tokens ('187.5 -45', '12:30:00 -45:00:00') or --ra/--dec."""
+    """One position from positional tokens ('187.5 -45', '12:30:00 -45:00:00', 'M31') or --ra/--dec."""
     from .regions import parse_coordinates
     if tokens and (ra is not None or dec is not None):
         raise click.UsageError("give the position either as POSITION or with --ra/--dec, not both")
@@ -433,6 +643,40 @@ def _table_writer_format(path):
     return formats[suffix]
 
 
+def check_output_path(path, overwrite, option="--output"):
+    """Refuse an ``-o`` file that cannot be written, before anything is sent; create nothing.
+
+    The folder must exist and take a new file (probed with a private temporary, as the
+    destination folders are); an existing file needs ``--overwrite``; a symbolic link or
+    anything but a regular file is refused.
+    """
+    target = Path(path).expanduser()
+    if target.is_symlink():
+        raise click.BadParameter(f"{path} is a symbolic link; give the real file", param_hint=option)
+    if target.exists():
+        if not target.is_file():
+            raise click.BadParameter(f"{path} exists and is not a regular file", param_hint=option)
+        if not overwrite:
+            raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint=option)
+    from .errors import InvalidInputError
+    from .writer import refuse_reserved
+    try:
+        refuse_reserved(target.name, source="the output's")
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{path}: the folder {folder} does not exist (it is not created)",
+                                 param_hint=option)
+    probe = folder / f".casda-write-test.{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot write into {folder} ({exc.strerror})",
+                                 param_hint=option) from None
+    probe.unlink(missing_ok=True)
+
+
 def _check_output(path, overwrite, output_format=None):
     """The astropy writer format of ``--output``; for ``-o -`` (stdout) the ``--format`` name."""
     if path == "-":
@@ -443,36 +687,16 @@ def _check_output(path, overwrite, output_format=None):
         return None
     fmt = STDOUT_FORMATS[output_format] if output_format and output_format not in ("table", "json") \
         else _table_writer_format(path)
-    _refuse_output(path, overwrite)
+    check_output_path(path, overwrite)
     return fmt
 
 
-def _refuse_output(path, overwrite):
-    """Refuse an ``--output`` before anything is sent (the writer checks again when it writes)."""
-    refuse_reserved(Path(path).name, source="the output's")
-    refuse_link(path)
-    if os.path.lexists(path) and not overwrite:
-        raise click.BadParameter(f"{path} exists; add --overwrite to replace it", param_hint="--output")
-
-
-def _write_table(table, path, fmt, overwrite):
-    """``-o FILE``: the table written through the package's one safe writer (never via a link)."""
-    import io
-    buffer = io.BytesIO()
-    if fmt == "votable":
-        table.write(buffer, format="votable")     # the VOTable writer wants bytes
-    else:
-        text = io.StringIO()
-        table.write(text, format=fmt)
-        buffer.write(text.getvalue().encode("utf-8"))
-    write_bytes(path, buffer.getvalue(), overwrite=overwrite)
-
-
-def _check_preview(path, option="--preview"):
+def _check_preview(path, option="--preview", overwrite=True):
     if path is None:
         return None
     if Path(path).suffix.lower() != ".png":
         raise click.BadParameter(f"{path}: the picture is a PNG file; name it *.png", param_hint=option)
+    check_output_path(path, overwrite, option)
     from .plots import require_matplotlib
     try:
         require_matplotlib()
@@ -496,6 +720,7 @@ def log_in(casda, options, console):
 
 
 def _server_note(options):
+    from .errors import redact_url
     if options.environment:
         return f" ({options.environment})"
     return f" at {redact_url(options.server)}" if options.server else ""
@@ -514,6 +739,8 @@ def download_into(casda, sources, dest, options, console):
 
 #: (job URL, destination) of the jobs this command started: the resume hint names them.
 _STARTED_JOBS = []
+#: Folders this command created: removed again (when still empty) if it fails.
+_CREATED_FOLDERS = []
 
 
 def _remember_jobs(jobs, dest=None):
@@ -531,9 +758,14 @@ def resume_hint():
 
 
 def destination(dest):
-    """Create or check DEST before anything is sent (a rerun into it is safe)."""
-    from .reruns import check_destination
-    return check_destination(dest)
+    """Create or check DEST before anything is sent (a rerun into it is safe).
+
+    Folders made here are removed again, when still empty, if the command fails.
+    """
+    from .reruns import prepare_destination
+    path, created = prepare_destination(dest)
+    _CREATED_FOLDERS.extend(created)
+    return path
 
 
 def _cutout_radius(size, radius_alias, console, default):
@@ -544,46 +776,125 @@ def _cutout_radius(size, radius_alias, console, default):
         console.warn("--radius for a cutout size is deprecated (--radius means the search cone in every "
                      "command): use --cutout-radius (or --size)")
         size = radius_alias
-    return _radius(default if size is None else size, "--cutout-radius")
+    return ANGLE.convert(default, None, None) if size is None else size
 
 
 def cutout_size_options(default):
     """``--cutout-radius``/``--size`` and the hidden, deprecated ``--radius`` of cutout commands."""
     def decorate(func):
-        func = click.option("--radius", "radius_alias", hidden=True,
+        func = click.option("--radius", "radius_alias", hidden=True, type=ANGLE,
                             help="Deprecated: use --cutout-radius.")(func)
-        return click.option("--cutout-radius", "--size", "cutout_radius", metavar="ANGLE",
-                            help=f"Radius of each cutout: '2arcmin', '0.1deg' or degrees "
+        return click.option("--cutout-radius", "--size", "cutout_radius", type=ANGLE,
+                            help=f"Radius of each cutout: 2arcmin, 0.1deg or degrees "
                                  f"(default {default}).")(func)
     return decorate
 
 
-def cut_sources(casda, images, sources, radius, dest, options, console, *, preview=None, policy=None,
-                before_download=None, service="cutout", submit=None):
-    """Cut every source out of every image into ``dest``, safely run again into the same folder.
+def _whole_files_only(full_files, **cut_options):
+    """Refuse cutting options beside ``--full-files`` (whole files are staged as they are)."""
+    given = [name for name, value in cut_options.items()
+             if value is not None and not (isinstance(value, (tuple, list)) and not value)]
+    if full_files and given:
+        raise click.UsageError(f"--full-files stages whole files: {', '.join(given)} do(es) not apply")
 
-    Files are named after product and source (`reruns.stable_name`); sources whose cutouts
-    are already there and verified (per the folder's manifest) are not asked for again.
-    ``service='spectrum'`` with ``submit(images, positions) -> jobs`` does the same for spectra.
-    """
+
+def cut_request(service, radius, band=None, channel=None, pol=None, rest_frequency=None):
+    """The `~astroquery_casda_ext.reruns.CutRequest` of a command's options (checked by the library)."""
+    from .reruns import CutRequest
+    from astropy import units as u
+    band = checked_band(band, rest_frequency)
+    if band and rest_frequency is not None:
+        # velocities become frequencies here, so every service (spectra take no rest frequency) and
+        # the manifest's window label see the same window
+        band = tuple(end.to(u.GHz, equivalencies=u.doppler_radio(rest_frequency))
+                     if end is not None and end.unit.is_equivalent(u.km / u.s) else end for end in band)
+    channel = checked_channel(channel)
+    return CutRequest(service, float(radius.to_value("deg")) if radius is not None else None,
+                      (band,) if band else (), (channel,) if channel else (), tuple(pol or ()))
+
+
+def coverage(images, sources):
+    """``{product: names of the sources inside its footprint}`` (ObsCore ``s_region``)."""
     from astropy.coordinates import SkyCoord
-    from astropy.table import vstack
-    from .download import Manifest
-    import inspect
-    from .reruns import CutoutLabels, RerunState, label_manifest
-    from .recipes import wait_for_jobs
+    from .regions import footprint_contains
+    positions = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
+    covered = {}
+    for row in images:
+        region = row["s_region"] if "s_region" in images.colnames else ""
+        inside = footprint_contains(str(region), positions)
+        covered[str(row["obs_publisher_did"])] = {s.name for s, ok in zip(sources, inside) if ok}
+    return covered
+
+
+@dataclass
+class Plan:
+    """One part of a command's request: what to ask (`CutRequest`) of which products and sources."""
+
+    request: object
+    images: object
+    sources: list = None
+    covered: dict = None
+
+
+def cut_sources(casda, images, sources, request, dest, options, console, *, preview=None, policy=None,
+                before_download=None, what="image"):
+    """Cut every source out of every image whose footprint holds it, into ``dest``; safe to rerun.
+
+    Positions that no image's footprint contains are not sent (CASDA would answer each with
+    an error file, or fail the job); they are named on stderr and in the summary
+    (``uncovered``), and when none is left the command matched nothing (exit 1).
+    """
+    covered = coverage(images, sources)
+    uncovered = [s.name for s in sources if not any(s.name in names for names in covered.values())]
+    if uncovered:
+        console.warn(f"{len(uncovered)} of {len(sources)} position(s) lie in no {what}'s footprint and are "
+                     f"not asked for: {', '.join(uncovered[:5])}{' ...' if len(uncovered) > 5 else ''}")
+    if len(uncovered) == len(sources):
+        raise NothingFound(f"no {what} footprint contains any of the {len(sources)} position(s)")
+    summary = fetch_missing(casda, [Plan(request, images, sources, covered)], dest, options, console,
+                            policy=policy, before_download=before_download)
+    summary.update(uncovered=uncovered, sources=len(sources))
+    if preview:
+        from astropy.coordinates import SkyCoord
+        from .download import Manifest
+        everything = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
+        subtypes = ({str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in images}
+                    if "dataproduct_subtype" in images.colnames else None)
+        summary["preview"] = draw_preview(preview, Manifest.read(summary["manifest"]), everything, console,
+                                          [s.name for s in sources], subtypes)
+    return summary
+
+
+def fetch_missing(casda, plans, dest, options, console, *, policy=None, before_download=None):
+    """Ask CASDA for what the folder's manifest lacks of the request, download it, save the manifest.
+
+    The request is keyed whole (`reruns.RerunState`): files of an equal request that are
+    there and verified are kept, and with nothing missing no job is started.  The saved
+    manifest describes this request only.
+    """
+    from .reruns import RerunState, request_keys, wanted_files
     state = RerunState(dest)
-    products = [str(p) for p in images["obs_publisher_did"]]
-    todo = state.sources_to_fetch(products, sources, service=service)
-    if len(todo) < len(sources):
-        rest = f"cutting the other {len(todo)}" if todo else "nothing to ask CASDA"
-        console.say(f"  {len(sources) - len(todo)} of {len(sources)} source(s) are already in {dest} and "
-                    f"verified (its manifest): {rest}")
-    jobs, new = [], None
-    if todo:
-        positions = SkyCoord([s.ra for s in todo], [s.dec for s in todo], unit="deg")
-        jobs = (submit or (lambda found, where: start_jobs(casda, found, where, radius, False, console)))(
-            images, positions)
+    keys, submissions, wanted_count = set(), [], 0
+    for plan in plans:
+        products = [str(p) for p in plan.images["obs_publisher_did"]]
+        wanted = wanted_files(plan.request, products, plan.sources, plan.covered)
+        keys |= request_keys(plan.request, wanted)
+        wanted_count += len(wanted)
+        missing = state.missing(plan.request, wanted)
+        if missing:
+            submissions.append((plan, missing))
+    missing_count = sum(len(missing) for _, missing in submissions)
+    if missing_count < wanted_count:
+        rest = f"asking CASDA for the other {missing_count}" if missing_count else "nothing to ask CASDA"
+        console.say(f"  {wanted_count - missing_count} of {wanted_count} file(s) of this request are already "
+                    f"in {dest} and verified (its manifest): {rest}")
+    submitted = []
+    for plan, missing in submissions:
+        submitted += _submit(casda, plan, missing, console)
+    jobs = [job for job, _, _ in submitted]
+    new = None
+    if jobs:
+        from .recipes import wait_for_jobs
         _remember_jobs(jobs, dest)
         progress = JobProgress(console)
         for job in jobs:
@@ -592,32 +903,100 @@ def cut_sources(casda, images, sources, radius, dest, options, console, *, previ
         if before_download is not None:
             before_download()
         console.say(f"Downloading into {dest} and verifying checksums ...")
-        labels = vstack([casda.cutout_table(job) for job in jobs])
-        if "names" in inspect.signature(casda.download).parameters:
-            # a downloader that names files itself: stable names and source columns go in directly
-            names, columns = CutoutLabels(jobs, labels, todo, service).for_download(jobs)
-            new = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False,
-                                 names=names, labels=columns)
-        else:
-            downloaded = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False)
-            new = Manifest(label_manifest(downloaded, jobs, labels, todo, dest, service), savedir=str(dest))
-    merged = state.merged(new.table if new is not None else None)
-    merged.save()
+        new = _download_labelled(casda, submitted, dest, options)
+    merged, earlier = state.merged(keys, new.table if new is not None else None)
+    merged.save(merge=False)
+    if earlier:
+        console.say(f"  {len(earlier)} file(s) in {dest} answered an earlier, different request: they stay "
+                    "there, but are not part of this answer (nor of the manifest)")
     if new is not None:
         new.raise_for_errors()
     summary = manifest_summary(merged)
-    summary.update(jobs=[job.url for job in jobs], dest=str(dest), sources=len(sources))
-    if preview:
-        everything = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
-        subtypes = ({str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in images}
-                    if "dataproduct_subtype" in images.colnames else None)
-        summary["preview"] = draw_preview(preview, merged, everything, console, [s.name for s in sources],
-                                          subtypes)
+    summary.update(jobs=[job.url for job in jobs], dest=str(dest), earlier_files=len(earlier))
     return summary
+
+
+def _submit(casda, plan, missing, console):
+    """Start the jobs for the missing files: products grouped by what each lacks, one call per group.
+
+    Returns
+    -------
+    list of (job, sources, request)
+        The sources in the order of the job's regions, and the request it was sent.
+    """
+    import dataclasses
+    from astropy.coordinates import SkyCoord
+    request = plan.request
+    lacking = {}
+    for item in missing:
+        lacking.setdefault(item.product, set()).add(item.source.name if item.source else item.window)
+    groups = {}
+    for product, what in lacking.items():
+        groups.setdefault(frozenset(what), []).append(product)
+    ids = [str(p) for p in plan.images["obs_publisher_did"]]
+    submitted = []
+    for what, products in groups.items():
+        rows = plan.images[[i for i, p in enumerate(ids) if p in products]]
+        if request.service == "stage":
+            console.say(f"Staging {len(rows)} whole file(s) in one SODA job ...")
+            jobs = casda.stage_data(rows, wait=False)
+            submitted += [(job, [], request) for job in jobs]
+            continue
+        if plan.sources is None:          # windows of whole products (slices)
+            channels = tuple(c for c, label in zip(request.channels, request.windows()) if label in what)
+            part = dataclasses.replace(request, channels=channels)
+            console.say(f"Cutting {len(channels)} channel window(s) out of {len(rows)} cube(s) in one SODA "
+                        "job ...")
+            jobs = casda.cutout(rows, wait=False, **part.call_kwargs())
+            submitted += [(job, [], part) for job in jobs]
+            continue
+        sources = [s for s in plan.sources if s.name in what]
+        positions = SkyCoord([s.ra for s in sources], [s.dec for s in sources], unit="deg")
+        if request.service == "spectrum":
+            console.say(f"Extracting spectra at {len(sources)} position(s) from {len(rows)} cube(s) in one "
+                        "SODA job ...")
+            jobs = casda.spectra(rows, positions, wait=False, **request.call_kwargs())
+        else:
+            console.say(f"Cutting {len(sources)} region(s) ({request.describe()}) out of {len(rows)} "
+                        f"image(s) in one SODA job ...")
+            jobs = casda.cutout(rows, coordinates=positions, wait=False, **request.call_kwargs())
+        submitted += [(job, sources, request) for job in jobs]
+    return submitted
+
+
+def _download_labelled(casda, submitted, dest, options):
+    """Download the jobs' files under their stable names, with the manifest's request columns."""
+    from .reruns import CutoutLabels, label_whole_files
+    names, labels, staged = {}, {}, []
+    for job, sources, request in submitted:
+        if request.service == "stage":
+            staged.append(job)
+            continue
+        job_names, job_labels = CutoutLabels([job], casda.cutout_table(job), sources, request.service,
+                                             request).for_download([job])
+        names.update(job_names)
+        labels.update(job_labels)
+    jobs = [job for job, _, _ in submitted]
+    new = casda.download(jobs, str(dest), progress=_progress(options), save_manifest=False,
+                         names=names or None, labels=labels or None, no_wait=options.no_wait)
+    if staged:
+        new.table = label_whole_files(new.table)
+    return new
+
+
+def stage_whole_files(casda, products, dest, options, console, policy=None):
+    """Whole files of ``products`` (a table with ``obs_publisher_did``) into ``dest``; safe to rerun.
+
+    The folder's manifest is read before anything is staged: products whose files are there
+    and verified are not staged again (on CASDA, staging can mean a tape recall).
+    """
+    from .reruns import CutRequest
+    return fetch_missing(casda, [Plan(CutRequest("stage"), products)], dest, options, console, policy=policy)
 
 
 def manifest_summary(manifest):
     """Counts and bytes of a manifest, for the summary line and ``--json``."""
+    import numpy as np
     table = manifest.table
     data = table[table["kind"] == "data"] if len(table) else table
     verified = int(np.sum(data["checksum_status"] == "verified")) if len(data) else 0
@@ -647,6 +1026,9 @@ def _summary_text(summary, elapsed, what="file(s)"):
     if summary.get("size_only"):
         text += (f"\n{summary['size_only']} file(s) had no CASDA .checksum: only their size was checked "
                  "('size-only' in the manifest)")
+    if summary.get("uncovered"):
+        text += (f"\n{len(summary['uncovered'])} position(s) in no footprint, not asked for: "
+                 f"{', '.join(summary['uncovered'][:10])}")
     if summary["error_files"]:
         text += f"\n{summary['error_files']} region(s) had no data in some image (CASDA error files):"
         text += "".join(f"\n  {_one_line(message, 200)}" for message in summary["error_messages"][:5])
@@ -655,6 +1037,7 @@ def _summary_text(summary, elapsed, what="file(s)"):
 
 def _cutout_titles(paths, positions, names=None):
     """Panel titles: the product, and the source a cutout is centred on (its name when known)."""
+    import numpy as np
     from .jobs import product_id_of
     from .plots import image_centre
     titles = []
@@ -694,6 +1077,7 @@ def _manifest_titles(manifest, paths, subtypes):
 
 def _manifest_targets(manifest, paths):
     """The source position of each cutout, from a labelled manifest (None where unknown)."""
+    import numpy as np
     from astropy.coordinates import SkyCoord
     table = manifest.table
     if "source_ra" not in table.colnames:
@@ -725,12 +1109,16 @@ def draw_preview(path, manifest, positions, console, names=None, subtypes=None):
 # --- error handling -----------------------------------------------------------------------------
 
 def exit_code_for(exc):
-    """The documented exit code of an exception (see ``casda --help``)."""
+    """The documented exit code of an exception (`EXIT_CODES`, ``casda --help``)."""
     import requests
     from astroquery.exceptions import LoginError
+    from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, MissingDependencyError,
+                         NameResolverUnavailableError, NoAccessError, NotLoggedInError, ServiceError,
+                         UnsafeFilenameError)
     table = [
         (click.exceptions.UsageError, EXIT_USAGE),
         (MissingDependencyError, EXIT_USAGE),      # says what to install
+        (NameResolverUnavailableError, EXIT_SERVICE),      # bad input only in form: the network failed
         (NothingFound, EXIT_NOTHING_FOUND),
         (UnsafeFilenameError, EXIT_DOWNLOAD),
         (DownloadError, EXIT_DOWNLOAD),
@@ -748,6 +1136,7 @@ def exit_code_for(exc):
 
 
 def _error_message(exc):
+    from .errors import CasdaError
     if isinstance(exc, click.exceptions.UsageError):
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         return f"{exc.format_message()}{hint}"
@@ -756,12 +1145,12 @@ def _error_message(exc):
     text = str(exc) or type(exc).__name__
     if exit_code_for(exc) == EXIT_INTERNAL:
         return f"internal error {type(exc).__name__}: {text} (rerun with --debug for the traceback)"
-    return text
+    return shell_terms(text)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """One line per warning (astropy's and ours), instead of Python's file:line form."""
-    click.echo(f"casda: warning: {_one_line(message)}", err=True)
+    """One line per warning (astropy's and ours) on stderr, instead of Python's file:line form."""
+    click.echo(f"casda: warning: {shell_terms(_one_line(message))}", err=True)
 
 
 def main(argv=None):
@@ -780,22 +1169,26 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _STARTED_JOBS.clear()
+    _CREATED_FOLDERS.clear()
+    code = EXIT_OK
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         if "-q" in argv or "--quiet" in argv:
             warnings.simplefilter("ignore")
         try:
             result = cli.main(args=argv, prog_name="casda", standalone_mode=False)
+            code = result if isinstance(result, int) else EXIT_OK
         except (click.exceptions.Abort, KeyboardInterrupt):
             hint = resume_hint()
             click.echo("casda: interrupted" + (f"; {hint}" if hint else ""), err=True)
-            return EXIT_INTERRUPTED
+            code = EXIT_INTERRUPTED
         except click.exceptions.Exit as exc:
-            return exc.exit_code
+            code = exc.exit_code
         except click.exceptions.NoArgsIsHelpError as exc:   # plain 'casda': the help, not an error line
             click.echo(exc.format_message(), err=True)
-            return EXIT_USAGE
+            code = EXIT_USAGE
         except Exception as exc:  # every error ends as one line and an exit code
+            from .errors import JobTimeoutError
             if debug:
                 import traceback
                 traceback.print_exc()
@@ -803,8 +1196,11 @@ def main(argv=None):
             if isinstance(exc, JobTimeoutError) and "casda job " not in message and resume_hint():
                 message += f"; {resume_hint()}"      # a timed-out job is still running on CASDA
             click.echo(f"casda: error: {message}", err=True)
-            return exit_code_for(exc)
-    return result if isinstance(result, int) else EXIT_OK
+            code = exit_code_for(exc)
+    if code not in (EXIT_OK, EXIT_INTERRUPTED):
+        from .reruns import remove_if_empty
+        remove_if_empty(_CREATED_FOLDERS)     # a failed command leaves no empty folder
+    return code
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -860,6 +1256,7 @@ def _rows_as_dicts(table):
 
 
 def _json_value(value):
+    import numpy as np
     if np.ma.is_masked(value):
         return None
     if isinstance(value, bytes):
@@ -898,7 +1295,7 @@ def show_table(table, options, console, *, output, output_format, columns, comma
         console.say(f"{len(table)} row(s) written to standard output")
         return EXIT_OK
     if output:
-        _write_table(table, output, output_format, overwrite)
+        write_table(table, output, output_format, overwrite=overwrite)
         console.say(f"{len(table)} row(s) written to {output}")
         return _finish(console, options, time.monotonic(), summary, "")
     shown = _screen_columns(table, columns, command)
@@ -911,31 +1308,46 @@ def show_table(table, options, console, *, output, output_format, columns, comma
     return EXIT_OK
 
 
+def write_table(table, path, output_format, *, overwrite=False):
+    """``-o FILE``: the table written through the package's one safe writer (never via a link)."""
+    import io
+    from .writer import write_bytes
+    buffer = io.BytesIO()
+    if output_format == "votable":
+        table.write(buffer, format="votable")     # the VOTable writer wants bytes
+    else:
+        text = io.StringIO()
+        table.write(text, format=output_format)
+        buffer.write(text.getvalue().encode("utf-8"))
+    write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+
+
 def _output_options(func):
     """``-o FILE`` / ``-o -`` with ``--format``, and ``--overwrite``: the same for every table command."""
     func = click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")(func)
     func = click.option("--format", "output_format", type=click.Choice(list(STDOUT_FORMATS)),
                         help="Format of -o - (standard output); default: table.")(func)
     return click.option("-o", "--output", metavar="FILE",
-                        help="Write the table: .xml/.vot (VOTable), .csv or .ecsv ('casda tap' also .parquet, "
+                        help="Write the table: .xml/.vot (VOTable), .csv or .ecsv ('casda tap' also "
+                             ".parquet, "
                              "streamed); '-' for stdout.")(func)
 
 
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
     "casda query 187.5 -45.0 --radius 30arcmin --collection EMU",
     "casda query '22h15m38s -45d50m30s' --band 1.2GHz 1.4GHz --type cube -o found.ecsv",
-    "casda query M31 --radius 1deg -o - --format csv | head",
+    "casda query 'NGC 7232' --radius 1deg -o - --format csv | head",
     "casda query --ra 333.9 --dec -45.84 --time 2019-01-01 2020-01-01 --subtype cont.restored.t0"))
 @click.argument("position", nargs=-1)
 @click.option("--ra", help="Right ascension (degrees or sexagesimal hours), with --dec.")
 @click.option("--dec", help="Declination (degrees or sexagesimal), with --ra.")
-@click.option("--radius", help="Cone radius: '2arcmin', '0.5deg' or degrees (default 1 arcmin).")
-@click.option("--width", help="Box width (with --height) instead of a cone.")
-@click.option("--height", help="Box height (with --width).")
-@click.option("--band", nargs=2, metavar="LOW HIGH",
+@click.option("--radius", type=ANGLE, help="Cone radius: 2arcmin, 0.5deg or degrees (default 1 arcmin).")
+@click.option("--width", type=ANGLE, help="Box width (with --height) instead of a cone.")
+@click.option("--height", type=ANGLE, help="Box height (with --width).")
+@click.option("--band", nargs=2, type=SPECTRAL, metavar="LOW HIGH",
               help="Spectral range with units (1.2GHz 1.4GHz, 20cm 22cm); '-' for an open end.")
-@click.option("--rest-frequency", metavar="FREQ", help="Rest frequency for a velocity --band.")
-@click.option("--time", "time_range", nargs=2, metavar="START END",
+@click.option("--rest-frequency", type=SPECTRAL, metavar="FREQ", help="Rest frequency for a velocity --band.")
+@click.option("--time", "time_range", nargs=2, type=TIME, metavar="START END",
               help="Products observed entirely within START..END (ISO dates or MJD).")
 @click.option("--pol", multiple=True, help="Polarisation (I, Q, U, V...); repeat for several.")
 @click.option("--collection", multiple=True,
@@ -959,6 +1371,9 @@ def query(options, position, ra, dec, radius, width, height, band, rest_frequenc
     kwargs = _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, time_range)
     optional = dict(pol=list(pol) or None, collection=expand_collections(collection),
                     dataproduct_type=dataproduct_type, maxrec=maxrec)
+    if coordinates is None and not (band or time_range or pol or collection or dataproduct_type or subtype):
+        raise click.UsageError("no constraint: give a position, --band, --time, --pol, --collection, --type "
+                               "or --subtype (a query of the whole archive is not sent)")
     kwargs.update({key: value for key, value in optional.items() if value is not None})
     casda = make_client(options)
     console.say(f"Querying CASDA SIA2{_server_note(options)} ...")
@@ -977,17 +1392,17 @@ def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, 
     if width is not None:
         if radius is not None:
             raise click.UsageError("give --radius or --width/--height, not both")
-        kwargs.update(width=_radius(width, "width"), height=_radius(height, "height"), radius=None)
+        kwargs.update(width=width, height=height, radius=None)
     elif radius is not None:
-        kwargs["radius"] = _radius(radius)
+        kwargs["radius"] = radius
     elif coordinates is None:
         kwargs["radius"] = None
     if band:
-        kwargs["band"] = (_quantity_or_open(band[0], "--band"), _quantity_or_open(band[1], "--band"))
-    if rest_frequency:
-        kwargs["rest_frequency"] = _quantity_or_open(rest_frequency, "--rest-frequency")
+        kwargs["band"] = checked_band(band, rest_frequency)
+    if rest_frequency is not None:
+        kwargs["rest_frequency"] = rest_frequency
     if time_range:
-        kwargs["time"] = (_time(time_range[0], "--time"), _time(time_range[1], "--time"))
+        kwargs["time"] = tuple(time_range)
     return kwargs
 
 
@@ -1006,6 +1421,8 @@ def _sia2_constraints(coordinates, radius, width, height, band, rest_frequency, 
 def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite, columns):
     """Run an ADQL query on CASDA's TAP service ('-' reads it from standard input)."""
     console = options.console
+    if adql != "-" and not adql.strip():
+        raise click.UsageError("the ADQL query is empty")
     if output and output != "-" and Path(output).suffix.lower() in (".parquet", ".pq"):
         if output_format:
             raise click.UsageError("--format goes with -o - (standard output); a .parquet file is Parquet")
@@ -1027,7 +1444,7 @@ def tap(options, adql, async_job, maxrec, auth, output, output_format, overwrite
 def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
     """``casda tap ... -o x.parquet``: the result streamed to Parquet (the tap package), never held whole."""
     console, started = options.console, time.monotonic()
-    _refuse_output(output, overwrite)
+    check_output_path(output, overwrite)
     adql = sys.stdin.read() if adql == "-" else adql
     if not adql.strip():
         raise click.UsageError("the ADQL query is empty")
@@ -1044,48 +1461,30 @@ def _tap_to_parquet(options, adql, async_job, maxrec, auth, output, overwrite):
 
 # --- cutout workflows -----------------------------------------------------------------------------
 
-def start_jobs(casda, images, positions, radius, full_files, console):
-    """One job for all images: cutouts around every position, or whole files."""
-    if full_files:
-        console.say(f"Staging {len(images)} whole file(s) in one SODA job ...")
-        return casda.stage_data(images, wait=False)
-    console.say(f"Cutting {len(positions)} region(s) of radius {radius.to(u.arcmin):.3g} out of "
-                f"{len(images)} image(s) in one SODA job ...")
-    return casda.cutout(images, coordinates=positions, radius=radius, wait=False)
-
-
-def jobs_to_files(casda, jobs, dest, options, console, *, preview=None, positions=None, names=None,
-                  policy=None):
-    """Follow the jobs, download and verify, draw the preview: the summary dictionary."""
+def jobs_to_files(casda, jobs, dest, options, console, *, policy=None):
+    """Follow jobs given by URL, download and verify into ``dest``: the summary dictionary."""
+    from .recipes import wait_for_jobs
     _remember_jobs(jobs, dest)
-    manifest = run_jobs(casda, jobs, dest, options, console, policy=policy or options.policy)
+    progress = JobProgress(console)
+    wait_for_jobs(jobs, policy=policy or options.policy, on_phase=progress.on_phase, sleep=progress.sleep)
+    manifest = download_into(casda, jobs, dest, options, console)
     summary = manifest_summary(manifest)
     summary["jobs"] = [job.url for job in jobs]
     summary["dest"] = str(dest)
-    if preview:
-        summary["preview"] = draw_preview(preview, manifest, positions, console, names)
     return summary
-
-
-def run_jobs(casda, jobs, dest, options, console, policy=None):
-    """Wait for the jobs (showing phases), then download and verify into ``dest``."""
-    from .recipes import wait_for_jobs
-    progress = JobProgress(console)
-    for job in jobs:
-        console.say(f"  job {job.job_id[:8]} started: {job.url}")
-    wait_for_jobs(jobs, policy=policy, on_phase=progress.on_phase, sleep=progress.sleep)
-    return download_into(casda, jobs, dest, options, console)
 
 
 @cli.command(epilog=_epilog(
     "casda cutouts 609 out/ --flux-min 500 --cutout-radius 2arcmin --preview out/sheet.png",
-    "casda cutouts 609 out/     (again: only what is missing is fetched)",
-    "casda cutouts 609 out/ --full-files"))
+    "casda cutouts 609 out/ --flux-min 500 --cutout-radius 2arcmin   # again: only verifies",
+    "casda cutouts 609 out/ --cutout-radius 0.02   # a new size: new files, nothing stale",
+    "casda cutouts 609 whole/ --full-files"))
 @click.argument("sbid", type=click.IntRange(min=1))
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+@click.option("--flux-min", type=FLUX, default=SCRIPT_FLUX_MIN, show_default=True,
               help="Cut out catalogue components brighter than this (mJy/beam if no unit).")
 @cutout_size_options(SCRIPT_CUTOUT_RADIUS)
+@window_options
 @click.option("--subtype", multiple=True, default=("cont.restored.t0",), show_default=True,
               help="Image subtypes to cut (repeatable), e.g. spectral.restored.3d.")
 @click.option("--max-sources", type=click.IntRange(min=1), help="Only the N brightest components.")
@@ -1093,37 +1492,40 @@ def run_jobs(casda, jobs, dest, options, console, policy=None):
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, subtype, max_sources, full_files,
-            preview):
+def cutouts(options, sbid, dest, flux_min, cutout_radius, radius_alias, band, channel, pol, subtype,
+            max_sources, full_files, preview):
     """Cutouts around the bright catalogue sources of a scheduling block (CASDA's cutouts.py).
 
     Finds the images of scheduling block SBID, the catalogue components above --flux-min,
-    cuts a circle around each out of every image in one job, and downloads and verifies
-    the files (and a manifest) into DEST.  Files are named PRODUCT_COMPONENT.fits and the
-    manifest names each file's source, position and region; run again into the same DEST,
-    only what is missing or damaged is fetched.
+    cuts a circle around each out of every image whose footprint holds it, and downloads
+    and verifies the files (and a manifest) into DEST.  Files are named
+    PRODUCT_COMPONENT_rSIZE.fits and the manifest names each file's source, position,
+    region, window and polarisations.  Run again into the same DEST: the same request only
+    verifies; a changed one fetches what it needs under its own names.
     """
     from .regions import parse_positions
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
-    flux, preview = _flux(flux_min), _check_preview(preview)
+    _whole_files_only(full_files, **{"--cutout-radius": cutout_radius, "--band": band, "--channel": channel,
+                                     "--pol": pol, "--preview": preview})
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
+    request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     casda = make_client(options)
     log_in(casda, options, console)
     images = _sbid_images(casda, sbid, list(subtype), console)
     if full_files:
-        jobs = start_jobs(casda, images, None, radius, True, console)
-        summary = jobs_to_files(casda, jobs, dest, options, console)
+        summary = stage_whole_files(casda, images, dest, options, console)
         summary.update(sources=0)
     else:
-        console.say(f"Finding catalogue components of SB{sbid} brighter than {flux:g} mJy/beam ...")
-        components = casda.query_components(sbid=sbid, flux_min=flux)[:max_sources]
+        console.say(f"Finding catalogue components of SB{sbid} brighter than {flux_min:g} mJy/beam ...")
+        components = casda.query_components(sbid=sbid, flux_min=flux_min)[:max_sources]
         if not len(components):
-            raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux:g} mJy/beam")
+            raise NothingFound(f"no catalogue component of SB{sbid} is brighter than {flux_min:g} mJy/beam")
         console.say(f"  {len(components)} component(s)")
         sources = sources_from(parse_positions(components), list(components["component_name"]))
-        summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview)
+        summary = cut_sources(casda, images, sources, request, dest, options, console, preview=preview)
     summary.update(command="cutouts", sbid=sbid, images=len(images))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
@@ -1137,19 +1539,33 @@ def _sbid_images(casda, sbid, subtypes, console):
     return images
 
 
-@cli.command(epilog=_epilog("casda sources cube-1001 my_sources.txt out/ --radius 1arcmin --preview s.png",
-                            "(source file: one 'ra dec' per line, degrees or sexagesimal; '#' comments)"))
+def _product_rows(casda, ids):
+    """The ObsCore rows of product ids; an id CASDA does not know is "nothing matched" (exit 1)."""
+    quoted = ", ".join(f"'{product}'" for product in ids)
+    rows = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did IN ({quoted})")
+    unknown = [product for product in ids if product not in {str(p) for p in rows["obs_publisher_did"]}]
+    if unknown:
+        raise NothingFound(f"CASDA has no product {', '.join(unknown)}")
+    return rows
+
+
+@cli.command(epilog=_epilog("casda sources cube-1001 my_sources.txt out/ --cutout-radius 1arcmin "
+                            "--preview s.png",
+                            "casda sources cube-1001 my_sources.txt out/ --cutout-radius 0.02",
+                            "# my_sources.txt: one 'ra dec' per line, degrees or sexagesimal; '#' comments"))
 @click.argument("image_id")
-@click.argument("source_file")
+@click.argument("source_file", type=click.Path(dir_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @cutout_size_options(SCRIPT_CUTOUT_RADIUS)
+@window_options
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, preview):
+def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, band, channel, pol, preview):
     """Cutouts of a list of sources from one image (CASDA's sources.py).
 
-    Each source is named by its position (Jhhmmss.s+ddmmss) in file names and the manifest.
+    Each source is named by its position (Jhhmmss.s+ddmmss) in file names and the manifest;
+    positions outside the image's footprint are named and not asked for.
     """
     from .regions import read_source_list
     from .reruns import sources_from
@@ -1158,15 +1574,14 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
         raise click.BadParameter(f"{image_id!r} is not a product id like cube-1001", param_hint="IMAGE_ID")
     positions = read_source_list(source_file)
     radius = _cutout_radius(cutout_radius, radius_alias, console, SCRIPT_CUTOUT_RADIUS)
-    preview = _check_preview(preview)
+    request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
-    images = casda.query_tap(f"SELECT * FROM ivoa.obscore WHERE obs_publisher_did = '{image_id}'")
-    if not len(images):
-        raise NothingFound(f"CASDA has no product {image_id}")
-    summary = cut_sources(casda, images, sources_from(positions), radius, dest, options, console,
+    images = _product_rows(casda, [image_id])
+    summary = cut_sources(casda, images, sources_from(positions), request, dest, options, console,
                           preview=preview)
     summary.update(command="sources", image=image_id)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
@@ -1174,15 +1589,17 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
 
 @cli.command(cls=CoordinateCommand, epilog=_epilog(
     "casda images 187.5 -45.0 out/ --cutout-radius 2arcmin --preview out/sheet.png",
-    "casda images 22:15:38 -45:50:30 out/ --collection RACS --subtype cont.restored.t0 --full-files"))
+    "casda images 12:30:00 -45:00:00 out/ --radius 0.05 --cutout-radius 0.02",
+    "casda images 22:15:38 -45:50:30 racs/ --collection RACS --subtype cont.noise.t0 --full-files"))
 @click.argument("ra")
 @click.argument("dec")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--radius", "search_radius", metavar="ANGLE",
+@click.option("--radius", "search_radius", type=ANGLE,
               help=f"Find images intersecting this cone (SIA2; default {SCRIPT_SEARCH_RADIUS}).")
-@click.option("--search-radius", "search_alias", hidden=True, help="Deprecated: use --radius.")
-@click.option("--cutout-radius", "--size", "cutout_radius", metavar="ANGLE",
+@click.option("--search-radius", "search_alias", hidden=True, type=ANGLE, help="Deprecated: use --radius.")
+@click.option("--cutout-radius", "--size", "cutout_radius", type=ANGLE,
               help=f"Radius of each cutout (default {SCRIPT_CUTOUT_RADIUS}).")
+@window_options
 @click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
 @click.option("--subtype", multiple=True, help="Only these dataproduct_subtypes (default: every image).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images found.")
@@ -1190,8 +1607,8 @@ def sources(options, image_id, source_file, dest, cutout_radius, radius_alias, p
 @click.option("--preview", metavar="FILE.png", help="Draw a contact sheet of the cutouts (needs matplotlib).")
 @job_options
 @common_options
-def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, collection, subtype,
-           max_images, full_files, preview):
+def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, band, channel, pol, collection,
+           subtype, max_images, full_files, preview):
     """Every image at a position (SIA2), as cutouts or whole files (CASDA's siap.py).
 
     RA and DEC are degrees or sexagesimal (RA in hours): 187.5 -45.0 or 12:30:00 -45:00:00.
@@ -1204,13 +1621,16 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
             raise click.UsageError("give the search cone once, with --radius")
         console.warn("--search-radius is deprecated: use --radius (the search cone in every command)")
         search_radius = search_alias
-    search = _radius(search_radius or SCRIPT_SEARCH_RADIUS, "--radius")
-    radius = _radius(cutout_radius or SCRIPT_CUTOUT_RADIUS, "--cutout-radius")
-    preview = _check_preview(preview)
+    _whole_files_only(full_files, **{"--cutout-radius": cutout_radius, "--band": band, "--channel": channel,
+                                     "--pol": pol, "--preview": preview})
+    search = search_radius if search_radius is not None else ANGLE.convert(SCRIPT_SEARCH_RADIUS, None, None)
+    radius = cutout_radius if cutout_radius is not None else ANGLE.convert(SCRIPT_CUTOUT_RADIUS, None, None)
+    request = cut_request("cutout", radius, band, channel, pol)
     dest = destination(dest)
+    preview = _check_preview(preview)        # after DEST: the picture may go into it
     casda = make_client(options)
     log_in(casda, options, console)
-    console.say(f"Finding images within {search.to(u.arcmin):.3g} of {position.to_string('decimal')} "
+    console.say(f"Finding images within {search.to('arcmin'):.3g} of {position.to_string('decimal')} "
                 "(SIA2) ...")
     found = casda.query_region(position, radius=search, collection=expand_collections(collection),
                                dataproduct_subtype=list(subtype) or None)[:max_images]
@@ -1218,10 +1638,9 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
         raise NothingFound(f"no images at {position.to_string('decimal')}")
     console.say(f"  {len(found)} image(s): {_ids(found)}")
     if full_files:
-        jobs = start_jobs(casda, found, None, radius, True, console)
-        summary = jobs_to_files(casda, jobs, dest, options, console)
+        summary = stage_whole_files(casda, found, dest, options, console)
     else:
-        summary = cut_sources(casda, found, sources_from(position.reshape((1,))), radius, dest, options,
+        summary = cut_sources(casda, found, sources_from(position.reshape((1,))), request, dest, options,
                               console, preview=preview)
     summary.update(command="images", ra=position.ra.deg, dec=position.dec.deg, images=len(found))
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
@@ -1229,32 +1648,36 @@ def images(options, ra, dec, dest, search_radius, search_alias, cutout_radius, c
 
 @cli.command(epilog=_epilog("casda spectra my_sources.txt 30arcsec out/ --plot out/spectra.png",
                             "casda spectra my_sources.txt 0.01 out/ --collection EMU "
-                            "--subtype cont.restored.4d"))
-@click.argument("source_file")
-@click.argument("radius")
+                            "--subtype spectral.restored.3d",
+                            "casda spectra my_sources.txt 30arcsec out/ --channel 1 8 --pol I"))
+@click.argument("source_file", type=click.Path(dir_okay=False))
+@click.argument("radius", type=ANGLE)
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--collection", multiple=True, help="Project alias (RACS, EMU...) or full name; repeatable.")
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to extract from (repeatable).")
+@window_options
 @click.option("--plot", metavar="FILE.png", help="Draw the spectra (needs matplotlib).")
-@click.option("--rest-frequency", metavar="FREQ",
-              help="Add a radio-velocity axis to --plot for this rest frequency (e.g. 1420.405752MHz "
-                   "for HI; default: the files' RESTFREQ).")
+@click.option("--rest-frequency", type=SPECTRAL, metavar="FREQ",
+              help="Rest frequency: for a velocity --band, and a radio-velocity axis on --plot (e.g. "
+                   "1420.405752MHz for HI; default: the files' RESTFREQ).")
 @job_options
 @common_options
-def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_frequency):
+def spectra(options, source_file, radius, dest, collection, subtype, band, channel, pol, plot,
+            rest_frequency):
     """Spectra at each source of a list from the cubes covering it (CASDA's get_spectra.py).
 
-    RADIUS is the aperture ('30arcsec', or degrees); CASDA's spectrum generation service
-    sums it into one spectrum per cube, source and Stokes parameter.
+    RADIUS is the aperture (30arcsec, or degrees); CASDA's spectrum generation service
+    sums it into one spectrum per cube, source and Stokes parameter.  Each position is sent
+    only to the cubes whose footprint holds it; positions no cube covers are named.
     """
     from .regions import read_source_list
     from .reruns import sources_from
     console, started = options.console, time.monotonic()
     positions = read_source_list(source_file)
-    radius, plot = _radius(radius), _check_preview(plot, "--plot")
-    rest = _quantity_or_open(rest_frequency, "--rest-frequency") if rest_frequency else None
+    request = cut_request("spectrum", radius, band, channel, pol, rest_frequency)
     dest = destination(dest)
+    plot = _check_preview(plot, "--plot")    # after DEST: the picture may go into it
     console.say(f"Read {len(positions)} position(s) from {source_file}")
     casda = make_client(options)
     log_in(casda, options, console)
@@ -1264,17 +1687,12 @@ def spectra(options, source_file, radius, dest, collection, subtype, plot, rest_
     if not len(cubes):
         raise NothingFound(f"no {', '.join(subtype)} cube covers the sources in {source_file}")
     console.say(f"  {len(cubes)} cube(s): {_ids(cubes)}")
-
-    def submit(found, where):
-        console.say(f"Extracting spectra at {len(where)} position(s) in one SODA job ...")
-        return casda.spectra(found, where, radius, wait=False)
-
-    summary = cut_sources(casda, cubes, sources_from(positions), radius, dest, options, console,
-                          service="spectrum", submit=submit)
+    summary = cut_sources(casda, cubes, sources_from(positions), request, dest, options, console, what="cube")
     if plot:
         from .download import Manifest
         subtypes = {str(r["obs_publisher_did"]): str(r["dataproduct_subtype"]) for r in cubes}
-        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest, subtypes)
+        summary["plot"] = _plot_spectra(plot, Manifest.read(summary["manifest"]), console, rest_frequency,
+                                        subtypes)
     summary.update(command="spectra", cubes=len(cubes), sources=len(positions))
     text = _summary_text(summary, time.monotonic() - started, "spectrum file(s)")
     return _finish(console, options, started, summary, text)
@@ -1309,34 +1727,39 @@ def _plot_spectra(path, manifest, console, rest_frequency=None, subtypes=None):
 
 
 @cli.command(name="slice", epilog=_epilog("casda slice 609 8 out/",
-                                          "casda slice 609 4 out/ --subtype cont.restored.4d"))
+                                          "casda slice 609 8 out/   # again: only verifies",
+                                          "casda slice 609 16 out/ --subtype spectral.restored.3d"))
 @click.argument("sbid", type=click.IntRange(min=1))
 @click.argument("num_channels", type=click.IntRange(min=1))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--subtype", multiple=True, default=("spectral.restored.3d",), show_default=True,
               help="Cube subtypes to slice (repeatable).")
+@click.option("--pol", type=POL, help="Stokes parameters to keep: I, QU, Q,U...")
 @job_options
 @common_options
-def slice_command(options, sbid, num_channels, dest, subtype):
+def slice_command(options, sbid, num_channels, dest, subtype, pol):
     """Split each spectral cube of a scheduling block into chunks of NUM_CHANNELS channels.
 
     One job asks for every channel window (CASDA's CHANNEL parameter, 1-based) of every
     cube (CASDA's cutouts_channels.py); cubes with different channel counts get one job each.
+    Files are named PRODUCT_CHANNEL_FIRST_LAST.fits; a rerun fetches only windows not yet
+    there and verified.
     """
+    from .reruns import CutRequest
     console, started = options.console, time.monotonic()
     dest = destination(dest)
     casda = make_client(options)
     log_in(casda, options, console)
     cubes = _sbid_images(casda, sbid, list(subtype), console)
-    jobs = []
+    plans = []
     for channels, group in _by_channel_count(cubes).items():
         windows = channel_windows(channels, num_channels)
-        console.say(f"Slicing {len(group)} cube(s) of {channels} channels into {len(windows)} window(s) "
-                    f"of {num_channels} in one SODA job ...")
-        jobs += casda.cutout(group, channel=windows, wait=False)
-    if not jobs:
+        console.say(f"  {len(group)} cube(s) of {channels} channels: {len(windows)} window(s) of "
+                    f"{num_channels}")
+        plans.append(Plan(CutRequest("cutout", channels=tuple(windows), pol=tuple(pol or ())), group))
+    if not plans:
         raise NothingFound(f"no cube of SB{sbid} has more than one channel")
-    summary = jobs_to_files(casda, jobs, dest, options, console)
+    summary = fetch_missing(casda, plans, dest, options, console)
     summary.update(command="slice", sbid=sbid, cubes=len(cubes), num_channels=num_channels)
     return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
 
@@ -1348,6 +1771,8 @@ def channel_windows(channels, width):
 
 def _by_channel_count(cubes):
     """{channel count: sub-table} for the cubes with more than one channel (ObsCore ``em_xel``)."""
+    import numpy as np
+    from .errors import InvalidInputError
     if "em_xel" not in cubes.colnames:
         raise InvalidInputError("the ObsCore rows have no em_xel column: cannot count the channels")
     counts = np.asarray(cubes["em_xel"].filled(0) if hasattr(cubes["em_xel"], "filled") else cubes["em_xel"])
@@ -1371,6 +1796,8 @@ def _product_ids_from(items):
 
 
 def _read_table(path):
+    from astropy.table import Table
+    from .errors import InvalidInputError
     suffix = Path(path).suffix.lower()
     fmt = {".xml": "votable", ".vot": "votable", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(suffix)
     try:
@@ -1380,10 +1807,13 @@ def _read_table(path):
 
 
 @cli.command(epilog=_epilog("casda stage cube-1001 cube-1002",
-                            "casda stage found.ecsv --dest out/   (a table from 'casda query -o')"))
+                            "casda query 187.5 -45.0 --radius 5arcmin --type cube -o found.ecsv",
+                            "casda stage found.ecsv --dest out/   # a table from 'casda query -o'",
+                            "casda stage found.ecsv --dest out/   # again: stages nothing, only verifies"))
 @click.argument("items", nargs=-1, required=True)
 @click.option("--dest", type=click.Path(file_okay=False),
-              help="Wait for the job, then download and verify the files into DEST.")
+              help="Wait for the job, then download and verify the files into DEST; products whose "
+                   "files are already there and verified are not staged again.")
 @job_options
 @common_options
 def stage(options, items, dest):
@@ -1396,14 +1826,15 @@ def stage(options, items, dest):
     dest = destination(dest) if dest else None
     casda = make_client(options)
     log_in(casda, options, console)
+    products = _product_rows(casda, ids)
+    if dest:
+        summary = stage_whole_files(casda, products, dest, options, console)
+        summary.update(command="stage", products=ids)
+        return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
     console.say(f"Staging {len(ids)} product(s) ...")
-    jobs = casda.stage_data(ids, wait=False)
-    if not dest:
-        summary = {"command": "stage", "products": ids, "jobs": [job.url for job in jobs]}
-        return _finish(console, options, started, summary, "\n".join(job.url for job in jobs))
-    summary = jobs_to_files(casda, jobs, dest, options, console)
-    summary.update(command="stage", products=ids)
-    return _finish(console, options, started, summary, _summary_text(summary, time.monotonic() - started))
+    jobs = casda.stage_data(products, wait=False)
+    summary = {"command": "stage", "products": ids, "jobs": [job.url for job in jobs]}
+    return _finish(console, options, started, summary, "\n".join(job.url for job in jobs))
 
 
 @cli.command(epilog=_epilog("casda download https://casda.csiro.au/casda_data_access/data/async/<job> out/",
@@ -1418,6 +1849,7 @@ def download(options, sources, dest):
     Each file is checked against its CASDA .checksum; a manifest is written into DEST.
     Interrupted downloads resume when run again.  No login is needed.
     """
+    from .errors import redact_url
     console, started = options.console, time.monotonic()
     for source in sources:
         if not re.match(r"^https?://", source):
@@ -1526,6 +1958,7 @@ def login(options):
 
 
 def _ask_user():
+    from .errors import NotLoggedInError
     if not _isatty(sys.stdin):
         raise NotLoggedInError("no user name: give --user or set CASDA_USER")
     return click.prompt("ATNF OPAL user name (e-mail)", err=True).strip()
@@ -1533,6 +1966,7 @@ def _ask_user():
 
 def _ask_password(user):
     import getpass
+    from .errors import NotLoggedInError
     if not _isatty(sys.stdin):
         raise NotLoggedInError("no terminal to ask for the password: use --password-file or CASDA_PASSWORD")
     password = getpass.getpass(f"CASDA (ATNF OPAL) password for {user}: ")
@@ -1556,7 +1990,10 @@ def logout(options):
     except PasswordDeleteError:
         removed = False
     except KeyringError as exc:
-        raise NotLoggedInError(f"the keyring is not usable: {type(exc).__name__}") from None
+        # no usable keyring (headless machines): nothing can be stored there, so nothing is, as
+        # 'casda login' says on such machines; that is success, not a login failure
+        console.warn(f"no usable keyring ({type(exc).__name__}): no password is stored on this machine")
+        removed = False
     text = f"Removed the stored password of {user}." if removed else f"No password was stored for {user}."
     return _finish(console, options, started, {"command": "logout", "user": user, "removed": removed}, text)
 
@@ -1604,7 +2041,7 @@ def _demo_casda(options, console):
 @click.argument("dest", required=False, default=DEMO_DEST, type=click.Path(file_okay=False))
 @click.option("--sbid", type=click.IntRange(min=1), default=DEMO_SBID, show_default=True,
               help="The scheduling block to use.")
-@click.option("--flux-min", default=SCRIPT_FLUX_MIN, show_default=True,
+@click.option("--flux-min", type=FLUX, default=SCRIPT_FLUX_MIN, show_default=True,
               help="What counts as a bright source.")
 @cutout_size_options("2 arcmin")
 @job_options
@@ -1625,16 +2062,16 @@ def demo(options, dest, sbid, flux_min, cutout_radius, radius_alias):
     usual credentials.
     """
     console, started = options.console, time.monotonic()
-    flux = _flux(flux_min)
     radius = _cutout_radius(cutout_radius, radius_alias, console, "2 arcmin")
     dest = destination(dest)
     with _demo_casda(options, console) as (casda, policy):
-        summary = _demo_steps(casda, sbid, flux, radius, dest, options, console, policy)
+        summary = _demo_steps(casda, sbid, flux_min, radius, dest, options, console, policy)
     summary.update(command="demo", sbid=sbid)
     return _finish(console, options, started, summary, _demo_text(summary, time.monotonic() - started))
 
 
 def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
+    from .errors import redact_url
     from .regions import parse_positions
     step = _Steps(console, 5)
     step(f"TAP/ObsCore finds the images of scheduling block {sbid}",
@@ -1667,7 +2104,7 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
     from .reruns import sources_from
     positions = parse_positions(components)
     step("SODA runs ONE cutout job for all of them",
-         f"One job cuts a {radius.to(u.arcmin):.3g} circle around each of the {len(positions)} sources "
+         f"One job cuts a {radius.to('arcmin'):.3g} circle around each of the {len(positions)} sources "
          f"out of {len(images)} image(s); CASDA moves it through its phases:")
     preview = Path(dest) / PREVIEW_NAME if _can_plot(console) else None
     def before_download():
@@ -1676,8 +2113,8 @@ def _demo_steps(casda, sbid, flux, radius, dest, options, console, policy):
              "(size, CRC-32, SHA-1) and named after its image and source.")
 
     sources = sources_from(positions, list(components["component_name"]))
-    summary = cut_sources(casda, images, sources, radius, dest, options, console, preview=preview,
-                          policy=policy, before_download=before_download)
+    summary = cut_sources(casda, images, sources, cut_request("cutout", radius), dest, options, console,
+                          preview=preview, policy=policy, before_download=before_download)
     summary.update(images=len(images))
     return summary
 

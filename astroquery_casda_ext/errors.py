@@ -26,7 +26,7 @@ __all__ = [
     "CasdaError", "InvalidInputError", "InvalidRegionError", "InvalidSpectralRangeError",
     "InvalidTableError", "InvalidSourceListError", "InvalidURLError",
     "NotLoggedInError", "CasdaLoginError", "InsecureTransportError",
-    "ServiceError", "QueryError", "DataLinkError", "NoAccessError",
+    "ServiceError", "NameResolverUnavailableError", "QueryError", "DataLinkError", "NoAccessError",
     "JobError", "JobFailedError", "JobExpiredError", "JobNotFoundError", "JobTimeoutError",
     "JobSubmissionError", "scrub_secrets", "plain_text", "package_logger", "PlainTextFilter",
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
@@ -232,6 +232,15 @@ class ServiceError(CasdaError, RemoteServiceError):
         self.status = status
         self.server_message = server_message if server_message is not None else message
         self.response = response if response is not None else getattr(cause, "response", None)
+
+
+class NameResolverUnavailableError(InvalidRegionError, ServiceError):
+    """An object name could not be resolved because the name resolver (Sesame) did not answer.
+
+    Still an `InvalidRegionError` (the position could not be read, and nothing was sent to
+    CASDA), but also a `ServiceError`: the name may be right, and the network is what failed
+    (the command line exits with its "service error" code, not "usage error").
+    """
 
 
 class QueryError(ServiceError, InvalidQueryError):

@@ -18,7 +18,8 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from .writer import atomic_output
 
 __all__ = ["require_matplotlib", "read_image_plane", "image_centre", "contact_sheet", "plot_light_curve",
-           "plot_spectra", "MATPLOTLIB_HINT", "MAX_PANELS", "FONT", "HI_REST_FREQUENCY"]
+           "plot_spectra", "celestial_frame", "plane_label", "MATPLOTLIB_HINT", "MAX_PANELS",
+           "FONT", "HI_REST_FREQUENCY"]
 
 #: What to tell a user who asked for a picture without matplotlib installed.
 MATPLOTLIB_HINT = ("drawing pictures needs matplotlib, an optional extra: "
@@ -116,11 +117,91 @@ def image_centre(path):
 
 def _normalisation(data):
     """An asinh stretch between robust limits: faint sources stay visible next to bright ones."""
-    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+    from astropy.stats import mad_std
+    from astropy.visualization import AsinhStretch, ImageNormalize, LinearStretch, PercentileInterval
     finite = data[np.isfinite(data)]
     if finite.size == 0 or np.ptp(finite) == 0:
         return None
-    return ImageNormalize(finite, interval=PercentileInterval(99.5), stretch=AsinhStretch(0.01))
+    # a plane of noise alone (a line cube's empty channel) reads best linearly; asinh is for sources
+    sources = np.percentile(finite, 99.5) - np.median(finite) > 20 * mad_std(finite)
+    return ImageNormalize(finite, interval=PercentileInterval(99.5),
+                          stretch=AsinhStretch(0.01) if sources else LinearStretch())
+
+
+def _clipping(data, norm, unit):
+    """``(extend, note)``: how the colour bar shows values beyond the colour limits, and the
+    true peak in words, so a clipped peak is never read off the colour bar as the peak."""
+    finite = data[np.isfinite(data)]
+    if norm is None or finite.size == 0:
+        return "neither", ""
+    low, high = float(finite.min()), float(finite.max())
+    above, below = high > norm.vmax, low < norm.vmin
+    extend = {(True, True): "both", (True, False): "max", (False, True): "min"}.get((above, below), "neither")
+    if not above:
+        return extend, ""
+    return extend, f"peak {high:.4g} {unit}, colours clipped at {norm.vmax:.3g}"
+
+
+def _colour_bar_ticks(norm, count=5):
+    """Ticks evenly spaced along the stretched bar, at round values (an asinh stretch crowds
+    evenly spaced data values at one end)."""
+    if norm is None:
+        return None
+    values = np.asarray(norm.inverse(np.linspace(0.0, 1.0, count)), dtype=float).ravel()
+    ticks = []
+    for value in values:
+        if value != 0 and np.isfinite(value):
+            scale = 10.0 ** (int(math.floor(math.log10(abs(value)))) - 1)     # two significant digits,
+            value = math.floor(value / scale) * scale if value > 0 else math.ceil(value / scale) * scale
+            value = float(f"{value:.2g}")                                    # towards zero: inside the bar
+        if np.isfinite(value) and norm.vmin <= value <= norm.vmax and value not in ticks:
+            ticks.append(value)
+    return ticks if len(ticks) >= 2 else None
+
+
+def celestial_frame(header):
+    """The sky frame of a header's coordinates: ``'FK5 J2000'``, ``'ICRS'``... (RADESYS, EQUINOX).
+
+    FITS says a header without ``RADESYS`` is FK5 when it gives an ``EQUINOX`` (from 1984 on),
+    else ICRS.
+    """
+    system = str(header.get("RADESYS", header.get("RADECSYS", ""))).strip().upper()
+    equinox = header.get("EQUINOX", header.get("EPOCH"))
+    if not system:
+        system = "FK5" if equinox is not None and float(equinox) >= 1984 else "ICRS"
+    if system in ("FK5", "FK4") and equinox is not None:
+        return f"{system} {'J' if system == 'FK5' else 'B'}{float(equinox):g}"
+    return system
+
+
+_STOKES_NAMES = {1: "I", 2: "Q", 3: "U", 4: "V", -1: "RR", -2: "LL", -3: "RL", -4: "LR", -5: "XX", -6: "YY",
+                 -7: "XY", -8: "YX"}
+
+
+def plane_label(header):
+    """Which plane of a cube `read_image_plane` shows: ``'plane 1 of 32: 1415.625 MHz, Stokes I'``.
+
+    Empty for a plain image (no axis beyond the sky with more than one pixel).
+    """
+    naxis = int(header.get("NAXIS", 0))
+    lengths = [int(header.get(f"NAXIS{i}", 1)) for i in range(3, naxis + 1)]
+    if not any(length > 1 for length in lengths):
+        return ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        world = WCS(header).all_pix2world([[0.0] * naxis], 0)[0]
+    parts = []
+    for index, length in enumerate(lengths, start=3):
+        kind = str(header.get(f"CTYPE{index}", "")).upper()
+        value = float(world[index - 1])
+        if kind.startswith("STOKES"):
+            parts.append(f"Stokes {_STOKES_NAMES.get(int(round(value)), int(round(value)))}"
+                         + (f" (1 of {length})" if length > 1 else ""))
+        elif length > 1 or kind.startswith(("FREQ", "VRAD", "VOPT", "WAVE")):
+            unit = header.get(f"CUNIT{index}", "")
+            shown = f"{value / 1e6:.6g} MHz" if kind.startswith("FREQ") else f"{value:.6g} {unit}"
+            parts.append(f"plane 1 of {length}: {shown.strip()}" if length > 1 else shown.strip())
+    return ", ".join(parts)
 
 
 def _positions_inside(positions, wcs, shape):
@@ -217,28 +298,36 @@ def _draw_panel(figure, grid, index, path, title, positions, target=None):
         return
     scale, unit_label = _display_unit(header, data)
     shown = data * scale
+    norm = _normalisation(shown)
+    extend, clipped = _clipping(shown, norm, unit_label)
     ax = figure.add_subplot(*grid, index, projection=wcs)
-    image = ax.imshow(shown, origin="lower", cmap="inferno", norm=_normalisation(shown))
-    colorbar = figure.colorbar(image, ax=ax, shrink=0.85, pad=0.02)
+    image = ax.imshow(shown, origin="lower", cmap="inferno", norm=norm)
+    # the triangle at the end of the bar says "brighter than the last colour"; the title gives the peak
+    colorbar = figure.colorbar(image, ax=ax, shrink=0.85, pad=0.02, extend=extend)
     colorbar.set_label(unit_label, fontsize=FONT["label"])
+    ticks = _colour_bar_ticks(norm)
+    if ticks:
+        colorbar.set_ticks(ticks, labels=[f"{tick:g}" for tick in ticks])
     colorbar.ax.tick_params(labelsize=FONT["ticks"])
     inside = _positions_inside(positions, wcs, data.shape)
     if target is not None and inside is not None and len(inside):
         # the panel's own source is ringed; other requested positions get a small grey cross
         inside = inside[inside.separation(target).arcsec > 1.0]
     if inside is not None and len(inside):
-        ax.scatter(inside.ra.deg, inside.dec.deg, transform=ax.get_transform("world"),
+        ax.scatter(inside.ra.deg, inside.dec.deg, transform=ax.get_transform("icrs"),
                    marker="+", s=60 if target is not None else 120, linewidths=1.0,
                    color="0.75" if target is not None else "cyan")
     if target is not None:
-        ax.scatter([target.ra.deg], [target.dec.deg], transform=ax.get_transform("world"), marker="o",
+        ax.scatter([target.ra.deg], [target.dec.deg], transform=ax.get_transform("icrs"), marker="o",
                    s=260, facecolors="none", edgecolors="cyan", linewidths=1.3)
     _draw_beam(ax, header, wcs, data.shape)
     _draw_scale_bar(ax, wcs, data.shape)
     ax.set_xlim(-0.5, data.shape[1] - 0.5)
     ax.set_ylim(-0.5, data.shape[0] - 0.5)
-    ax.set_title(title, fontsize=FONT["title"])
-    for axis, label in zip(ax.coords, ("RA (ICRS)", "Dec (ICRS)")):
+    notes = [note for note in (plane_label(header), clipped) if note]
+    ax.set_title("\n".join([title, *notes]), fontsize=FONT["title"])
+    frame = celestial_frame(header)
+    for axis, label in zip(ax.coords, (f"RA ({frame})", f"Dec ({frame})")):
         axis.set_axislabel(label, fontsize=FONT["label"])
         axis.set_ticklabel(size=FONT["ticks"])
         axis.set_ticks(number=3)

@@ -23,13 +23,14 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord, UnitSphericalRepresentation
 from astropy.table import Row, Table
 
-from .errors import InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError
+from .errors import (InvalidRegionError, InvalidSourceListError, InvalidSpectralRangeError,
+                     NameResolverUnavailableError)
 
 __all__ = [
     "MAX_RADIUS_DEG", "DEFAULT_RADIUS", "STOKES", "SIA2_POL_STATES",
     "format_number", "parse_coordinates", "parse_positions", "read_source_list", "parse_radius",
     "Region", "Circle", "Box", "Polygon", "make_regions",
-    "parse_band", "band_string", "parse_channel", "parse_pol",
+    "parse_band", "band_string", "parse_channel", "parse_pol", "footprint_contains",
 ]
 
 #: CASDA's largest radius, in degrees, for SIA2 ``POS`` circles and SODA cutouts.
@@ -143,9 +144,20 @@ def _resolve_name(text):
         try:
             coord = commons.parse_coordinates(text)
         except (NameResolveError, ValueError, TypeError, u.UnitsError, OSError) as exc:
+            if _resolver_unreachable(exc):
+                raise NameResolverUnavailableError(
+                    f"cannot resolve {text!r}: the name resolver (Sesame) did not answer "
+                    f"({_first_line(exc)}); "
+                    f"give the position as coordinates ({_COORDINATE_FORMS}), or an object name Sesame "
+                    "knows once it can be reached") from None
             raise InvalidRegionError(f"{_cannot_parse(text)[:-1]}, or an object name Sesame knows "
                                      f"(resolving {text!r} failed: {_first_line(exc)})") from None
     return _icrs(coord, text)
+
+
+def _resolver_unreachable(exc):
+    """Whether a name lookup failed for want of a network, not because the name is unknown."""
+    return isinstance(exc, OSError) or "queries failed" in str(exc) or "Unable to retrieve" in str(exc)
 
 
 def _looks_like_name(text):
@@ -397,7 +409,8 @@ def parse_radius(value, *, name="radius", max_deg=MAX_RADIUS_DEG):
     Parameters
     ----------
     value : str, `~astropy.units.Quantity` or number
-        ``'1 arcmin'``, ``0.5 * u.deg``; a plain number is in **degrees** (as astroquery).
+        ``'1 arcmin'``, ``0.5 * u.deg``; a plain number (or a string holding one, ``'0.5'``)
+        is in **degrees** (as astroquery).
     name : str
         What the value is, for messages (``'radius'``, ``'width'``...).
     max_deg : float
@@ -416,6 +429,8 @@ def parse_radius(value, *, name="radius", max_deg=MAX_RADIUS_DEG):
     try:
         if _is_real(value):
             quantity = float(value) * u.deg
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            quantity = float(value) * u.deg       # '0.5' as 0.5: the command line passes text
         elif isinstance(value, (str, u.Quantity)):
             quantity = u.Quantity(value).to(u.deg)
         else:
@@ -828,3 +843,58 @@ def parse_pol(pol, *, allowed=STOKES):
     if bad or not names:
         raise InvalidSpectralRangeError(f"pol {pol!r}: {bad or 'nothing'} not in {', '.join(allowed)}")
     return list(dict.fromkeys(names))
+
+
+# --- footprints -------------------------------------------------------------------------------
+
+def footprint_contains(s_region, positions):
+    """Which positions lie inside an ObsCore footprint (``s_region``).
+
+    CASDA cuts a region from a product only when the region's centre is inside the
+    product's footprint; asking for the others costs a job error file each (and a whole
+    failed job when none is inside).  ``POLYGON`` and ``CIRCLE`` footprints are tested;
+    vertices are projected onto the plane tangent at their mean position (footprints are
+    a few degrees across, where that projection keeps the edges straight enough).
+
+    Parameters
+    ----------
+    s_region : str
+        ``'POLYGON ICRS ra1 dec1 ra2 dec2 ...'`` or ``'CIRCLE ICRS ra dec r'`` (frame optional).
+    positions : `~astropy.coordinates.SkyCoord`
+        One or many positions.
+
+    Returns
+    -------
+    `numpy.ndarray` of bool
+        One value per position; all True for a footprint this function cannot read (CASDA
+        then decides, as before).
+    """
+    positions = positions.reshape((-1,))
+    tokens = str(s_region or "").replace(",", " ").split()
+    shape = tokens[0].upper() if tokens else ""
+    try:
+        numbers_ = [float(t) for t in tokens[1:] if not t.isalpha()]
+    except ValueError:
+        return np.ones(len(positions), dtype=bool)
+    if shape == "CIRCLE" and len(numbers_) == 3:
+        centre = SkyCoord(numbers_[0], numbers_[1], unit="deg", frame="icrs")
+        return np.asarray(positions.separation(centre).deg <= numbers_[2])
+    if shape != "POLYGON" or len(numbers_) < 6 or len(numbers_) % 2:
+        return np.ones(len(positions), dtype=bool)
+    vertices = SkyCoord(numbers_[0::2], numbers_[1::2], unit="deg", frame="icrs")
+    frame = vertices[0].skyoffset_frame()
+    mean = SkyCoord(vertices.transform_to(frame).lon.mean(), vertices.transform_to(frame).lat.mean(),
+                    frame=frame).icrs
+    plane = mean.skyoffset_frame()
+    vx, vy = (np.asarray(a.deg) for a in (vertices.transform_to(plane).lon, vertices.transform_to(plane).lat))
+    projected = positions.transform_to(plane)
+    px, py = np.asarray(projected.lon.deg), np.asarray(projected.lat.deg)
+    near = positions.separation(mean).deg < 90      # the far side would project onto the footprint
+    # even-odd rule: a ray from each point crosses the polygon's edges an odd number of times
+    inside = np.zeros(len(positions), dtype=bool)
+    for (x1, y1), (x2, y2) in zip(zip(vx, vy), zip(np.roll(vx, -1), np.roll(vy, -1))):
+        crosses = (y1 > py) != (y2 > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (px < x_at)
+    return inside & near

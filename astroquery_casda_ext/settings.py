@@ -31,9 +31,25 @@ def _astroquery_value(name):
         from astroquery.casda import conf as astroquery_conf
     except ImportError:     # astroquery without its casda module: nothing to inherit
         return None
+    except (TypeError, ValueError):
+        # astroquery.casda declares `server` as a list of allowed values, so a server of the
+        # user's own in astroquery.cfg makes astroquery.casda itself fail to import: read the
+        # user's text from the file instead of letting that fail every command
+        return _raw_astroquery_value(name)
     item = getattr(type(astroquery_conf), name)
     value = getattr(astroquery_conf, name)
     return None if _first(value) == _first(item.defaultvalue) else _first(value)
+
+
+def _raw_astroquery_value(name):
+    """``name`` as written in the ``[casda]`` section of the user's astroquery.cfg (None if absent)."""
+    from astropy.config import get_config
+    try:
+        section = get_config("astroquery.casda", rootname="astroquery")
+        value = section.get(name)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return _first(value) if value not in (None, "") else None
 
 
 def effective(name):

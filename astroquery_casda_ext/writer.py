@@ -309,7 +309,8 @@ def _claim(path):
             _unflock(fd)
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)     # ours now: a killed run's leftovers start again from nothing
+        if os.fstat(fd).st_size:  # ours now: a killed run's leftovers start again from nothing
+            os.ftruncate(fd, 0)     # (only then: ext4 flushes a file truncated to zero when closed)
         return fd, temporary
     raise OutputExistsError(f"{str(path)!r} is being written by other runs; not written", path=str(path))
 
@@ -471,7 +472,8 @@ class FolderLock:
         info = os.fstat(fd)
         self._fd, self._key = fd, (info.st_dev, info.st_ino)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        os.ftruncate(fd, 0)
+        if info.st_size:      # (only then: ext4 flushes a file truncated to zero when closed, 40 ms)
+            os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
         return True
 

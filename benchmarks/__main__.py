@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks --only W1,W3        # some workloads (W4 counts the W1, W2, W7 runs of this run)
     python -m benchmarks --repeats 5         # runs of each side (default 3; W3: at least 5 at full scale)
     python -m benchmarks --output out.json   # JSON elsewhere than benchmarks/results/latest.json
+    python -m benchmarks --only W3 --w3-size 512M --repeats 3   # W3 with a smaller file
 """
 import argparse
 import contextlib
@@ -26,7 +27,7 @@ from pathlib import Path
 from . import workloads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 #: Workloads of ``benchmarks/tap_scale.py`` (catalogue-scale TAP), imported only when selected.
 TAP_SCALE = ("W5", "W6")
 #: W4 reads the request counts of these workloads' runs.
@@ -52,6 +53,19 @@ def positive(text):
     return value
 
 
+def binary_size(text):
+    """``"512M"`` -> 536 870 912: bytes, with binary suffixes K, M, G (KiB, MiB, GiB)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
+    try:
+        size = int(float(value[:-1] if factor > 1 else value) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M or 2G)") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 byte, got {text}")
+    return size
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -60,6 +74,9 @@ def build_parser():
                         help="comma-separated workloads to run (default: all)")
     parser.add_argument("--repeats", type=positive, default=None,
                         help="interleaved runs of each side (default 3; fewer than 3 decides nothing)")
+    parser.add_argument("--w3-size", type=binary_size, default=None, metavar="SIZE",
+                        help="W3's file (K/M/G are KiB/MiB/GiB; default 2G, 5M with --quick); below 2G "
+                             "W3 runs --repeats times instead of at least 5")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     return parser
@@ -93,12 +110,14 @@ def run_workloads(selected, scale, workdir, progress=None):
     """
     tap_scale = tap_scale_module() if set(TAP_SCALE) & set(selected) else None
     counted = COUNTED if selected == ("W4",) else tuple(name for name in COUNTED if name in selected)
-    runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3}
+    from .cli_startup import run_w8
+    runners = {"W1": workloads.run_w1, "W2": workloads.run_w2, "W7": workloads.run_w7, "W3": workloads.run_w3,
+               "W8": run_w8}
     for name in TAP_SCALE:
         runners[name] = (lambda scale_, workdir_, _name=name: getattr(tap_scale, f"run_{_name.lower()}")(
             scale_, workdir_))
     results = {}
-    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6"):
+    for name in ("W1", "W2", "W7", "W4", "W3", "W5", "W6", "W8"):
         if name not in selected and not (name in counted and "W4" in selected):
             continue
         try:
@@ -187,6 +206,8 @@ def main(argv=None):
     scale = workloads.QUICK if args.quick else workloads.FULL
     if args.repeats is not None:
         scale = scale.with_repeats(args.repeats)
+    if args.w3_size is not None:
+        scale = scale.with_big_size(args.w3_size)
     if set(TAP_SCALE) & set(args.only):
         tap_scale_module()        # fail before anything runs, not after the other workloads
     print(f"benchmarks ({scale.name} scale, {scale.repeats} runs of each side): {', '.join(args.only)}",

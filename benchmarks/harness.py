@@ -9,6 +9,8 @@ The pieces a workload is built from (``workloads.py`` and ``tap_scale.py`` use t
   MODULE:FUNCTION``, the parameters as JSON on stdin).  ``FUNCTION(params)`` does the imports
   and the set-up and returns the work; only the work is timed, and the child reports its time,
   CPU and peak memory (VmHWM, see `vmhwm_mb`) beside whatever the work returned.
+- `run_process`: one run of a command (curl, or a script run by path), timed from the outside,
+  start-up included.
 - `interleave`: every side ``repeats`` times, the order rotated each round (A B C, B C A,
   C A B, ...), so no side always runs first, last or after the same neighbour.
 - `spread`, `time_row`, `rate_row`, `count_row`, `ceiling_row`: the **median** of the runs
@@ -41,7 +43,8 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["Row", "WorkloadResult", "EmulatorProcess", "BenchmarkError", "run_child", "interleave",
+__all__ = ["Row", "WorkloadResult", "EmulatorProcess", "BenchmarkError", "run_child", "run_process",
+           "interleave",
            "spread", "time_row", "rate_row", "count_row", "ceiling_row", "verify_files", "request_counts",
            "datalink_limit", "vmhwm_mb", "say", "child_env"]
 
@@ -134,12 +137,16 @@ def time_row(workload, measure, ours_runs, baseline_runs, baseline_name, minimum
                ratio_by_round=_by_round(baseline_runs, ours_runs) if base is not None else None)
 
 
-def rate_row(workload, measure, unit, ours_runs, baseline_runs, baseline_name, minimum, note=""):
-    """Throughput of each run (bigger is better); ratio = median(ours) / median(baseline)."""
+def rate_row(workload, measure, unit, ours_runs, baseline_runs, baseline_name, minimum, note="", short=None):
+    """Throughput of each run (bigger is better); ratio = median(ours) / median(baseline).
+
+    ``short`` names the baseline in the target column (default: its name's first word).
+    """
     ours, ours_best, ours_worst = spread(ours_runs, "higher")
     base, base_best, base_worst = spread(baseline_runs, "higher")
     ratio = ours / base if base else None
-    target = f">= {minimum:g}x {baseline_name.split()[0]}" if minimum is not None else "-"
+    short = short or baseline_name.split()[0]
+    target = f">= {minimum:g}x {short}" if minimum is not None else "-"
     return Row(workload, measure, unit, ours, base, baseline_name, ratio, target, _verdict(ratio, minimum),
                note, (ours_best, ours_worst), (base_best, base_worst) if base is not None else None,
                ratio_by_round=_by_round(ours_runs, baseline_runs) if base is not None else None)
@@ -388,6 +395,28 @@ def run_child(target, params, *, cwd=None, timeout=3600):
             return json.loads(line[len(RESULT_MARK):])
     tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
     raise BenchmarkError(f"{target} failed (exit {done.returncode}): {tail}")
+
+
+def run_process(command, *, cwd=None, timeout=3600):
+    """Run ``command`` once, timed from the outside: start-up and exit count.
+
+    Returns ``{"seconds": wall time, "cpu_seconds": the process's user + system CPU,
+    "stdout": its output}``; a failure (or a run longer than ``timeout``) is a `BenchmarkError`.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=child_env(),
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"{command[0]} took longer than {timeout} s") from None
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise BenchmarkError(f"{' '.join(map(str, command[:2]))} failed (exit {done.returncode}): {tail}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "stdout": done.stdout}
 
 
 def child_main(target, params_json):

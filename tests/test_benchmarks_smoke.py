@@ -167,3 +167,44 @@ def test_w5_and_w6_run_through_python_m_benchmarks(tmp_path):
         assert all(row["met"] is not None for row in workload["rows"] if row["target"] != "-"), name
     resumed = [row for row in document["workloads"]["W6"]["rows"] if row["measure"].endswith("resumed run")]
     assert resumed and resumed[0]["met"] is True     # rows and column checksums equal the reference
+
+
+def test_w3_times_four_sides_as_fresh_processes_and_checks_every_file(tmp_path):
+    """Quick W3: ours, the bare verifying loop, curl, curl then sha1sum, each run checked by
+    checksum; the rows' medians and ratios are the runs'; our peak memory is every run's."""
+    output = tmp_path / "w3.json"
+    status = main(["--quick", "--only", "W3", "--output", str(output), "--workdir", str(tmp_path)])
+    assert status in (0, 1)     # 1 = a target missed (at 5 MB start-up decides), never a crash
+    w3 = json.loads(output.read_text())["workloads"]["W3"]
+    assert w3["title"] != "failed", w3["measurements"].get("traceback")
+    runs = w3["measurements"]
+    assert {"ours", "floor"} <= set(runs) and set(runs) <= {"ours", "floor", "curl", "curl_sha1sum"}
+    for side, side_runs in runs.items():
+        assert len(side_runs) == QUICK.big_repeats
+        for run in side_runs:
+            assert (run["files_verified"], run["bytes_verified"]) == (1, QUICK.big_size), side
+            assert run["seconds"] > 0
+            assert run["mb_per_s"] == pytest.approx(QUICK.big_size / 1e6 / run["seconds"])
+    assert all(run["sidecars_verified"] == 1 and run["peak_rss_mb"] > 0 for run in runs["ours"])
+    versus_loop, versus_shell = w3["rows"][:2]
+    assert versus_loop["target"] == ">= 0.8x bare loop"
+    medians = {side: statistics.median(run["mb_per_s"] for run in runs[side]) for side in ("ours", "floor")}
+    assert versus_loop["ratio"] == pytest.approx(medians["ours"] / medians["floor"])
+    if "curl_sha1sum" in runs:
+        assert versus_shell["target"] == ">= 1.2x curl then sha1sum"
+    memory = w3["rows"][-1]
+    assert memory["ours_range"][1] == max(run["peak_rss_mb"] for run in runs["ours"])
+
+
+@pytest.mark.parametrize("text, size", [("512M", 512 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29),
+                                        ("4096", 4096)])
+def test_w3_sizes_are_binary(text, size):
+    from benchmarks.__main__ import binary_size
+    assert binary_size(text) == size
+
+
+def test_a_smaller_w3_file_runs_the_repeats_asked_for():
+    from benchmarks.workloads import FULL, W3_FULL_SIZE
+    assert FULL.big_size == W3_FULL_SIZE == 2 << 30
+    assert FULL.with_repeats(3).big_repeats == 5                   # 2 GiB: at least 5 runs
+    assert FULL.with_repeats(3).with_big_size(512 << 20).big_repeats == 3

@@ -84,3 +84,18 @@ def test_a_checksum_written_by_other_programs_is_the_verifiers():
 def test_what_is_not_a_checksum_is_refused(text):
     with pytest.raises(ValueError, match="not a CASDA checksum"):
         parse_checksum(text)
+
+
+def test_without_zlib_ng_the_crc32_is_zlibs_own():
+    """Where zlib-ng has no wheel, the verifier falls back to zlib's CRC-32 (a child process
+    that cannot import zlib_ng)."""
+    import subprocess
+    import sys
+    code = ("import sys, zlib; sys.modules['zlib_ng'] = None\n"
+            "from astroquery_casda_ext import checksum\n"
+            "assert checksum.crc32 is zlib.crc32, checksum.crc32\n"
+            "accumulator = checksum.ChecksumAccumulator(); accumulator.update(b'blah blah')\n"
+            "print(accumulator.result())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected_line(b"blah blah")

@@ -51,24 +51,9 @@ def casda(emulator, *args, home, password=True, user=True, server=True, extra_en
 
 
 @pytest.fixture
-def casda_here(emulator, capsys, monkeypatch):
-    """Run ``casda ARGS`` in this process (no interpreter start-up; still real HTTP to the
-    emulator), with the built-in account in the environment and ``--server`` the emulator.
-
-    Returns a `subprocess.CompletedProcess`, like `casda`.
-    """
-    def run(*args, password=True, user=True, server=True):
-        for name, value, wanted in (("CASDA_USER", emulator.username, user),
-                                    ("CASDA_PASSWORD", emulator.password, password)):
-            if wanted:
-                monkeypatch.setenv(name, value)
-            else:
-                monkeypatch.delenv(name, raising=False)
-        argv = [str(arg) for arg in args] + (["--server", emulator.url] if server else [])
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-    return run
+def casda_here(casda_cli):
+    """``casda ARGS`` in this process (conftest's ``casda_cli``)."""
+    return casda_cli
 
 
 def assert_ok(process):
@@ -243,8 +228,8 @@ def test_sources_cuts_a_source_list_and_reports_misses(tmp_path, emulator):
     assert_ok(process)
     rows = manifest(dest)
     assert sum(rows["kind"] == "data") == 2
-    assert sum(rows["kind"] == "error-file") == 1
-    assert "No data is available" in process.stdout
+    assert sum(rows["kind"] == "error-file") == 0       # the far source was not sent
+    assert "1 position(s) in no footprint, not asked for: J004000.0+100000" in process.stdout
 
 
 def test_images_at_a_position_with_a_negative_declination(tmp_path, emulator):
@@ -417,7 +402,6 @@ def test_malformed_source_file_names_the_line(tmp_path, emulator, casda_here):
 
 @pytest.mark.parametrize("args, fragment", [
     (("images", "400", "-45", "DEST"), "RA"),
-    (("images", "abc", "def", "DEST"), "cannot read coordinates"),
     (("query", "187.5", "-95"), "Dec"),
     (("query", "187.5", "-45", "--radius", "20deg"), "radius"),
     (("query", "--band", "1", "2"), "needs a unit"),
@@ -457,9 +441,29 @@ def test_nothing_matched_exits_1(tmp_path, emulator, casda_here):
 
 
 def test_a_failed_job_exits_4(tmp_path, emulator, casda_here):
-    sources = source_file(tmp_path, ["10.0 10.0"])      # misses the image: CASDA fails the job
-    process = casda_here("sources", "cube-1001", str(sources), str(tmp_path / "d"), "--quiet", *FAST_POLL)
+    first = bright_components(emulator)[0]
+    sources = source_file(tmp_path, [f"{first['ra_deg_cont']} {first['dec_deg_cont']}"])
+    # channels the image does not have: nothing matches, CASDA fails the job
+    process = casda_here("sources", "cube-1001", str(sources), str(tmp_path / "d"), "--channel", "500", "600",
+                         "--quiet", *FAST_POLL)
     assert_one_line_error(process, cli.EXIT_JOB, "ERROR")
+    assert not (tmp_path / "d").exists()        # a failed command leaves no empty folder
+
+
+def test_positions_outside_every_footprint_match_nothing(tmp_path, emulator, casda_here):
+    sources = source_file(tmp_path, ["10.0 10.0"])      # far from the image: not sent at all
+    start = len(emulator.request_log)
+    process = casda_here("sources", "cube-1001", str(sources), str(tmp_path / "d"), "--quiet", *FAST_POLL)
+    assert_one_line_error(process, cli.EXIT_NOTHING_FOUND, "footprint")
+    assert not any(e.method == "POST" and e.path.endswith("/data/async") for e in emulator.request_log[start:])
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_unresolvable_name_offline_is_a_service_error(tmp_path, emulator, casda_here):
+    # the test session has no internet: the name resolver cannot answer (not a usage error)
+    process = casda_here("images", "abc", "def", str(tmp_path / "d"), "--quiet")
+    assert_one_line_error(process, cli.EXIT_SERVICE, "name resolver")
+    assert not (tmp_path / "d").exists()
 
 
 def test_an_unknown_job_exits_4(tmp_path, emulator, casda_here):

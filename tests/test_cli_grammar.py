@@ -5,7 +5,6 @@ Real HTTP against the emulator; `cli.main` runs in this process.
 import io
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,9 @@ FAST_POLL = ("--poll-interval", "0.2")
 
 
 @pytest.fixture
-def run(emulator, capsys, monkeypatch):
-    """``casda ARGS`` in this process with the emulator's account; a CompletedProcess."""
-    def run(*args, password=True):
-        monkeypatch.setenv("CASDA_USER", emulator.username)
-        if password:
-            monkeypatch.setenv("CASDA_PASSWORD", emulator.password)
-        else:
-            monkeypatch.delenv("CASDA_PASSWORD", raising=False)
-        argv = [str(arg) for arg in args] + ["--server", emulator.url]
-        code = cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-    return run
+def run(casda_cli):
+    """``casda ARGS`` in this process (conftest's ``casda_cli``)."""
+    return casda_cli
 
 
 def _files(dest):
@@ -73,7 +62,7 @@ def test_a_rerun_refetches_only_what_is_missing_or_damaged(tmp_path, run):
         handle.write(b"damaged")
     again = run("cutouts", "609", dest, "--json", *FAST_POLL)
     assert again.returncode == 0, again.stderr
-    assert "1 of 3 source(s) are already in" in again.stderr
+    assert "1 of 3 file(s) of this request are already in" in again.stderr
     assert _files(dest) == files
     assert [row[:3] + row[4:] for row in _rows(dest)] == [row[:3] + row[4:] for row in rows]
     assert json.loads(again.stdout)["files"] == 3

@@ -5,6 +5,10 @@ Every case must end with each file verified (or a clear `ChecksumMismatchError`)
 no unverified file under its final name.  The emulator here has its own bulk products
 (4 MB files), so faults can strike mid-file.
 """
+import errno
+import os
+import time
+
 import pytest
 import requests
 
@@ -193,3 +197,34 @@ def test_an_interrupted_call_is_resumed_by_the_next_one(bulk_emulator, bulk_file
     second, _ = download(bulk_files[:1], tmp_path)
     assert_all_verified(bulk_emulator, second, tmp_path)
     assert second.table["bytes_transferred"][0] == SIZE - 2_500_000
+
+
+@pytest.mark.parametrize("helpers", [True, False], ids=["write and hash threads", "one thread"])
+def test_a_full_disk_fails_the_file_at_once_and_keeps_what_was_written(bulk_emulator, bulk_files, tmp_path,
+                                                                       monkeypatch, helpers):
+    """The third block's write fails (ENOSPC): the error names it, in seconds; the .part holds
+    exactly the two blocks written, and the next call continues from there."""
+    block = 256 << 10
+    real_write, blocks = os.write, []
+
+    def full_after_two_blocks(fd, data):
+        if len(data) >= block:
+            blocks.append(len(data))
+            if len(blocks) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    # one transfer on 4 cores: the write and hash threads; on 1 core: all in the transfer's thread
+    monkeypatch.setattr(os, "cpu_count", lambda: 4 if helpers else 1)
+    monkeypatch.setattr(os, "write", full_after_two_blocks)
+    started = time.monotonic()
+    manifest, _ = download(bulk_files[:1], tmp_path, chunk_size=block, workers=1)
+    assert time.monotonic() - started < 20
+    monkeypatch.setattr(os, "write", real_write)
+    row = manifest.table[0]
+    assert row["status"] == "ERROR" and "No space left on device" in row["message"]
+    assert (tmp_path / (bulk_files[0].filename + ".part")).stat().st_size == 2 * block
+    assert not (tmp_path / bulk_files[0].filename).exists()
+    second, _ = download(bulk_files[:1], tmp_path)
+    assert_all_verified(bulk_emulator, second, tmp_path)
+    assert second.table["bytes_transferred"][0] == SIZE - 2 * block

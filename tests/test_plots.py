@@ -80,3 +80,66 @@ def test_light_curve_is_points_with_error_bars_dates_and_the_variability_indices
     assert "mJy / beam" in ax.get_ylabel()
     texts = _texts(figure)
     assert "date (UTC)" in texts and any(t.startswith("Light curve of J2120") for t in texts)
+
+
+# --- issue 19: clipping shown, the frame from the header, the plane named, readable ticks ------------
+
+def _panel(figure):
+    """The image axes and the colour bar of a one-panel sheet."""
+    image_axes = [ax for ax in figure.axes if hasattr(ax, "coords")]
+    [ax] = image_axes
+    [image] = ax.get_images()
+    return ax, image.colorbar
+
+
+def test_a_clipped_peak_is_marked_on_the_colour_bar_and_given_in_the_title(emulator, tmp_path, captured):
+    image = emulator.holdings.product("cube-1001").path
+    peak_mjy = float(np.nanmax(fits.getdata(image))) * 1000
+    plots.contact_sheet([image], tmp_path / "sheet.png", titles=["cube-1001"])
+    ax, colorbar = _panel(captured[0])
+    assert colorbar.extend in ("max", "both")                          # a triangle beyond the last colour
+    assert colorbar.norm.vmax < peak_mjy                                # the colours really are clipped
+    assert f"peak {peak_mjy:.4g} mJy/beam, colours clipped at" in ax.get_title()
+
+
+def test_the_colour_bar_has_few_round_ticks_spread_along_it(emulator, tmp_path, captured):
+    plots.contact_sheet([emulator.holdings.product("cube-1001").path], tmp_path / "sheet.png")
+    _, colorbar = _panel(captured[0])
+    ticks = [float(t) for t in colorbar.get_ticks()]
+    assert 3 <= len(ticks) <= 5
+    assert all(float(f"{t:.2g}") == t for t in ticks)                  # two significant digits at most
+    positions = np.asarray(colorbar.norm(ticks), dtype=float)
+    assert np.min(np.diff(np.sort(positions))) > 0.12                  # not crowded at one end
+
+
+@pytest.mark.parametrize("radesys, expected", [("FK5", "FK5 J2000"), ("ICRS", "ICRS")])
+def test_the_axes_name_the_frame_of_the_header(emulator, tmp_path, captured, radesys, expected):
+    path = tmp_path / "image.fits"
+    with fits.open(emulator.holdings.product("cube-1001").path) as hdul:
+        hdul[0].header["RADESYS"] = radesys
+        hdul.writeto(path)
+    plots.contact_sheet([path], tmp_path / "sheet.png")
+    ax, _ = _panel(captured[0])
+    assert ax.coords[0].get_axislabel() == f"RA ({expected})"
+    assert ax.coords[1].get_axislabel() == f"Dec ({expected})"
+
+
+def test_a_cube_panel_names_the_plane_shown(emulator, tmp_path, captured):
+    cube = emulator.holdings.product("cube-1005").path
+    header = fits.getheader(cube)
+    plots.contact_sheet([cube], tmp_path / "sheet.png", titles=["cube-1005"])
+    ax, _ = _panel(captured[0])
+    first = header["CRVAL3"] + (1 - header["CRPIX3"]) * header["CDELT3"]
+    assert f"plane 1 of {header['NAXIS3']}: {first / 1e6:.6g} MHz, Stokes I (1 of 4)" in ax.get_title()
+    assert plots.plane_label(fits.getheader(emulator.holdings.product("cube-1001").path)) == ""
+
+
+def test_pictures_are_written_through_the_safe_writer(emulator, tmp_path):
+    target = tmp_path / "elsewhere.png"
+    target.write_bytes(b"keep")
+    link = tmp_path / "sheet.png"
+    link.symlink_to(target)
+    with pytest.raises(Exception) as info:
+        plots.contact_sheet([emulator.holdings.product("cube-1001").path], link)
+    assert "link" in str(info.value).lower()
+    assert target.read_bytes() == b"keep"

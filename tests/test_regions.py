@@ -86,8 +86,22 @@ def test_object_names_are_resolved_as_astroquery_does(monkeypatch):
     assert parse_coordinates("M31").dec.deg == pytest.approx(41.2688)
 
 
+def test_an_unreachable_name_resolver_is_a_service_error_not_bad_input(monkeypatch):
+    """Offline, a name is not wrong: the resolver did not answer (the command line exits 6, not 2)."""
+    from astropy.coordinates.name_resolve import NameResolveError
+    from astroquery_casda_ext.errors import ServiceError
+
+    def from_name(name, *args, **kwargs):
+        raise NameResolveError("All Sesame queries failed. Unable to retrieve coordinates.")
+
+    monkeypatch.setattr(SkyCoord, "from_name", from_name)
+    with pytest.raises(ServiceError, match="'foo bar baz'.*did not answer") as info:
+        parse_coordinates("foo bar baz")
+    assert isinstance(info.value, InvalidRegionError)      # nothing was sent: still bad input to Python
+
+
 @pytest.mark.parametrize("value, fragment", [
-    ("400 -45", "RA 400.0"), ((10, 100), "Dec 100"), ((-1, 0), "RA -1"), ("foo bar baz", "'foo bar baz'"),
+    ("400 -45", "RA 400.0"), ((10, 100), "Dec 100"), ((-1, 0), "RA -1"),
     (5, "5"), (None, "None"), ((1 * u.m, 2 * u.m), "angles"), ((float("nan"), 0), "finite"),
     ("", "''"),
 ])
@@ -457,3 +471,9 @@ def test_pol_rejects(pol, fragment):
 def test_a_missing_source_list_given_as_a_string_says_so(path):
     with pytest.raises(InvalidSourceListError, match="does not exist"):
         parse_positions(path)
+
+
+def test_a_number_written_as_text_is_degrees_as_a_number_is():
+    """The command line passes '0.5'; Python passes 0.5: both are half a degree."""
+    assert parse_radius("0.5") == parse_radius(0.5) == 0.5 * u.deg
+    assert parse_radius(" 0.02 ").to_value(u.arcsec) == pytest.approx(72)

@@ -241,7 +241,7 @@ class Downloader:
                 f"executor={self.executor!r}, timeout={self.timeout!r})")
 
     def _config(self, transfers):
-        # A helper hashing thread pays off only while there are fewer transfers than cores.
+        # Helper threads writing and hashing pay off only while there are fewer transfers than cores.
         spare_cores = min(self.workers, transfers) < (os.cpu_count() or 1)
         return TransferConfig(self.retry, self.timeout, self.chunk_size,
                               SessionSpec.from_session(self.session, self.workers), spare_cores,

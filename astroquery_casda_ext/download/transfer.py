@@ -22,11 +22,19 @@ Bounds
     size announced anywhere, ``max_unannounced`` bytes are the most accepted.  An attempt
     must average at least ``min_rate`` bytes per second after ``grace`` seconds, so a
     trickle ends with an error naming the file and the rate.
+
+Content coding
+    Files are asked for with ``Accept-Encoding: identity``.  A server that encodes the body
+    anyway (gzip or deflate) has it decoded as it is read (`_DecodedBody`): the file is
+    written, hashed and bounded as its decoded bytes, so a gzip bomb is cut at the size
+    announced like any long body, and the compressed bytes are never kept as the file.
+    Other codings are refused.
 """
 import errno
 import json
 import os
 import time
+import zlib
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,7 +70,7 @@ class TransferConfig:
     timeout: float | tuple = 30.0        #: seconds to connect and between bytes read
     chunk_size: int = 8 << 20            #: bytes read and written per step (bounds memory)
     session: SessionSpec = field(default_factory=SessionSpec)   #: for workers without our session
-    #: Hash on a helper thread, overlapping the transfer: worth it only with an idle core.
+    #: Write and hash on two helper threads, overlapping the receiving: worth it only with idle cores.
     hash_in_thread: bool = True
     #: Slowest average rate (bytes per second) an attempt may keep after ``grace`` seconds; 0: no limit.
     min_rate: float = 1000.0
@@ -211,16 +219,98 @@ class _Read1Body:
         return len(chunk)
 
 
-def _body_reader(response):
-    """The fastest reader of ``response``'s body that keeps every byte that arrived."""
+#: Content codings decoded when a server sends one despite ``Accept-Encoding: identity``:
+#: zlib's ``wbits`` for each (31: gzip, 15: zlib-wrapped deflate).
+CONTENT_DECODERS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+#: Encoded bytes read per step when decoding.
+_ENCODED_STEP = 256 << 10
+
+
+class BadEncoding(Exception):
+    """An encoded body that does not decode: damaged, cut short, or followed by other data."""
+
+
+class _DecodedBody:
+    """A gzip or deflate body, decoded as it is read.
+
+    Each call inflates at most ``len(view)`` bytes (zlib's ``max_length``; the rest of the
+    input waits in ``unconsumed_tail``), so memory stays at one buffer whatever the ratio,
+    and the caller's bound on the file's size applies to the decoded bytes.  Gzip members
+    that follow one another are decoded in turn (RFC 1952); an encoded body that ends inside
+    a member, or that does not decode, raises `BadEncoding`.
+    """
+
+    def __init__(self, reader, coding):
+        self._reader, self._coding = reader, coding
+        self._wbits = CONTENT_DECODERS[coding]
+        self._decoder = zlib.decompressobj(self._wbits)
+        self._input = memoryview(bytearray(_ENCODED_STEP))
+        self._pending = b""         # encoded bytes not yet decoded
+        self._ended = False         # the encoded body has ended
+
+    def _read(self):
+        count = self._reader.readinto1(self._input)
+        if count:
+            self._pending = self._input[:count]    # decoded before the buffer is read into again
+        else:
+            self._ended = True
+
+    def _next_member(self, data):
+        if self._wbits != CONTENT_DECODERS["gzip"]:
+            raise BadEncoding(f"data after the end of the {self._coding} stream")
+        self._decoder, self._pending = zlib.decompressobj(self._wbits), data
+
+    def readinto1(self, view):
+        while True:
+            if self._decoder.eof:
+                if self._decoder.unused_data:
+                    self._next_member(self._decoder.unused_data)
+                elif self._ended:
+                    return 0
+                else:
+                    self._read()
+                    if self._pending:
+                        self._next_member(self._pending)
+                    continue
+            if not self._pending and not self._ended:
+                self._read()
+            try:
+                out = self._decoder.decompress(self._pending, len(view))
+            except zlib.error as exc:
+                raise BadEncoding(f"the {self._coding}-encoded body does not decode ({exc})") from None
+            self._pending = self._decoder.unconsumed_tail
+            if out:
+                view[:len(out)] = out
+                return len(out)
+            if self._ended and not self._decoder.eof:
+                raise BadEncoding(f"the body ended inside its {self._coding} encoding")
+
+
+def content_coding(response):
+    """The coding of ``response``'s body: None for identity, else a key of `CONTENT_DECODERS`.
+
+    Raises
+    ------
+    ValueError
+        For a coding this client does not decode (``br``, ``zstd``, several codings...).
+    """
+    value = response.headers.get("Content-Encoding", "").strip().lower()
+    if value in ("", "identity"):
+        return None
+    if value in CONTENT_DECODERS:
+        return value
+    raise ValueError(value)
+
+
+def _body_reader(response, coding=None):
+    """The fastest reader of ``response``'s body that keeps every byte that arrived, decoded."""
     raw = response.raw
     message = getattr(raw, "_fp", None)            # the http.client.HTTPResponse
     stream = getattr(message, "fp", None)          # its buffered reader of the socket
     plain = (getattr(message, "chunked", True) is False and not getattr(raw, "_decoded_buffer", None)
              and getattr(raw, "_fp_bytes_read", 1) == 0 and hasattr(stream, "readinto1"))
-    if plain:
-        return _SocketBody(stream, message.length)
-    return _Read1Body(raw)
+    reader = _SocketBody(stream, message.length) if plain else _Read1Body(raw)  # both undecoded
+    return reader if coding is None else _DecodedBody(reader, coding)
 
 
 def _fill(reader, block, pace):
@@ -263,6 +353,7 @@ class _Transfer:
         self.range_ok = None       # does the server continue with Range? None until it answered
         self.total = None          # size of the whole file as the server announced it
         self.server_named = False  # the final name came from Content-Disposition
+        self.coding = None         # the content coding of the current response (None: identity)
         self.attempts = self.transferred = self.fresh_starts = self.restarts = 0
 
     def run(self):
@@ -421,10 +512,18 @@ class _Transfer:
             self.range_ok = "bytes" in response.headers.get("Accept-Ranges", "").lower()
             offset, total = 0, content_length(response)
             self.validator = _validator_of(response) if self.range_ok else None
-        if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
-            # A compressed body (despite Accept-Encoding: identity) has no byte offsets to resume
-            # from, and its Content-Length counts compressed bytes.
+        try:
+            self.coding = content_coding(response)
+        except ValueError as exc:
+            raise Fatal(f"{self.final.name}: the server sent it with Content-Encoding: {exc}, which this "
+                        "client does not decode (it asks for identity); not kept") from None
+        if self.coding is not None:
+            # An encoded body (despite Accept-Encoding: identity) has no byte offsets of the file to
+            # resume from, and its Content-Length counts encoded bytes.
             self.range_ok, total = False, None
+            if status == 206:
+                self._restart_part()
+                raise Restart(f"the server sent a range of a {self.coding}-encoded body")
         if expected is not None and total is not None and total != expected.size:
             raise Fatal(f"{self.final.name}: the server announces {total} bytes, "
                         f"its .checksum {expected.size}")
@@ -474,10 +573,11 @@ class _Transfer:
 
     def _stream(self, response, offset):
         """Write the body at ``offset`` of the .part, hashing as it goes, within the bounds."""
-        announced = content_length(response)
+        # An encoded body's Content-Length counts encoded bytes: its end is the encoding's own end.
+        announced = content_length(response) if self.coding is None else None
         size = self._known_size()
         room = (size if size is not None else self.config.max_unannounced) - offset
-        reader = _body_reader(response)
+        reader = _body_reader(response, self.coding)
         received, started = 0, self.hooks.clock()
 
         pacing = Pacing(min_rate=self.config.min_rate, grace=self.config.grace)   # the streams' one rule
@@ -487,6 +587,7 @@ class _Transfer:
             if why:
                 raise Fatal(f"{self.final.name}: {why}; stopped (the partial file is kept)")
 
+        discard = None      # why the .part must start again, once every block handed over is written
         with Sink(self._part_fd(), offset, self.accumulator, self.config,
                   expected_bytes=room if size is not None else announced) as sink:
             while True:
@@ -494,16 +595,20 @@ class _Transfer:
                     raise Fatal(f"{self.final.name}: cancelled; the partial file is kept for next time")
                 block = sink.free_block()
                 view = block[:max(0, min(len(block), room - received + 1))]   # +1 reveals a longer body
-                count, broken, ended = _fill(reader, view, pace)
+                try:
+                    count, broken, ended = _fill(reader, view, pace)
+                except BadEncoding as exc:
+                    sink.give_back(block)
+                    discard = Restart(str(exc))
+                    break
                 if received + count > room:
                     sink.give_back(block)
                     announced_by = ("its .checksum" if self.task.expected is not None else
                                     "DataLink" if self.task.size is not None else
                                     "the server" if size is not None else "max_unannounced")
-                    limit = offset + room
-                    self._restart_part()
-                    raise Fatal(f"{self.final.name}: the server sent more than the {limit} bytes announced "
-                                f"by {announced_by}; cut, and the file was not kept")
+                    discard = Fatal(f"{self.final.name}: the server sent more than the {offset + room} bytes "
+                                    f"announced by {announced_by}; cut, and the file was not kept")
+                    break
                 if count:
                     sink.put(view[:count])   # written, then hashed: only bytes on disk are hashed
                     received += count
@@ -516,6 +621,9 @@ class _Transfer:
                     raise Transient(message) from None
                 if ended or not view:
                     break
+        if discard is not None:
+            self._restart_part()
+            raise discard
         if announced is not None and received < announced:
             raise Transient(f"body ended after {received} of {announced} bytes")
 

@@ -14,7 +14,8 @@ from .sky_model import HoldingsConfig
 __all__ = ["EmulatorOptions", "FaultRule", "FAULT_KINDS"]
 
 #: The fault kinds `FaultRule.kind` accepts.
-FAULT_KINDS = ("latency", "status", "reset", "truncate", "corrupt", "slow", "stall", "endless", "disposition")
+FAULT_KINDS = ("latency", "status", "reset", "truncate", "corrupt", "slow", "stall", "endless", "disposition",
+               "gzip")
 
 _CHOICES = {
     "datalink_flavour": ("current", "old"),
@@ -45,13 +46,18 @@ class FaultRule:
         ``"endless"`` send the body with no ``Content-Length`` and keep sending after it
         (``after_bytes`` of it, then filler) until the client hangs up;
         ``"disposition"`` answer normally but name the file ``filename`` in
-        ``Content-Disposition`` (a server-chosen name).
+        ``Content-Disposition`` (a server-chosen name);
+        ``"gzip"`` send the body gzip-encoded (``Content-Encoding: gzip``) whatever the
+        request's ``Accept-Encoding`` says, with the encoded length; with ``after_bytes``,
+        followed by that many zero bytes more inside the encoding (a gzip bomb: a GB of
+        zeros is a MB encoded), streamed with no length.
     status : int
         HTTP status of a ``"status"`` fault.
     retry_after : float or None
         ``Retry-After`` seconds sent with a ``"status"`` fault; None sends no header.
     after_bytes : int
-        Body bytes sent before a reset, truncate, corrupt or stall fault strikes.
+        Body bytes sent before a reset, truncate, corrupt or stall fault strikes (for
+        ``"gzip"``: zero bytes added after the body, inside the encoding).
     delay : float
         Seconds of a ``"latency"`` or ``"stall"`` fault.
     rate : float or None

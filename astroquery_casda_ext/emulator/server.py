@@ -18,6 +18,7 @@ import struct
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 from werkzeug.http import HTTP_STATUS_CODES
@@ -213,6 +214,32 @@ class _Body:
         self._app.stopping.wait(self._shaping.stall)
 
 
+def _gzip_encoded(response, extra_zeros):
+    """``response`` with its body gzip-encoded, as a server ignoring ``Accept-Encoding`` sends it.
+
+    With ``extra_zeros``, that many zero bytes follow the body inside the encoding (a gzip
+    bomb), streamed without a length; otherwise the encoded body is sent with its length.
+    """
+    def encoded():
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)     # 31: the gzip format
+        try:
+            for chunk in response.iter_encoded():
+                yield compressor.compress(chunk)
+        finally:
+            response.close()
+        zeros, left = bytes(1 << 20), extra_zeros
+        while left > 0:
+            yield compressor.compress(zeros[:min(left, len(zeros))])
+            left -= len(zeros)
+        yield compressor.flush()
+
+    headers = [(key, value) for key, value in response.headers.items() if key.lower() != "content-length"]
+    body = encoded() if extra_zeros else b"".join(encoded())
+    encoded_response = Response(body, status=response.status_code, headers=headers)
+    encoded_response.headers["Content-Encoding"] = "gzip"
+    return encoded_response
+
+
 def _status_fault(rule):
     reason = HTTP_STATUS_CODES.get(rule.status, "Error")
     headers = {}
@@ -260,6 +287,8 @@ class EmulatorApp:
             for rule in rules:
                 if rule.kind == "disposition":
                     response.headers["Content-Disposition"] = f"attachment; filename={rule.filename}"
+                elif rule.kind == "gzip" and response.status_code in (200, 206):
+                    response = _gzip_encoded(response, rule.after_bytes)
 
             inner = response(environ, start)
         except BaseException:
