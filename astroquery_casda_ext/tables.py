@@ -74,7 +74,12 @@ def numpy_text(array, *, fixed=True):
     if array.null_count or not pc.all(pc.string_is_ascii(array)).as_py():
         values = ["" if value is None else value for value in array.to_pylist()]
         return np.array(values, dtype=f"U{width}")
-    padded = pc.utf8_rpad(array, width=width, padding="\0")   # every cell now exactly `width` bytes
-    start = int(np.frombuffer(padded.buffers()[1], np.int32, count=1, offset=4 * padded.offset)[0])
-    raw = np.frombuffer(padded.buffers()[2], dtype=f"S{width}", count=count, offset=start)
-    return raw.astype(f"U{width}")
+    out = np.empty(count, dtype=f"U{width}")
+    step = max(1, (16 << 20) // width)         # padded a slice at a time: 16 MB at most beside the result
+    for first in range(0, count, step):
+        piece = array.slice(first, step)
+        padded = pc.utf8_rpad(piece, width=width, padding="\0")   # every cell now exactly `width` bytes
+        start = int(np.frombuffer(padded.buffers()[1], np.int32, count=1, offset=4 * padded.offset)[0])
+        out[first:first + len(piece)] = np.frombuffer(padded.buffers()[2], dtype=f"S{width}", count=len(piece),
+                                                      offset=start)
+    return out

@@ -235,11 +235,30 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
 def astropy_table(arrow_table, template):
     """An astropy Table from an arrow table, with the metadata of ``template`` (the
     VOTable path's empty table): same names, units, descriptions and masks, and the same
-    dtypes but for text, at its longest value (`~astroquery_casda_ext.tables.numpy_text`)."""
+    dtypes but for text, at its longest value (`~astroquery_casda_ext.tables.numpy_text`).
+
+    ``arrow_table`` may also be a list of record batches, which is then emptied and each
+    column's arrow memory let go as soon as that column is converted (the peak is then
+    about the Table, not the Table and the arrow data together).
+    """
+    if isinstance(arrow_table, list):
+        chunks = [[batch.column(index) for batch in arrow_table] for index in range(len(template.colnames))]
+        types = [arrow_table[0].schema.field(index).type for index in range(len(template.colnames))] \
+            if arrow_table else None
+        arrow_table.clear()
+        if types is None:
+            return Table(template[:0], copy=True)
+
+        def column_at(index):
+            pieces, chunks[index] = chunks[index], None
+            return _pyarrow().chunked_array(pieces, type=types[index])
+    else:
+        def column_at(index):
+            return arrow_table.column(index)
     columns = []
     for index, name in enumerate(template.colnames):
         like = template[name]
-        column = arrow_table.column(index)
+        column = column_at(index)
         array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
         mask = array.is_null().to_numpy(zero_copy_only=False)
         if like.dtype.kind == "f":
@@ -387,8 +406,8 @@ def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
     scanner = StatusScanner()
     scanner.feed(head)
     scanner.feed(rows.tail)
-    table = astropy_table(pa.Table.from_batches(batches, schema=schema), template)
-    del batches
+    table = astropy_table(batches, template) if batches else \
+        astropy_table(pa.Table.from_batches([], schema=schema), template)
     return finish_table(table, *scanner.status, service, url=url)
 
 
