@@ -395,8 +395,10 @@ def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
         return table_of(parse(head + rows.rest()), service, url=url)     # array cells: astropy's
     pa = _pyarrow()
     schema = _arrow_schema(fields)
+    # one thread: the blocks are rewritten here, one at a time, so parsing ahead in threads
+    # buys little and holds more blocks in arrow's pool at once
     batches = [] if _empty_rows(rows) else list(read_casda_csv(rows, schema, separator=_CELL,
-                                                               block_size=block_size))
+                                                               block_size=block_size, use_threads=False))
     if not rows.rows_done:
         rows.read()          # (an empty table: reach </TABLEDATA>)
     if not rows.tail.rstrip().endswith(b"</VOTABLE>"):
