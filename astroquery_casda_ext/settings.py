@@ -12,7 +12,7 @@ both keep working here:
   `ClassSetting` stores them and the façade reads them at each call.  ``del`` on the
   instance (or class) goes back to the configuration.
 """
-from . import Conf, conf
+from .config import Conf, conf
 
 __all__ = ["effective", "ClassSetting", "SettingsMeta", "SHARED_ITEMS"]
 
