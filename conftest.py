@@ -3,7 +3,7 @@ hermetic environment (no CASDA_* variables, no real keyring)."""
 import pytest
 
 #: Prints one summary line per reliability/security matrix category at the end of a run.
-pytest_plugins = ["tests.matrix_summary"]
+pytest_plugins = ["tests.matrix_summary", "tests.astroquery_suite"]
 
 CASDA_ENV_VARS = ("CASDA_USER", "CASDA_PASSWORD", "CASDA_PASSWD")
 
@@ -116,3 +116,12 @@ def casda_cli(emulator, capsys, monkeypatch):
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(argv, code, out, err)
     return run
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on (connections to it are refused)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

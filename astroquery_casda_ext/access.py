@@ -16,9 +16,10 @@ CASDA's DataLink comes in two flavours that a client must both read:
 * v1.24 and later: a ``standardID`` INFO, the Pawsey row is ``pawsey_async_service``,
   ``CIRCLE``/``POLYGON`` input params.
 """
+import re
 import warnings
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import requests
@@ -148,7 +149,9 @@ def parse_datalink(content):
         The body is not a VOTable, or is CASDA's fault document
         (``QUERY_STATUS=ERROR``, e.g. ``TransientFault: ...``).
     """
-    votable = parse_votable(content, what="reading CASDA's DataLink answer", kind=DataLinkError)
+    # astropy's warnings (old servers' CHANNEL unit "pixels" is W50) reach the caller, as with
+    # astroquery.casda: the user's warning filters decide what is shown
+    votable = parse_votable(content, what="reading CASDA's DataLink answer", kind=DataLinkError, warn=True)
     results = next((res for res in votable.resources if res.type == "results" and res.tables), None)
     if results is None:
         message = _query_error(votable) or "the DataLink response has no results table"
@@ -274,7 +277,9 @@ def _id_from_value(value, index):
 
 def _id_from_access_url(url):
     query = urlsplit(url).query
-    return next((value.strip() for key, value in parse_qsl(query) if key.upper() == "ID"), "")
+    found = next((value.strip() for key, value in parse_qsl(query) if key.upper() == "ID"), "")
+    # a link whose query is the bare id (``links?cube-244``) names the product too
+    return found or (query.strip() if re.fullmatch(r"[\w.~:-]+", query.strip()) else "")
 
 
 def _text(value):
@@ -367,17 +372,18 @@ class DataLinkClient:
             if anonymous and anonymous == set(denied):
                 raise NotLoggedInError("DataLink answered as to an anonymous user (only 'Authenticated "
                                        "Data Link' rows, no tokens): log in to CASDA first")
-            raise NoAccessError(f"none of the {len(ids)} requested products can be accessed: "
-                                f"{_describe(denied)}", denied)
+            raise NoAccessError(f"You do not have access to any of the requested data files. None of the "
+                                f"{len(ids)} requested products can be accessed: {_describe(denied)}", denied)
         if denied:
             warnings.warn(f"skipping {len(denied)} of {len(ids)} products: {_describe(denied)}",
                           AccessDeniedWarning, stacklevel=3)
         return AccessReport(tokens, denied)
 
     def _fetch(self, batch):
-        url = self.datalink_url
+        # the ids go in the URL itself, as in the access_url links astroquery.casda GETs
+        url = f"{self.datalink_url}?{urlencode([('ID', pid) for pid in batch])}"
         return fetch(self.session, "GET", url, what="DataLink request", kind=DataLinkError,
-                     params=[("ID", pid) for pid in batch], auth=self._auth_for(url), timeout=self.timeout)
+                     auth=self._auth_for(url), timeout=self.timeout)
 
     def _auth_for(self, url):
         if self.auth is None or isinstance(self.auth, requests.auth.AuthBase):

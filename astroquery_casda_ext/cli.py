@@ -1112,10 +1112,12 @@ def exit_code_for(exc):
     """The documented exit code of an exception (`EXIT_CODES`, ``casda --help``)."""
     import requests
     from astroquery.exceptions import LoginError
-    from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, NameResolverUnavailableError,
-                         NoAccessError, NotLoggedInError, ServiceError, UnsafeFilenameError)
+    from .errors import (CasdaError, DownloadError, InvalidInputError, JobError, MissingDependencyError,
+                         NameResolverUnavailableError, NoAccessError, NotLoggedInError, ServiceError,
+                         UnsafeFilenameError)
     table = [
         (click.exceptions.UsageError, EXIT_USAGE),
+        (MissingDependencyError, EXIT_USAGE),      # says what to install
         (NameResolverUnavailableError, EXIT_SERVICE),      # bad input only in form: the network failed
         (NothingFound, EXIT_NOTHING_FOUND),
         (UnsafeFilenameError, EXIT_DOWNLOAD),

@@ -6,7 +6,9 @@ tokens), `jobs` (SODA/UWS), `download`, `credentials`.
 """
 import dataclasses
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import astropy.units as u
@@ -16,17 +18,18 @@ from astroquery.query import BaseVOQuery, QueryWithLogin
 from . import conf
 from .access import DataLinkClient, product_ids_from_table
 # aliased: login()'s store_password argument (astroquery's name) would shadow it
-from .credentials import (PasswordNotStoredWarning, ProxyAuth, find_password, guard_session, keyring_advice,
-                          store_password as save_password)
+from .credentials import (BasicAuthPair, Credentials, PasswordNotStoredWarning, ProxyAuth, find_password,
+                          guard_session, keyring_advice, store_password as save_password)
 from .discovery import Discovery
-from .documents import Document, parse_votable, table_of
 from .download import Downloader
+from .download.naming import filename_from_url, safe_filename
 from .endpoints import Endpoints
 from .errors import (CasdaLoginError, InvalidInputError, InvalidTableError, InvalidURLError, NotLoggedInError,
                      QueryError, ServiceError, redact_url)
 from .jobs import JobBatch, PollPolicy, SodaJob
 from .settings import ClassSetting, SettingsMeta, effective
 from .soda_params import SodaRequest, label_results, require_request
+from .tap.rows import answer_table
 from .transport import RetryPolicy, failure, failures_as, install_log_redaction, mount_api_retries
 
 __all__ = ["Casda", "CasdaClass", "poll_policy"]
@@ -162,7 +165,6 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         guard_session(self._session, self._may_carry_credentials)
         install_log_redaction()
         self._server = server
-        self._credentials = None
         self._services = (None, None, None)   # (what they were built for, Discovery, DataLinkClient)
         self.USERNAME = effective("username")
 
@@ -171,6 +173,25 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         return f"<CasdaClass server={self.endpoints.vo_tools!r} user={user!r}>"
 
     # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def _credentials(self):
+        """The login in force, read from astroquery's login state: ``_authenticated`` and
+        ``_auth`` (the ``(username, password)`` pair), which code written for
+        astroquery.casda (and its tests) may set directly."""
+        auth = self.__dict__.get("_auth")
+        if not getattr(self, "_authenticated", False) or not auth or len(auth) != 2:
+            return None
+        return Credentials(auth[0], auth[1], self.__dict__.get("_auth_source", "argument"))
+
+    @_credentials.setter
+    def _credentials(self, credentials):
+        if credentials is None:
+            self.logout()
+            return
+        self._auth = BasicAuthPair(credentials.username, credentials.password)
+        self._auth_source = credentials.source
+        self._authenticated = True
 
     @property
     def endpoints(self):
@@ -233,10 +254,9 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         with failures_as(url=url, what="CASDA TAP query"):
             response = self._request("POST", url, data=payload, auth=auth, timeout=self.TIMEOUT, cache=True)
         try:
-            if not response.ok:
+            if response.status_code >= 400:
                 raise failure(url=url, what="CASDA TAP query", response=response)
-            document = Document(url, response.status_code, "", response.content)
-            return table_of(parse_votable(document, what="CASDA TAP query"), "TAP", url=url)
+            return answer_table(response.content, "TAP", url=url)
         except QueryError:
             raise   # CASDA's answer to this query: the same query gets the same answer
         except ServiceError:
@@ -252,8 +272,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
 
     def _require_login(self):
         if self._credentials is None:
-            raise NotLoggedInError("Credentials must be supplied to download CASDA image data: "
-                                   "call Casda.login() first.")
+            raise NotLoggedInError("Credentials must be supplied to download CASDA image data. "
+                                   "Call Casda.login() first.")
 
     # --- login ----------------------------------------------------------------------------
 
@@ -311,7 +331,8 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
 
     def logout(self):
         """Forget the credentials of this session (the keyring is left as it is)."""
-        self._credentials = None
+        self.__dict__.pop("_auth", None)
+        self.__dict__.pop("_auth_source", None)
         self._authenticated = False
 
     # --- discovery ------------------------------------------------------------------------
@@ -358,17 +379,16 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         -------
         response : `requests.Response`
         """
-        payload = self._discovery.sia2_payload(
-            coordinates, radius=_cone_radius(radius, width, height, polygon), width=width, height=height,
-            polygon=polygon, band=band,
-            rest_frequency=rest_frequency, time=time, pol=pol, collection=collection,
-            dataproduct_type=dataproduct_type, maxrec=maxrec)
+        payload = self._args_to_payload(
+            service="sia2", coordinates=coordinates, radius=radius, width=width, height=height,
+            polygon=polygon, band=band, rest_frequency=rest_frequency, time=time, pol=pol,
+            collection=collection, dataproduct_type=dataproduct_type, maxrec=maxrec)
         if get_query_payload:
             return payload
         url = self.endpoints.sia2_url
         with failures_as(url=url, what="CASDA SIA2 query"):
             response = self._request("GET", url, params=payload, timeout=self.TIMEOUT, cache=cache)
-        if cache and not response.ok:
+        if cache and response.status_code >= 400:
             # astroquery caches every answer: a 503 must not be replayed once CASDA is back
             self._last_query.request_file(self.cache_location).unlink(missing_ok=True)
         return response
@@ -383,9 +403,40 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         response = self.query_region_async(coordinates, **kwargs)
         if kwargs.get("get_query_payload"):
             return response
-        if not response.ok:
-            raise failure(url=response.url, what="CASDA SIA2 query", response=response)
+        if response.status_code >= 400:
+            raise failure(url=getattr(response, "url", None) or self.endpoints.sia2_url, what="CASDA SIA2 query",
+                          response=response)
         return self._discovery.parse_sia2(response.content, dataproduct_subtype=dataproduct_subtype)
+
+    def _args_to_payload(self, *, radius=1 * u.arcmin, service="soda", **kwargs):
+        """The parameters of one SODA cutout (or, with ``service="sia2"``, one SIA2 query), as
+        astroquery.casda's ``_args_to_payload`` builds them and with its error messages.
+
+        Parameters
+        ----------
+        radius : str or `~astropy.units.Quantity`, optional
+            Circle radius, used unless ``width`` and ``height`` (a box) or ``polygon`` are given.
+        service : {'soda', 'sia2'}, optional
+            ``'sia2'`` also takes `query_region_async`'s ``time``, ``pol``, ``collection``,
+            ``dataproduct_type`` and ``maxrec``.
+        **kwargs
+            ``coordinates``, ``height``, ``width``, ``polygon``, ``band``, ``channel`` (SODA),
+            ``pol``, ``rest_frequency``; ``verbose`` is accepted and ignored.
+
+        Returns
+        -------
+        dict
+            ``{'POS': 'CIRCLE ra dec r', 'BAND': 'low high', 'CHANNEL': 'first last'}`` (those
+            that apply); a parameter with several values holds a list.
+        """
+        kwargs.pop("verbose", None)
+        width, height, polygon = kwargs.get("width"), kwargs.get("height"), kwargs.get("polygon")
+        kwargs["radius"] = _cone_radius(radius, width, height, polygon)
+        if service == "sia2":
+            return self._discovery.sia2_payload(kwargs.pop("coordinates", None), **kwargs)
+        if service != "soda":
+            raise InvalidInputError(f"service must be 'soda' or 'sia2', not {service!r}")
+        return _soda_payload(SodaRequest.build(**kwargs))
 
     def query_tap(self, query, *, async_job=False, maxrec=None, authenticated=None,
                   get_query_payload=False, cache=False, output=None, overwrite=False, result_format=None,
@@ -419,20 +470,22 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         overwrite : bool, optional
             Replace an existing ``output`` (never a link, nor a file being written).
         result_format : {'csv', 'votable'}, optional
-            How the Table travels and is read.  Default: CASDA's VOTable through pyvo, as
-            astroquery reads it (text columns at CASDA's fixed widths, e.g. 255 characters).
-            ``'csv'`` (needs pyarrow): CASDA's CSV typed by the query's own FIELDs, many times
-            faster and smaller for large results, with the same types, units and masks.
-            ``'votable'``: the VOTable with text columns read as variable length (they cost
-            what they hold).
+            How the Table travels and is read; every way gives pyvo's Table (types, units,
+            masks) with each text column only as wide as its longest value.  Default: CASDA's
+            VOTable in one request, streamed, its rows read by pyarrow when it is installed
+            (many times faster and smaller than pyvo for large results; the error and
+            overflow markers kept), else by astropy.  ``'votable'``: the VOTable read whole
+            by astropy, text read as variable length.  ``'csv'`` (needs pyarrow): CASDA's
+            CSV typed by the query's own FIELDs (asked for first, with ``MAXREC=0``); CASDA's
+            CSV has no error marker, so a query that fails while its rows are written looks
+            complete there.
         progress : bool, optional
             Show rows and bytes while streaming (default: when stderr is a terminal).
 
         Warns
         -----
         astroquery_casda_ext.errors.IncompleteResultWarning
-            (``output`` or ``result_format``) the result stopped at ``maxrec`` or the
-            server's limit.
+            The result stopped at ``maxrec`` or the server's limit.
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("query must be a non-empty ADQL string")
@@ -442,7 +495,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             authenticated = self._logged_in()
         elif authenticated:
             self._require_login()
-        if output is not None or result_format is not None:
+        if output is not None or result_format is not None or not cache:
             if get_query_payload:
                 return self._query("tap", query, maxrec=maxrec, authenticated=authenticated,
                                    get_query_payload=True)
@@ -700,12 +753,12 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
                                     radius=_cone_radius(radius, width, height, polygon),
                                     height=height, width=width, polygon=polygon, band=band,
                                     channel=channel, pol=pol, rest_frequency=rest_frequency)
-        require_request(request)
         self._require_login()
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
-            return []
-        jobs = self._submit(table, CUTOUT_SERVICE, request.parameters(), request=request, on_error=on_error)
+            return []          # nothing to cut (astroquery.casda answers [] before looking at the region)
+        require_request(request)
+        jobs = self._submit(table, CUTOUT_SERVICE, _soda_payload(request), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def spectra(self, table, coordinates, radius=None, *, band=None, channel=None, pol=None,
@@ -725,7 +778,7 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         policy = self._poll_policy(poll_interval)
         if _no_rows(table):
             return []
-        jobs = self._submit(table, SPECTRUM_SERVICE, request.parameters(), request=request, on_error=on_error)
+        jobs = self._submit(table, SPECTRUM_SERVICE, _soda_payload(request), request=request, on_error=on_error)
         return self._finish(jobs, wait, verbose, policy)
 
     def _submit(self, table, service, params, request=None, on_error="abort"):
@@ -790,8 +843,50 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
         astroquery_casda_ext.errors.DownloadError
             If any file could not be downloaded and verified (the others are kept).
         """
+        if self._download_file_replaced():
+            return self._download_with_hook(list(urls), savedir or ".", names or {}, workers, executor)
         return self._downloader(workers, progress, executor).download_files(
             list(urls), savedir=savedir or ".", names=names, labels=labels, no_wait=no_wait)
+
+    def _download_file(self, url, local_filepath, timeout=None, auth=None, continuation=True, cache=False,
+                       method="GET", head_safe=False, verbose=True, **kwargs):
+        """Download one file to ``local_filepath``: astroquery's per-file hook, done by our downloader.
+
+        The file is written as ``<name>.part``, resumed, and renamed when complete (verified
+        when its ``.checksum`` sits beside it at CASDA).  A subclass or an instance may
+        replace this method, as with any astroquery module: `download_files` then maps the
+        replacement over its URLs in parallel instead.  ``auth``, ``cache``, ``method``,
+        ``head_safe`` and ``continuation`` are astroquery's arguments; downloads need no
+        credentials (CASDA's links are signed) and always resume.
+
+        Returns
+        -------
+        str
+            ``local_filepath``.
+        """
+        directory, name = os.path.split(os.fspath(local_filepath))
+        paths = self._downloader(1, bool(verbose) and None).download_files(
+            [url], savedir=directory or ".", names={url: name})
+        return paths[0]
+
+    def _download_file_replaced(self):
+        """Whether ``_download_file`` was replaced (on this instance, or by a subclass)."""
+        return "_download_file" in self.__dict__ or type(self)._download_file is not CasdaClass._download_file
+
+    def _download_with_hook(self, urls, savedir, names, workers, executor):
+        """astroquery's loop over ``_download_file``, mapped over the URLs in parallel."""
+        targets = [os.path.join(savedir, safe_filename(names.get(url) or filename_from_url(url), url=url))
+                   for url in urls]
+        pool = executor or ThreadPoolExecutor(max_workers=max(1, int(workers or conf.download_workers)))
+        try:
+            futures = [pool.submit(self._download_file, url, target, timeout=self.TIMEOUT, cache=False)
+                       for url, target in zip(urls, targets)]
+            for future in futures:
+                future.result()
+        finally:
+            if executor is None:
+                pool.shutdown(wait=True)
+        return targets
 
     def download(self, source, savedir=".", *, workers=None, progress=None, executor=None,
                  save_manifest=True, names=None, labels=None, no_wait=False):
@@ -822,6 +917,11 @@ class CasdaClass(QueryWithLogin, BaseVOQuery, metaclass=_FacadeMeta):
             items, savedir, names=names, labels=labels, no_wait=no_wait, save_manifest=save_manifest)
 
 
+def _soda_payload(request):
+    """A `SodaRequest`'s parameters as astroquery posts them: one value as a string, several as a list."""
+    return {name: values[0] if len(values) == 1 else values for name, values in request.parameters().items()}
+
+
 def _check_on_error(on_error):
     if on_error not in ("abort", "keep"):
         raise InvalidInputError(f"on_error must be 'abort' or 'keep', not {on_error!r}")
@@ -845,8 +945,8 @@ def _cone_radius(radius, width, height, polygon):
 
 def _server_text(response):
     """The first line of a server's answer, for error messages."""
-    text = (response.text or "").strip()
-    return text.splitlines()[0][:300] if text else response.reason or ""
+    text = (getattr(response, "text", "") or "").strip()
+    return text.splitlines()[0][:300] if text else getattr(response, "reason", "") or ""
 
 
 def _log_response(response, *args, **kwargs):

@@ -40,7 +40,7 @@ from keyring.errors import KeyringError
 from .errors import CasdaLoginError, InsecureTransportError, NotLoggedInError, redact_url, scrub_secrets
 
 __all__ = ["KEYRING_SERVICE", "PASSWORD_ENV_VARS", "USER_ENV_VAR", "Credentials", "find_password",
-           "read_password_file", "store_password", "ProxyAuth", "AuthSession", "guard_session",
+           "read_password_file", "store_password", "ProxyAuth", "BasicAuthPair", "AuthSession", "guard_session",
            "basic_secrets", "PasswordNotStoredWarning", "keyring_advice"]
 
 #: Keyring service name; the same as astroquery.casda's, so stored passwords keep working.
@@ -101,8 +101,9 @@ def _username(username):
     from .settings import effective   # late: settings imports the package's conf
     name = (username or os.environ.get(USER_ENV_VAR) or effective("username") or "").strip()
     if not name:
-        raise NotLoggedInError("no CASDA user name: pass username= (your ATNF OPAL login) "
-                               f"or set {USER_ENV_VAR}")
+        raise NotLoggedInError("If you do not pass a username to login(), you should configure a default "
+                               "one! No CASDA user name: pass username= (your ATNF OPAL login), set "
+                               f"{USER_ENV_VAR} or conf.username")
     return name
 
 
@@ -243,7 +244,7 @@ def _normal_path(path):
 class ProxyAuth:
     """Decide per URL whether the OPAL credentials go with a request.
 
-    ``auth(url)`` returns `requests.auth.HTTPBasicAuth` for URLs under ``proxy_base`` and
+    ``auth(url)`` returns a `BasicAuthPair` (HTTP Basic) for URLs under ``proxy_base`` and
     ``None`` for every other URL, so that passwords reach CASDA's authenticating proxy and
     nothing else (SODA and downloads are authorised by tokens and signed URLs).  The
     credentials are attached per request, never to the session, so requests drops them
@@ -252,9 +253,9 @@ class ProxyAuth:
     ===============================================  ==========================
     URL                                              ``auth(url)``
     ===============================================  ==========================
-    same scheme, host and port as ``proxy_base``     ``HTTPBasicAuth``
+    same scheme, host and port as ``proxy_base``     `BasicAuthPair`
     and path under it, ``https``
-    same, plain ``http`` to a loopback host          ``HTTPBasicAuth``
+    same, plain ``http`` to a loopback host          `BasicAuthPair`
     (127.0.0.0/8, ::1, localhost: the emulator)
     same, plain ``http`` to any other host           raises `InsecureTransportError`
     other scheme, host or port, or path outside      ``None``
@@ -291,7 +292,23 @@ class ProxyAuth:
         if scheme != "https" and not _is_loopback(host):
             raise InsecureTransportError(f"refusing to send the CASDA password over plain {scheme} to "
                                          f"{redact_url(url)}; use https")
-        return requests.auth.HTTPBasicAuth(self.credentials.username, self.credentials.password)
+        return BasicAuthPair(self.credentials.username, self.credentials.password)
+
+
+class BasicAuthPair(tuple):
+    """``(username, password)``: the Basic credentials as astroquery passes them (``_auth``).
+
+    requests sends a pair as HTTP Basic; a plain tuple is what astroquery's ``_request``,
+    its mocks and user hooks expect.  Its repr hides the password.
+    """
+
+    def __new__(cls, username, password):
+        return super().__new__(cls, (username, password))
+
+    def __repr__(self):
+        return f"BasicAuthPair({self[0]!r}, '***')"
+
+    __str__ = __repr__
 
 
 # --- redirects and echoes -----------------------------------------------------------------

@@ -22,9 +22,10 @@ from astropy.time import Time
 from pyvo.dal.tap import escape
 
 from .credentials import AuthSession
-from .documents import fetch, parse_votable, table_of
+from .documents import fetch
 from .errors import InvalidInputError, InvalidTableError, NotLoggedInError
 from .tap import TapClient
+from .tap.rows import answer_table
 from .regions import (SIA2_POL_STATES, band_string, format_number, make_regions, parse_band,
                       parse_coordinates, parse_pol, parse_radius)
 
@@ -207,7 +208,8 @@ def parse_sia2(content, *, dataproduct_subtype=None):
 
 
 def _votable_table(content, service):
-    return table_of(parse_votable(content, what=f"CASDA's {service} answer"), service)
+    return answer_table(content.encode() if isinstance(content, str) else content, service,
+                        what=f"CASDA's {service} answer")
 
 
 class Discovery:
@@ -322,7 +324,7 @@ class Discovery:
         url = self.endpoints.proxy_sia2_url if authenticated else self.endpoints.sia2_url
         document = fetch(self._session_for(authenticated), "GET", url, what="CASDA SIA2 query", table=True,
                          params=payload, timeout=self.timeout)
-        table = table_of(parse_votable(document, what="CASDA SIA2 query"), "SIA2", url=url)
+        table = answer_table(document.content, "SIA2", url=url)
         return table if dataproduct_subtype is None else _filter_subtypes(table, dataproduct_subtype)
 
     # --- TAP ------------------------------------------------------------------------------

@@ -32,13 +32,15 @@ from astropy.io.votable import parse as _astropy_parse
 from astropy.io.votable.exceptions import VOWarning
 from astroquery.exceptions import MaxResultsWarning
 from pyvo.io.uws import parse_job
+from requests.structures import CaseInsensitiveDict
 
 from . import conf
+from .tables import own_width_text
 from .errors import JobError, QueryError, ServiceError, redact_url
 from .transport import DOCUMENT_CODINGS, Pacing, bounded, failure, failures_as, read_body, squeeze
 
 __all__ = ["Document", "fetch", "parse_votable", "relaxed_votable", "query_status", "status_of",
-           "StatusScanner", "table_of", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
+           "StatusScanner", "table_of", "finish_table", "repair_units", "JobDocument", "parse_job_document", "XML_TYPES"]
 
 #: What an XML document is asked for with.
 XML_TYPES = "application/x-votable+xml, text/xml, application/xml;q=0.9, text/plain;q=0.5"
@@ -120,16 +122,29 @@ def fetch(session, method, url, *, what, kind=ServiceError, table=False, statuse
     with failures_as(kind, url=url, what=what, **details), \
             bounded(limit, pacing, setting=f"conf.{'table' if table else 'document'}_max_bytes") as bounds:
         response = session.request(method, url, headers=headers, stream=True, **kwargs)
-        with response:
+        try:
             if response.status_code >= 400:
                 raise failure(url=url, what=what, kind=kind, response=response, statuses=statuses,
                               scrub=scrub, **details)
             read_body(response, bounds)   # already read when the adapter is mounted
-    media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    document = Document(url, response.status_code, media, response.content, dict(response.headers))
+        finally:
+            _close(response)
+    # Only status_code, headers and content are read: a minimal response object (astroquery's
+    # test mocks, a user's hook on requests.Session.request) has no more.
+    answer_headers = CaseInsensitiveDict(getattr(response, "headers", None) or {})
+    content = getattr(response, "content", b"")
+    content = content if isinstance(content, bytes) else b""
+    media = answer_headers.get("Content-Type", "").split(";")[0].strip().lower()
+    document = Document(url, response.status_code, media, content, answer_headers)
     if expect_xml and response.status_code < 300 and document.content:
         _require_xml(document, what, kind, details)
     return document
+
+
+def _close(response):
+    close = getattr(response, "close", None)
+    if callable(close):
+        close()
 
 
 def _require_xml(document, what, kind, details):
@@ -175,19 +190,28 @@ _CHAR_TYPE = re.compile(rb'\bdatatype\s*=\s*["\'](?:char|unicodeChar)["\']')
 _FIXED_SIZE = re.compile(rb'(\barraysize\s*=\s*["\'])\d+(["\'])')
 
 
-def _relax_field(match):
-    tag = match.group()
-    return _FIXED_SIZE.sub(rb"\g<1>*\g<2>", tag) if _CHAR_TYPE.search(tag) else tag
+_NAME = re.compile(rb'\bname\s*=\s*["\']([^"\']*)["\']')
 
 
 def _relaxed(data):
+    """``data`` with its fixed-width text FIELDs made variable length, and their names."""
     head_end = data.find(b"<DATA")
     head_end = len(data) if head_end < 0 else head_end
-    return _FIELD_TAG.sub(_relax_field, data[:head_end]) + data[head_end:]
+    fixed = []
+
+    def relax(match):
+        tag = match.group()
+        if not (_CHAR_TYPE.search(tag) and _FIXED_SIZE.search(tag)):
+            return tag
+        name = _NAME.search(tag)
+        if name:
+            fixed.append(name.group(1).decode("utf-8", "replace"))
+        return _FIXED_SIZE.sub(rb"\g<1>*\g<2>", tag)
+    return _FIELD_TAG.sub(relax, data[:head_end]) + data[head_end:], tuple(fixed)
 
 
 def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, relaxed=False, url=None,
-                  details=None):
+                  details=None, warn=False):
     """Parse a VOTable (a `Document` or bytes) with astropy, its failures as ``kind``.
 
     Parameters
@@ -196,6 +220,12 @@ def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, r
     relaxed : bool
         Read fixed-width text columns (``arraysize="255"``) as variable length, so each
         cell costs what it holds (astropy has no option for it: the FIELDs are rewritten).
+        Their names are kept as the result's ``fixed_width_text`` attribute, for
+        `~astroquery_casda_ext.tables.own_width_text`.
+    warn : bool
+        Let astropy's VOTable warnings reach the caller (as astroquery.casda does for DataLink
+        documents) instead of silencing them; a warning the caller's filters turn into an
+        error is raised as it is.
 
     Returns
     -------
@@ -206,16 +236,21 @@ def parse_votable(source, *, what="reading CASDA's answer", kind=ServiceError, r
         source.encode() if isinstance(source, str) else bytes(source)
     url = source.url if isinstance(source, Document) else url
     _refuse_entities(content, what, kind, url, details)
-    data = _relaxed(content) if relaxed else content
+    data, fixed = _relaxed(content) if relaxed else (content, ())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VOWarning)
+        if not warn:
+            warnings.simplefilter("ignore", VOWarning)
         try:
-            return _astropy_parse(io.BytesIO(data), verify="warn")
+            votable = _astropy_parse(io.BytesIO(data), verify="warn")
         except Exception as exc:   # expat, astropy and numpy raise unrelated types for bad input
+            if isinstance(exc, Warning) and not isinstance(exc, ValueError):
+                raise   # a warning (W50...) the caller's filters made an error stays what it is
             snippet = _snippet(content)
             where = f" from {redact_url(url)}" if url else ""
             raise _make(kind, f"{what}: the answer{where} is not a VOTable ({type(exc).__name__}: "
                               f"{squeeze(str(exc), 200)}): {snippet!r}", url, snippet, details) from None
+    votable.fixed_width_text = fixed
+    return votable
 
 
 def relaxed_votable(source):
@@ -344,13 +379,28 @@ def table_of(votable, service, *, url=None):
     QueryError, ServiceError
     """
     status, message = query_status(votable)
-    if status == "ERROR":
-        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
-        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+    _raise_if_error(status, message, service, url)
     resources = [res for res in votable.resources if res.tables]
     if not resources:
         raise ServiceError(f"CASDA's {service} answer has no result table", url=url)
-    table = resources[0].tables[0].to_table(use_names_over_ids=True)
+    # read relaxed (parse_votable(relaxed=True)): text declared with a width gets its longest value's
+    table = own_width_text(resources[0].tables[0].to_table(use_names_over_ids=True),
+                           getattr(votable, "fixed_width_text", ()))
+    return finish_table(table, status, message, service, url=url)
+
+
+def _raise_if_error(status, message, service, url):
+    if status == "ERROR":
+        message = message[len(_QUERY_ERROR_PREFIX):] if message.startswith(_QUERY_ERROR_PREFIX) else message
+        raise QueryError(f"CASDA {service} query failed: {message}", url=url, server_message=message)
+
+
+def finish_table(table, status, message, service, *, url=None):
+    """``table`` as an answer whose ``QUERY_STATUS`` was ``status``: ERROR is
+    `~astroquery_casda_ext.errors.QueryError` with the server's words, OVERFLOW a
+    `~astroquery.exceptions.MaxResultsWarning`; units repaired (`repair_units`)."""
+    _raise_if_error(status, message, service, url)
+    table.meta["complete"] = status != "OVERFLOW"
     if status == "OVERFLOW":
         _warn_overflow(table, service)
     return repair_units(table)

@@ -1,9 +1,14 @@
 """Exceptions and warnings raised by astroquery_casda_ext.
 
-Every input error also subclasses astroquery's `~astroquery.exceptions.InvalidQueryError`
-and the builtin `ValueError`, and every failure ``astroquery.casda`` reported as
-``ValueError`` still is one, so ``except`` clauses written for ``astroquery.casda``
-keep catching what they caught before.
+Every exception also derives from what ``astroquery.casda`` raises in the same situation,
+so ``except`` clauses written for it keep catching what they caught before:
+
+* input errors: astroquery's `~astroquery.exceptions.InvalidQueryError` and `ValueError`;
+* login: `~astroquery.exceptions.LoginError`; the service failed: `~astroquery.exceptions.RemoteServiceError`;
+  a job ran out of time: `~astroquery.exceptions.TimeoutError` (and the builtin one);
+* transport: an error made from an HTTP error status is also a `requests.HTTPError` (astroquery
+  calls ``raise_for_status``), one made from a failed connection or a timeout is also that
+  `requests` exception (``ConnectionError``, ``ReadTimeout``...), with its ``response``.
 
 No exception text ever contains a password, an access token or the query string of a
 signed URL: messages name URLs through `redact_url`.
@@ -12,8 +17,10 @@ import logging
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from astropy.utils.exceptions import AstropyWarning
-from astroquery.exceptions import InvalidQueryError, LoginError, MaxResultsWarning
+from astroquery.exceptions import (InvalidQueryError, LoginError, MaxResultsWarning, RemoteServiceError,
+                                   TimeoutError as AstroqueryTimeoutError)
 
 __all__ = [
     "CasdaError", "InvalidInputError", "InvalidRegionError", "InvalidSpectralRangeError",
@@ -25,7 +32,7 @@ __all__ = [
     "DownloadError", "ChecksumMismatchError", "UnsafeFilenameError", "FolderBusyError",
     "OutputExistsError", "LockUnavailableError",
     "AccessDeniedWarning", "ServiceWarning", "redact_url",
-    "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError",
+    "IncompleteResultError", "IncompleteResultWarning", "PartitionedQueryError", "MissingDependencyError",
 ]
 
 
@@ -92,8 +99,74 @@ def redact_url(url):
 _SODA_JOB = re.compile(r"/data/async/[^/?#]+/?$")
 
 
+def _transport_bases(status, cause):
+    """The `requests` (and astroquery) classes an error made from ``status`` / ``cause`` also is."""
+    if isinstance(cause, CasdaError):
+        return cause._added_bases    # one of ours made from a requests failure: the same bases
+    if isinstance(cause, requests.RequestException):
+        bases = (type(cause),)
+        if isinstance(cause, requests.Timeout):
+            bases += (AstroqueryTimeoutError,)
+        return bases
+    if isinstance(status, int) and status >= 400:
+        return (requests.HTTPError,)
+    return ()
+
+
+_VARIANTS = {}
+
+
+def _variant(origin, bases):
+    """``origin`` also deriving from ``bases``, made once; it keeps ``origin``'s name."""
+    bases = tuple(base for base in bases if not issubclass(origin, base))
+    if not bases:
+        return origin
+    key = (origin, bases)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = type(origin.__name__, (origin, *bases),
+                              {"__module__": origin.__module__, "__qualname__": origin.__qualname__,
+                               "__doc__": origin.__doc__, "_origin": origin, "_added_bases": bases})
+    return _VARIANTS[key]
+
+
+def _allocate(cls, args):
+    # OSError (the base of requests' exceptions) has its own constructor, which Python
+    # insists on for every class deriving from it
+    return (OSError if issubclass(cls, OSError) else Exception).__new__(cls, *args)
+
+
+def _rebuild(origin, bases, args):
+    """Unpickle a variant made by `_variant` (pickle finds classes by name: the name is ``origin``'s)."""
+    error = _allocate(_variant(origin, bases), args)
+    error.args = args
+    return error
+
+
 class CasdaError(Exception):
-    """Base class for errors raised by astroquery_casda_ext."""
+    """Base class for errors raised by astroquery_casda_ext.
+
+    An error given ``status=`` (an HTTP error status) or ``cause=`` (a `requests` exception)
+    is made as a subclass that also derives from the matching `requests` exception, the way
+    a caller of ``astroquery.casda`` saw it (see the module docstring).
+    """
+
+    _origin = None
+    _added_bases = ()
+
+    def __new__(cls, *args, status=None, cause=None, **kwargs):
+        return _allocate(_variant(cls, _transport_bases(status, cause)), args)
+
+    def __init__(self, *args, status=None, cause=None, response=None):
+        super().__init__(*args)
+        if status is not None:
+            self.status = status
+        if response is not None or cause is not None:
+            self.response = response if response is not None else getattr(cause, "response", None)
+
+    def __reduce__(self):
+        if self._origin is None or type(self)._origin is None:
+            return super().__reduce__()
+        return _rebuild, (self._origin, self._added_bases, self.args), self.__dict__
 
 
 # --- bad input: raised before anything is sent --------------------------------------------
@@ -138,8 +211,8 @@ class InsecureTransportError(CasdaError):
 
 # --- the service said no ----------------------------------------------------------------------
 
-class ServiceError(CasdaError):
-    """CASDA answered with an error.
+class ServiceError(CasdaError, RemoteServiceError):
+    """CASDA answered with an error, or could not be reached.
 
     Attributes
     ----------
@@ -149,13 +222,16 @@ class ServiceError(CasdaError):
         The HTTP status, if the error came as one.
     server_message : str
         The server's own words.
+    response : `requests.Response` or None
+        The answer, when there was one (as on `requests.HTTPError`).
     """
 
-    def __init__(self, message, *, url=None, status=None, server_message=None):
+    def __init__(self, message, *, url=None, status=None, server_message=None, cause=None, response=None):
         super().__init__(message)
         self.url = redact_url(url)
         self.status = status
         self.server_message = server_message if server_message is not None else message
+        self.response = response if response is not None else getattr(cause, "response", None)
 
 
 class NameResolverUnavailableError(InvalidRegionError, ServiceError):
@@ -172,6 +248,13 @@ class QueryError(ServiceError, InvalidQueryError):
 
 
 # --- catalogue-scale TAP (tap/) -------------------------------------------------------------
+
+class MissingDependencyError(CasdaError, ImportError):
+    """An optional package the call needs is not installed; the message says how to install it.
+
+    Raised before anything is sent (the command line answers it as a usage error, exit 2).
+    """
+
 
 class IncompleteResultError(ServiceError):
     """A TAP result broke off before its end (CASDA's CSV has no end marker: we check).
@@ -232,7 +315,8 @@ class JobError(CasdaError, ValueError):
     #: Whether the job can still be waited for (not once it failed, expired or is gone).
     resumable = True
 
-    def __init__(self, message, *, job_url=None, phase=None, server_message=None, job_urls=None):
+    def __init__(self, message, *, job_url=None, phase=None, server_message=None, job_urls=None,
+                 status=None, cause=None, response=None):
         #: What went wrong, without the hint on resuming.
         self.reason = message
         self.job_url = job_url
@@ -244,9 +328,11 @@ class JobError(CasdaError, ValueError):
         self.phase = phase
         self.server_message = server_message
         self.job_urls = list(job_urls) if job_urls else ([job_url] if job_url else [])
+        self.status = status
+        self.response = response if response is not None else getattr(cause, "response", None)
 
 
-class JobFailedError(JobError):
+class JobFailedError(JobError, RemoteServiceError):
     """The job ended in ERROR or ABORTED; ``server_message`` is its errorSummary."""
 
     resumable = False
@@ -264,7 +350,7 @@ class JobNotFoundError(JobError):
     resumable = False
 
 
-class JobTimeoutError(JobError, TimeoutError):
+class JobTimeoutError(JobError, AstroqueryTimeoutError, TimeoutError):
     """The job did not finish within the allowed time. It is still running; resume it by URL."""
 
 
@@ -300,8 +386,8 @@ def scrub_secrets(text, secrets):
 class DownloadError(CasdaError, OSError):
     """A file could not be downloaded and verified. Retrying the call resumes it."""
 
-    def __init__(self, message, *, url=None, path=None):
-        super().__init__(message)
+    def __init__(self, message, *, url=None, path=None, status=None, cause=None, response=None):
+        super().__init__(message, status=status, cause=cause, response=response)
         self.url = redact_url(url)
         self.path = path
 

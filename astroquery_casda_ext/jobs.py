@@ -208,16 +208,22 @@ def _pair_results(results):
 # --- the job --------------------------------------------------------------------------------
 
 def _form(params):
-    """Form fields from ``{name: value or [values]}``: list values become repeated keys."""
+    """Form fields from ``{name: value or [values]}`` (a list value is a repeated key).
+
+    A dict, as astroquery.casda posts its cutout parameters: one value is a string, several
+    a list (requests sends those as repeated keys).
+    """
     if not params:
-        return []
+        return {}
     items = params.items() if hasattr(params, "items") else params
-    fields = []
+    fields = {}
     for name, value in items:
         if value is None:
             continue
-        values = value if isinstance(value, (list, tuple)) else [value]
-        fields += [(str(name), str(item)) for item in values]
+        values = [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+        known = fields.get(str(name), [])
+        merged = (known if isinstance(known, list) else [known]) + values
+        fields[str(name)] = merged[0] if len(merged) == 1 else merged
     return fields
 
 
@@ -483,7 +489,9 @@ class UwsJob:
         """Raise `JobFailedError` (with the errorSummary) if the job ended in ERROR or ABORTED."""
         if self.phase in ("ERROR", "ABORTED"):
             summary = self.error_summary or "the server gave no error summary"
-            raise JobFailedError(f"job {self.url} ended {self.phase}: {summary}", job_url=self.url,
+            # astroquery.casda's words first (code written for it matches on them)
+            raise JobFailedError(f"Data staging job did not complete successfully. Status was {self.phase}. "
+                                 f"Job {self.url} ended {self.phase}: {summary}", job_url=self.url,
                                  phase=self.phase, server_message=self.error_summary)
         if self.phase in _ALSO_FINAL:
             raise JobExpiredError(f"job {self.url} is {self.phase}: its results were deleted; "
@@ -581,7 +589,9 @@ class SodaJob(UwsJob):
             The server refused (its message is quoted, tokens removed) or gave no job URL.
         """
         secrets = _token_strings(tokens)
-        form = [("ID", token) for token in secrets] + _form(params)
+        form = [("ID", token) for token in secrets] + [
+            (name, value) for name, values in _form(params).items()
+            for value in (values if isinstance(values, list) else [values])]
         # no job yet: errors must not name the async endpoint as one
         job = cls(session, None, timeout=timeout, delete_on_exit=delete_on_exit, request=request,
                   _secrets=secrets)
@@ -654,8 +664,15 @@ class SodaJob(UwsJob):
         return self._redact(document.text.strip())
 
     def result_urls(self):
-        """astroquery's list: every data file URL followed by its checksum URL."""
-        return [url for item in self.result_files() for url in (item.url, item.checksum_url) if url]
+        """astroquery's list: the URLs of the data files and their checksums, in the job's order.
+
+        CASDA lists each ``.checksum`` before its file; error files are left out.
+        """
+        if not self._document:
+            return []
+        kept = {item.result_id for item in self.result_files()}
+        return [_usable_href(href) for rid, href in self._document.results
+                if href and rid.removesuffix(".checksum") in kept]
 
 
 @dataclass(frozen=True)
@@ -847,9 +864,11 @@ class JobBatch:
         jobs = []
         for number, batch in enumerate(batches, 1):
             try:
-                job = SodaJob.create(session, batch[0].service_url, [t.token for t in batch], params or None,
+                # as astroquery.casda: create the job, post the cutout's parameters to it, run it
+                job = SodaJob.create(session, batch[0].service_url, [t.token for t in batch],
                                      timeout=timeout, request=request)
                 jobs.append(job)
+                job.add_parameters(params)
                 job.run()
             except JobError as exc:
                 if exc.job_url and all(made.url != exc.job_url for made in jobs):
@@ -867,7 +886,7 @@ class JobBatch:
         if on_error == "keep" or not jobs:
             kept = f"; {len(jobs)} job(s) keep running: {', '.join(job.url for job in jobs)}" if jobs else ""
             return JobSubmissionError(what + kept, jobs=jobs, job_urls=[job.url for job in jobs],
-                                      server_message=exc.server_message)
+                                      server_message=exc.server_message, cause=exc)
         left = []
         for job in jobs:
             try:
@@ -878,7 +897,7 @@ class JobBatch:
         tail = (f"; could not abort {len(left)} job(s), abort them yourself: {', '.join(j.url for j in left)}"
                 if left else f"; the {len(jobs)} job(s) already made were aborted")
         return JobSubmissionError(what + tail, jobs=jobs, job_urls=[job.url for job in jobs],
-                                  server_message=exc.server_message)
+                                  server_message=exc.server_message, cause=exc)
 
     def finish(self, policy=None, *, verbose=False, sleep=time.sleep, clock=time.monotonic):
         """Wait for every job (`wait_all`), raise the first failure naming every job of the

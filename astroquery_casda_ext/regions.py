@@ -496,8 +496,9 @@ class Circle(Region):
         return f"CIRCLE {self._numbers()}"
 
     def soda_params(self):
-        """``{'CIRCLE': 'ra dec radius'}``: current CASDA SODA's circle parameter."""
-        return {"CIRCLE": self._numbers()}
+        """``{'POS': 'CIRCLE ra dec radius'}``: SODA's POS, which every CASDA release takes and
+        astroquery.casda sends (v1.24 servers also take ``CIRCLE=ra dec radius``)."""
+        return {"POS": self.sia2_pos()}
 
 
 @dataclass(frozen=True)
@@ -674,16 +675,27 @@ def make_regions(coordinates=None, *, radius=None, width=None, height=None, poly
 
 # --- spectral ---------------------------------------------------------------------------------
 
+# astroquery.casda's messages, kept as the first sentence of ours
+_BAND_SHAPE = "The 'band' value must be a list of 2 wavelength or frequency values."
+_BAND_KIND = "The 'band' values must be wavelengths or frequencies."
+_CHANNEL_SHAPE = "The 'channel' value must be a list of 2 integer values."
+
+#: CASDA's first channel (plane) number: it answers ``CHANNEL=0 ...`` with a job in ERROR
+#: (astroquery issue #3132), so a 0 is refused before anything is sent.
+FIRST_CHANNEL = 1
+
+
 def _spectral_kind(bound, band):
     for kind, unit in (("wavelength", u.m), ("frequency", u.Hz), ("velocity", u.km / u.s)):
         if bound.unit.is_equivalent(unit):
             return kind
-    raise InvalidSpectralRangeError(f"band {band!r}: {bound} is not a wavelength, frequency or velocity")
+    raise InvalidSpectralRangeError(f"{_BAND_KIND} band {band!r}: {bound} is not a wavelength, frequency or "
+                                    "velocity")
 
 
 def _band_bounds(band):
     if isinstance(band, (str, bytes)) or not isinstance(band, (list, tuple, np.ndarray)) or len(band) != 2:
-        raise InvalidSpectralRangeError(f"band {band!r} must be 2 values (low, high); "
+        raise InvalidSpectralRangeError(f"{_BAND_SHAPE} band {band!r} must be 2 values (low, high); "
                                         "use None for an open end")
     bounds = []
     for bound in band:
@@ -693,8 +705,8 @@ def _band_bounds(band):
             except (TypeError, ValueError):
                 bound = None
             if bound is None or bound.unit == u.dimensionless_unscaled or not np.isscalar(bound.value):
-                raise InvalidSpectralRangeError(f"band {band!r}: each end must be a Quantity with units "
-                                                "(e.g. 1.4 * u.GHz, 21 * u.cm) or None")
+                raise InvalidSpectralRangeError(f"{_BAND_SHAPE} band {band!r}: each end must be a Quantity "
+                                                "with units (e.g. 1.4 * u.GHz, 21 * u.cm) or None")
         bounds.append(bound)
     if bounds[0] is None and bounds[1] is None:
         raise InvalidSpectralRangeError("band (None, None) constrains nothing; give at least one end")
@@ -750,8 +762,8 @@ def parse_band(band, *, rest_frequency=None):
     bounds = _band_bounds(band)
     kinds = {_spectral_kind(bound, band) for bound in bounds if bound is not None}
     if len(kinds) > 1:
-        raise InvalidSpectralRangeError(f"band {band!r} mixes {' and '.join(sorted(kinds))}; "
-                                        "give both ends in the same kind of unit")
+        raise InvalidSpectralRangeError(f"The 'band' values must have the same kind of units. band {band!r} "
+                                        f"mixes {' and '.join(sorted(kinds))}")
     kind = kinds.pop()
     rest = _rest_frequency(rest_frequency, band) if kind == "velocity" else None
     metres = [None if bound is None else _to_metres(bound, kind, rest, band) for bound in bounds]
@@ -764,10 +776,17 @@ def parse_band(band, *, rest_frequency=None):
 
 
 def band_string(low, high):
-    """CASDA's ``BAND`` value from metres: ``'0.21 0.22'``, ``'-Inf 0.22'``, ``'0.21 +Inf'``."""
-    low_text = "-Inf" if low is None else format_number(low, decimals=12)
-    high_text = "+Inf" if high is None else format_number(high, decimals=12)
-    return f"{low_text} {high_text}"
+    """CASDA's ``BAND`` value from metres: ``'0.21 0.22'``, ``'-Inf 0.22'``, ``'0.21 +Inf'``.
+
+    Each number is written as astroquery.casda writes it (Python's shortest exact form,
+    ``0.21112144929577467``), in fixed point where that form would have an exponent.
+    """
+    return f"{'-Inf' if low is None else _exact(low)} {'+Inf' if high is None else _exact(high)}"
+
+
+def _exact(x):
+    text = repr(float(x))
+    return format_number(x, decimals=20) if "e" in text or "inf" in text or "nan" in text else text
 
 
 def parse_channel(channel):
@@ -780,12 +799,12 @@ def parse_channel(channel):
     """
     if isinstance(channel, (str, bytes)) or not isinstance(channel, (list, tuple, np.ndarray)) \
             or len(channel) != 2:
-        raise InvalidSpectralRangeError(f"channel {channel!r} must be 2 integers (first, last)")
+        raise InvalidSpectralRangeError(f"{_CHANNEL_SHAPE} channel {channel!r} must be 2 integers (first, last)")
     for value in channel:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise InvalidSpectralRangeError(f"channel {channel!r} must be 2 integers; {value!r} is not one")
-        if value < 1:
-            raise InvalidSpectralRangeError(f"channel {channel!r}: CASDA counts channels from 1")
+            raise InvalidSpectralRangeError(f"{_CHANNEL_SHAPE} channel {channel!r}: {value!r} is not an integer")
+        if value < FIRST_CHANNEL:
+            raise InvalidSpectralRangeError(f"channel {channel!r}: CASDA counts channels from {FIRST_CHANNEL}")
     return tuple(sorted(int(value) for value in channel))
 
 

@@ -70,7 +70,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
 
 from . import conf
-from .errors import CasdaLoginError, DownloadError, JobError, ServiceError, redact_url
+from .errors import CasdaError, CasdaLoginError, DownloadError, JobError, ServiceError, redact_url
 from .errors import package_logger
 
 __all__ = ["RetryPolicy", "RetryState", "parse_retry_after", "ApiRetryAdapter", "mount_api_retries",
@@ -614,8 +614,8 @@ def read_body(response, bounds, *, error_page=False):
     requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError
         The body broke off (the adapter may send the request again).
     """
-    if response._content is not False:   # requests' own marker of a body not yet read
-        return response.content
+    if getattr(response, "_content", None) is not False:   # requests' marker of a body not yet read;
+        return response.content    # a minimal response (a user's hook, a test's mock) holds its content
     raw = response.raw
     coding = response.headers.get("Content-Encoding", "").strip().lower()
     try:
@@ -669,17 +669,18 @@ def server_message(response, limit=500):
     ``Accept: text/plain``, and otherwise as an HTML page; tags are dropped here.  A body not
     yet read (a streamed answer) is read only up to 64 KiB.
     """
-    if response._content is False:   # streamed and not read: take its beginning only
+    if getattr(response, "_content", None) is False:   # streamed and not read: take its beginning only
         with contextlib.suppress(Exception):
             with bounded(_ERROR_TEXT_BYTES, Pacing(deadline=5.0)) as bounds:
                 read_body(response, bounds, error_page=True)
         if response._content is False:
             response._content = b""
-    text = response.text or ""
+    text = getattr(response, "text", "")
+    text = text if isinstance(text, str) else ""   # a minimal or mocked response may have none
     if "<" in text and re.search(r"<(html|body|h1|p|div|title)\b", text, re.IGNORECASE):
         text = re.sub(r"<(script|style)\b.*?</\1>", " ", text, flags=re.IGNORECASE | re.DOTALL)
         text = re.sub(r"<[^>]+>", " ", text)
-    return squeeze(text, limit) or f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return squeeze(text, limit) or f"HTTP {response.status_code} {getattr(response, 'reason', '') or ''}".strip()
 
 
 def squeeze(text, limit):
@@ -688,14 +689,17 @@ def squeeze(text, limit):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _build(kind, message, url, status, said, details):
+def _build(kind, message, url, status, said, details, cause=None, response=None):
+    # status / cause make the error also the requests exception astroquery.casda raised there
+    # (HTTPError from raise_for_status, ConnectionError, ReadTimeout...): see errors.CasdaError
+    origin = {"status": status, "cause": cause, "response": response}
     if issubclass(kind, ServiceError):
-        return kind(message, url=url, status=status, server_message=said, **details)
+        return kind(message, url=url, server_message=said, **origin, **details)
     if issubclass(kind, JobError):
-        return kind(message, server_message=said, **details)
+        return kind(message, server_message=said, **origin, **details)
     if issubclass(kind, DownloadError):
-        return kind(message, url=url, **details)
-    return kind(message)
+        return kind(message, url=url, **origin, **details)
+    return kind(message, **origin) if issubclass(kind, CasdaError) else kind(message)
 
 
 def failure(exc=None, *, url, what, kind=ServiceError, response=None, statuses=None, scrub=None, **details):
@@ -737,7 +741,7 @@ def failure(exc=None, *, url, what, kind=ServiceError, response=None, statuses=N
         return _build(kind, f"{what}: the answer from {shown} {exc.why}; stopped", url, None, None, details)
     if exc is not None:
         return _build(kind, f"{what}: no answer from {shown} ({describe_failure(exc)})", url, None, None,
-                      details)
+                      details, cause=exc)
     status = response.status_code
     said = scrub(server_message(response))
     special = dict(statuses or {})
@@ -746,8 +750,9 @@ def failure(exc=None, *, url, what, kind=ServiceError, response=None, statuses=N
     special_kind, special_text = special.get(status, (kind, None))
     message = special_text or f"{what} failed: HTTP {status} from {shown}: {said}"
     if special_kind is CasdaLoginError:
-        return CasdaLoginError(f"{what}: CASDA rejected the login (HTTP {status} from {shown}): {said}")
-    return _build(special_kind, message, url, status, said, details)
+        return CasdaLoginError(f"{what}: CASDA rejected the login (HTTP {status} from {shown}): {said}",
+                               status=status, response=response)
+    return _build(special_kind, message, url, status, said, details, response=response)
 
 
 @contextlib.contextmanager
@@ -756,4 +761,6 @@ def failures_as(kind=ServiceError, *, url, what, **details):
     try:
         yield
     except (requests.RequestException, BodyLimitError) as exc:
+        if isinstance(exc, CasdaError):
+            raise       # already one of ours (errors.CasdaError may also be a requests exception)
         raise failure(exc, url=url, what=what, kind=kind, **details) from exc

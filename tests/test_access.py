@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 import responses
+from astropy.io.votable.exceptions import W50
 from astropy.table import MaskedColumn, Table
 
 from astroquery_casda_ext.access import (AccessToken, DataLinkClient, parse_datalink,
@@ -81,11 +82,15 @@ def test_parse_current_flavour_reads_standard_id_and_new_params():
 
 
 @pytest.mark.parametrize("name", ["datalink_old.xml", "datalink_current.xml"])
-def test_parse_silences_only_casdas_unit_warning(name):
-    """CHANNEL's unit 'pixels'/'pixel' (W50) must not reach users running with warnings as errors."""
+def test_parse_passes_casdas_unit_warning_to_the_caller(name):
+    """CHANNEL's unit 'pixels'/'pixel' (W50) reaches the caller, as with astroquery.casda: the
+    user's warning filters decide; with warnings as errors it is the W50 that is raised."""
+    with pytest.warns(W50, match="Invalid unit string 'pixel"):
+        assert parse_datalink(fixture(name)).rows
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert parse_datalink(fixture(name)).rows
+        with pytest.raises(W50):
+            parse_datalink(fixture(name))
 
 
 @pytest.mark.parametrize("name", ["datalink.xml", "datalink_noaccess.xml"])

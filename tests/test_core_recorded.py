@@ -148,11 +148,13 @@ def logged_in(casda):
     return casda
 
 
-def serve_job(mocked, *documents, created=True):
-    """CASDA's SODA exchange: create (303 to the job), read, RUN (303), then each read gets
-    the next document (the last one repeats)."""
+def serve_job(mocked, *documents, created=True, parameters=False):
+    """CASDA's SODA exchange: create (303 to the job), read, [post the cutout's parameters (303)],
+    RUN (303), then each read gets the next document (the last one repeats)."""
     if created:
         mocked.post(ASYNC, status=303, headers={"Location": JOB})
+        if parameters:
+            mocked.post(JOB + "/parameters", status=303, headers={"Location": JOB})
         mocked.post(JOB + "/phase", status=303, headers={"Location": JOB})
     for name in documents:
         mocked.get(JOB, body=fixture(name), content_type="application/xml")
@@ -244,11 +246,13 @@ def test_sia2_never_gets_credentials(logged_in, mocked):
 
 
 # --- query_tap and the ADQL helpers -------------------------------------------------------------
+# CASDA's recorded VOTable answers: query_tap reads them with result_format="votable" (its default,
+# when pyarrow is installed, asks for the FIELDs and then CASDA's CSV: see test_tap_scale.py).
 
 def test_query_tap_returns_a_table_with_usable_units(casda, mocked):
     mocked.post(TAP + "/sync", body=fixture("tap_continuum_component.xml"))
     query = recorded_info("tap_continuum_component.xml", "Query")
-    table = casda.query_tap(query, maxrec=10)
+    table = casda.query_tap(query, maxrec=10, result_format="votable")
     form = dict(form_pairs(mocked.calls[0]))
     assert (form["QUERY"], form["LANG"], form["REQUEST"], form["MAXREC"]) == (query, "ADQL", "doQuery", "10")
     assert isinstance(table, Table) and len(table) == 4
@@ -262,9 +266,10 @@ def test_query_tap_payload_error_and_overflow(casda, mocked):
     mocked.post(TAP + "/sync", body=fixture("tap_error.xml"))
     mocked.post(TAP + "/sync", body=fixture("tap_continuum_component_overflow.xml"))
     with pytest.raises(QueryError, match='Unknown table "casda.continuum_componet"'):
-        casda.query_tap("SELECT * FROM casda.continuum_componet")
+        casda.query_tap("SELECT * FROM casda.continuum_componet", result_format="votable")
     with pytest.warns(MaxResultsWarning):
-        assert len(casda.query_tap("SELECT * FROM casda.continuum_component", maxrec=2)) == 2
+        assert len(casda.query_tap("SELECT * FROM casda.continuum_component", maxrec=2,
+                                   result_format="votable")) == 2
 
 
 def test_query_tap_async_waits_and_reads_the_encoded_result_href(casda, mocked):
@@ -276,7 +281,8 @@ def test_query_tap_async_waits_and_reads_the_encoded_result_href(casda, mocked):
     mocked.get(job, body=fixture("tap_async_completed.xml"))
     mocked.get(job + "/results/result", body=fixture("tap_continuum_component.xml"))
     mocked.delete(job, status=303, headers={"Location": TAP + "/async"})
-    table = casda.query_tap(recorded_info("tap_continuum_component.xml", "Query"), async_job=True)
+    table = casda.query_tap(recorded_info("tap_continuum_component.xml", "Query"), async_job=True,
+                            result_format="votable")
     assert len(table) == 4 and table["flux_peak"].unit == u.mJy / u.beam
     assert mocked.calls[-1].request.method == "DELETE"   # CASDA keeps finished jobs otherwise
 
@@ -294,7 +300,7 @@ def test_query_tap_async_error_raises_the_jobs_message(casda, mocked):
 
 def test_logged_in_tap_goes_through_the_proxy_with_basic_auth(logged_in, mocked):
     mocked.post(PROXY_TAP + "/sync", body=fixture("tap_continuum_component.xml"))
-    assert len(logged_in.query_tap("SELECT * FROM casda.continuum_component")) == 4
+    assert len(logged_in.query_tap("SELECT * FROM casda.continuum_component", result_format="votable")) == 4
     assert mocked.calls[0].request.headers["Authorization"].startswith("Basic ")
 
 
@@ -405,7 +411,7 @@ def test_logout_forgets_the_credentials(logged_in, mocked):
     with pytest.raises(NotLoggedInError):
         logged_in.get_access_tokens(products("cube-1001"))
     mocked.post(TAP + "/sync", body=fixture("tap_continuum_component.xml"))
-    logged_in.query_tap("SELECT * FROM casda.continuum_component")
+    logged_in.query_tap("SELECT * FROM casda.continuum_component", result_format="votable")
     assert mocked.calls[0].request.url.startswith(TAP + "/")      # the anonymous service again
     assert "Authorization" not in mocked.calls[0].request.headers
 
@@ -465,8 +471,7 @@ def test_stage_data_on_astroquerys_recordings(logged_in, mocked):
     urls = logged_in.stage_data(products("cube-244"), verbose=True)
     astroquerys = ["http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits.checksum",
                    "http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits"]
-    assert sorted(urls) == sorted(astroquerys)
-    assert urls[1] == urls[0] + ".checksum"        # each file followed by its checksum
+    assert urls == astroquerys        # in the job's order, as astroquery.casda lists them
 
 
 def test_stage_data_uses_the_web_token_of_an_old_datalink(logged_in, mocked):
@@ -477,8 +482,8 @@ def test_stage_data_uses_the_web_token_of_an_old_datalink(logged_in, mocked):
     create = next(c for c in mocked.calls if c.request.method == "POST" and c.request.url == ASYNC)
     web = tokens_in("datalink_old.xml", "cube-244", "Scripted file access via Web")
     assert form_pairs(create) == [("ID", web)]
-    assert urls == ["http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits",
-                    "http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits.checksum"]
+    assert urls == ["http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits.checksum",
+                    "http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits"]
 
 
 def test_stage_data_decodes_percent_encoded_hrefs(logged_in, mocked):
@@ -486,7 +491,7 @@ def test_stage_data_decodes_percent_encoded_hrefs(logged_in, mocked):
     serve_job(mocked, "job_pending.xml", "job_completed_encoded.xml")
     urls = logged_in.stage_data(products("cube-1001", "cube-1002"))
     web = f"http://casda.csiro.au/download/web/{JOB_ID}/"
-    assert urls == [web + F1, web + F1 + ".checksum", web + F2, web + F2 + ".checksum"]
+    assert urls == [web + F1 + ".checksum", web + F1, web + F2, web + F2 + ".checksum"]   # the job's order
 
 
 def test_stage_data_keeps_presigned_urls_untouched(logged_in, mocked):
@@ -539,7 +544,8 @@ def test_stage_data_of_nothing_sends_nothing(logged_in, mocked):
 
 def test_cutout_is_one_job_with_every_position_as_repeated_circles(logged_in, mocked):
     mocked.get(DATALINK, body=fixture("datalink_multi.xml"))
-    serve_job(mocked, "job_pending_cutout.xml", "job_executing.xml", "job_completed_shuffled.xml")
+    serve_job(mocked, "job_pending_cutout.xml", "job_executing.xml", "job_completed_shuffled.xml",
+              parameters=True)
     positions = SkyCoord([187.5, 187.7, 10.0], [-45.0, -45.2, 10.0], unit="deg")
     urls = logged_in.cutout(products("cube-1001", "cube-1002"), coordinates=positions, radius=36 * u.arcsec,
                             band=(0.2 * u.m, 0.21 * u.m))
@@ -548,38 +554,44 @@ def test_cutout_is_one_job_with_every_position_as_repeated_circles(logged_in, mo
     assert ids_sent(datalink_calls[0]) == ["cube-1001", "cube-1002"]
     (create,) = [c for c in mocked.calls if c.request.method == "POST" and c.request.url == ASYNC]
     cutout = [tokens_in("datalink_multi.xml", pid, "Scripted cut-out") for pid in ("cube-1001", "cube-1002")]
-    sent = form_pairs(create)
-    assert [value for key, value in sent if key == "ID"] == cutout
-    circles = [value for key, value in sent if key == "CIRCLE"]
-    assert circles == ["187.5 -45 0.01", "187.7 -45.2 0.01", "10 10 0.01"]
+    assert form_pairs(create) == [("ID", token) for token in cutout]
+    # as astroquery.casda: the regions and windows are posted to the new job's parameters
+    (parameters,) = [c for c in mocked.calls if c.request.url == JOB + "/parameters"]
+    sent = form_pairs(parameters)
+    circles = [value for key, value in sent if key == "POS"]
+    assert circles == ["CIRCLE 187.5 -45 0.01", "CIRCLE 187.7 -45.2 0.01", "CIRCLE 10 10 0.01"]
     assert [value for key, value in sent if key == "BAND"] == ["0.2 0.21"]
     assert len(urls) == 8 and not any("error-01" in url for url in urls)   # error files are no data
-    assert urls[:4] == [WEB + "cutout-7-imagecube-1001.fits", WEB + "cutout-7-imagecube-1001.fits.checksum",
-                        WEB + "cutout-8-imagecube-1002.fits", WEB + "cutout-8-imagecube-1002.fits.checksum"]
-    assert all(urls[i + 1] == urls[i] + ".checksum" for i in range(0, 8, 2))
+    assert urls[:3] == [WEB + "cutout-8-imagecube-1002.fits.checksum",      # the job's order
+                        WEB + "cutout-7-imagecube-1001.fits.checksum", WEB + "cutout-7-imagecube-1001.fits"]
+    assert sorted(urls[i] for i in range(8) if not urls[i].endswith(".checksum")) == sorted(
+        urls[i].removesuffix(".checksum") for i in range(8) if urls[i].endswith(".checksum"))
 
 
 def test_cutout_on_astroquerys_recordings(logged_in, mocked):
     mocked.get(DATALINK, body=fixture("astroquery_datalink.xml"))
-    serve_job(mocked, "astroquery_run_job.xml", "astroquery_suspended_job.xml", "astroquery_cutout_job.xml")
+    serve_job(mocked, "astroquery_run_job.xml", "astroquery_suspended_job.xml", "astroquery_cutout_job.xml",
+              parameters=True)
     urls = logged_in.cutout(products("cube-244"), coordinates=SkyCoord(333.9092, -45.8418, unit="deg"),
                             radius=30 * u.arcmin)
     create = next(c for c in mocked.calls if c.request.method == "POST" and c.request.url == ASYNC)
-    assert form_pairs(create) == [("ID", "cube-244"), ("CIRCLE", "333.9092 -45.8418 0.5")]
-    assert sorted(urls) == sorted(["http://casda.csiro.au/download/web/111-000-111-000/cutout.fits.checksum",
-                                   "http://casda.csiro.au/download/web/111-000-111-000/cutout.fits"])
+    assert form_pairs(create) == [("ID", "cube-244")]
+    parameters = next(c for c in mocked.calls if c.request.url == JOB + "/parameters")
+    assert form_pairs(parameters) == [("POS", "CIRCLE 333.9092 -45.8418 0.5")]   # what astroquery sends
+    assert urls == ["http://casda.csiro.au/download/web/111-000-111-000/cutout.fits.checksum",
+                    "http://casda.csiro.au/download/web/111-000-111-000/cutout.fits"]
 
 
 def test_cutout_error_raises_job_failed_error(logged_in, mocked):
     mocked.get(DATALINK, body=fixture("datalink_multi.xml"))
-    serve_job(mocked, "job_pending_cutout.xml", "job_error.xml")
+    serve_job(mocked, "job_pending_cutout.xml", "job_error.xml", parameters=True)
     with pytest.raises(JobFailedError, match="UsageError: None of the selected image cubes"):
         logged_in.cutout(products("cube-1001", "cube-1002"), coordinates="10 10", radius=36 * u.arcsec)
 
 
 def test_cutout_table_labels_files_with_product_and_region(logged_in, mocked):
     mocked.get(DATALINK, body=fixture("datalink_multi.xml"))
-    serve_job(mocked, "job_pending_cutout.xml", "job_completed_shuffled.xml")
+    serve_job(mocked, "job_pending_cutout.xml", "job_completed_shuffled.xml", parameters=True)
     mocked.get(WEB + "error-01.txt", body=MISSED)
     [job] = logged_in.cutout(products("cube-1001", "cube-1002"), coordinates=["187.5 -45.0", "10.0 10.0"],
                              radius=0.01 * u.deg, wait=False)
@@ -597,11 +609,13 @@ def test_cutout_table_labels_files_with_product_and_region(logged_in, mocked):
 
 def test_spectra_uses_the_spectrum_generation_token(logged_in, mocked):
     mocked.get(DATALINK, body=fixture("datalink_current.xml"))
-    serve_job(mocked, "job_pending.xml", "job_executing.xml", "job_completed_shuffled.xml")
+    serve_job(mocked, "job_pending.xml", "job_executing.xml", "job_completed_shuffled.xml", parameters=True)
     urls = logged_in.spectra(products("cube-1001"), "187.5 -45.0", 18 * u.arcsec)
     create = next(c for c in mocked.calls if c.request.method == "POST" and c.request.url == ASYNC)
     token = tokens_in("datalink_current.xml", "cube-1001", "Scripted spectrum generation")
-    assert form_pairs(create) == [("ID", token), ("CIRCLE", "187.5 -45 0.005")]
+    assert form_pairs(create) == [("ID", token)]
+    parameters = next(c for c in mocked.calls if c.request.url == JOB + "/parameters")
+    assert form_pairs(parameters) == [("POS", "CIRCLE 187.5 -45 0.005")]
     assert WEB + "spectrum-3-imagecube-12.fits" in urls
 
 

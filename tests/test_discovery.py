@@ -87,7 +87,7 @@ def test_payload_every_parameter(anonymous):
         collection=["RACS", "The Rapid ASKAP Continuum Survey"], dataproduct_type="CUBE", maxrec=25)
     assert payload == {
         "POS": ["CIRCLE 333.9 -45.8 0.0083333333", "CIRCLE 10 0 0.0083333333"],
-        "BAND": "0.21413747 0.230609583077",
+        "BAND": "0.21413747000000002 0.23060958307692309",
         "TIME": "58849 59000.5",
         "POL": ["I", "V"],
         "COLLECTION": ["RACS", "The Rapid ASKAP Continuum Survey"],

@@ -7,6 +7,7 @@ import astropy.units as u
 import pytest
 from astropy.coordinates import SkyCoord
 from astroquery.casda import conf as astroquery_conf
+from astroquery.exceptions import MaxResultsWarning
 
 from astroquery_casda_ext import CasdaClass, conf
 from astroquery_casda_ext.credentials import PasswordNotStoredWarning
@@ -141,3 +142,60 @@ def test_login_without_a_keyring_backend_succeeds_and_warns(emulator):
         client.login(emulator.username, password=emulator.password, store_password=True)
     assert client.authenticated()
     assert len(client.query_sbid_images(609)) > 0 and client._credentials is not None
+
+
+# --- astroquery's QueryWithLogin conventions as extension points ---------------------------------
+
+def test_a_replaced_download_file_is_used_for_every_url_in_parallel(tmp_path):
+    """astroquery's per-file hook: replacing ``_download_file`` (on an instance or in a subclass)
+    changes how each file is fetched; ``download_files`` maps it over the URLs in parallel."""
+    import threading
+    seen, threads, gate = [], set(), threading.Barrier(3, timeout=10)
+
+    def fetch(url, local_filepath, timeout=None, cache=False, **kwargs):
+        threads.add(threading.get_ident())
+        gate.wait()                      # all three at once: they run in parallel
+        seen.append((url, local_filepath, timeout))
+        return local_filepath
+    client = CasdaClass()
+    client._download_file = fetch
+    urls = [f"https://example.org/web/{name}" for name in ("a.fits", "a.fits.checksum", "RACS%2B1.fits")]
+    paths = client.download_files(urls, savedir=str(tmp_path), workers=3)
+    assert paths == [str(tmp_path / name) for name in ("a.fits", "a.fits.checksum", "RACS+1.fits")]
+    assert sorted(seen) == sorted(zip(urls, paths, [client.TIMEOUT] * 3)) and len(threads) == 3
+
+
+def test_a_subclass_download_file_is_used_and_unsafe_names_are_refused(tmp_path):
+    from astroquery_casda_ext.errors import UnsafeFilenameError
+
+    class Mine(CasdaClass):
+        def _download_file(self, url, local_filepath, **kwargs):
+            open(local_filepath, "w").write(url)
+            return local_filepath
+    [path] = Mine().download_files(["https://example.org/x/file.txt"], savedir=str(tmp_path))
+    assert open(path).read() == "https://example.org/x/file.txt"
+    with pytest.raises(UnsafeFilenameError):
+        Mine().download_files(["https://example.org/x/..%2F..%2Fescape"], savedir=str(tmp_path))
+
+
+def test_login_state_is_astroquerys_auth_and_authenticated(emulator):
+    client = CasdaClass(server=emulator.url)
+    assert client._authenticated is False and not hasattr(client, "_auth")
+    client.login(emulator.username, password=emulator.password)
+    assert client._authenticated is True and client._auth == (emulator.username, emulator.password)
+    assert emulator.password not in repr(client._auth)
+    client.logout()
+    assert client._authenticated is False and not hasattr(client, "_auth")
+    other = CasdaClass(server=emulator.url)     # set as astroquery's own tests do: that is a login
+    other._auth, other._authenticated = (emulator.username, emulator.password), True
+    assert len(other.query_sbid_images(609)) > 0 and other._credentials.username == emulator.username
+
+
+def test_args_to_payload_is_the_payload_query_region_sends(emulator, monkeypatch):
+    client = CasdaClass(server=emulator.url)
+    payload = client._args_to_payload(service="sia2", coordinates="187.5 -45.0", radius=0.1 * u.deg)
+    assert payload == client.query_region("187.5 -45.0", radius=0.1 * u.deg, get_query_payload=True)
+    monkeypatch.setattr(CasdaClass, "_args_to_payload",
+                        lambda self, **kwargs: {"POS": "CIRCLE 187.5 -45 0.2", "MAXREC": "1"})
+    with pytest.warns(MaxResultsWarning):
+        assert len(client.query_region("anything", cache=False)) == 1    # an override is what is sent

@@ -343,7 +343,9 @@ def test_a_persistent_503_while_polling_ends_in_seconds_naming_the_job(mocked, f
     mocked.get(JOB, status=503, body="FAILURE: busy")
     with pytest.raises(JobError, match="busy") as info:
         job.wait(PollPolicy(first=1), sleep=fake_time.sleep, clock=fake_time.clock)
-    assert type(info.value) is JobError and info.value.job_url == JOB
+    assert isinstance(info.value, JobError) and type(info.value).__name__ == "JobError"
+    assert isinstance(info.value, requests.HTTPError) and info.value.status == 503   # as raise_for_status
+    assert info.value.job_url == JOB
     assert f"Casda.load_job('{JOB}')" in str(info.value) and info.value.resume == f"Casda.load_job('{JOB}')"
     assert len(mocked.calls) == 6 and sum(fake_time.sleeps) - 1 < 30   # 5 retries, within the budget
 
@@ -411,8 +413,8 @@ def test_wait_blocks_on_uws_11_servers(mocked, fake_time):
 
 def test_encoded_hrefs_are_unquoted_once(mocked):
     job = loaded(mocked, "job_completed_encoded.xml")
-    assert job.result_urls() == [f"http://casda.csiro.au/download/web/{JOB_ID}/{F1}",
-                                 f"http://casda.csiro.au/download/web/{JOB_ID}/{F1}.checksum",
+    assert job.result_urls() == [f"http://casda.csiro.au/download/web/{JOB_ID}/{F1}.checksum",
+                                 f"http://casda.csiro.au/download/web/{JOB_ID}/{F1}",
                                  f"http://casda.csiro.au/download/web/{JOB_ID}/{F2}",
                                  f"http://casda.csiro.au/download/web/{JOB_ID}/{F2}.checksum"]
 
@@ -420,8 +422,8 @@ def test_encoded_hrefs_are_unquoted_once(mocked):
 def test_recorded_completed_job_matches_astroquery(mocked):
     mocked.get(JOB, body=(RECORDED / "completed_job.xml").read_bytes())
     job = SodaJob.load(requests.Session(), JOB)
-    assert job.result_urls() == ["http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits",
-                                 "http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits.checksum"]
+    assert job.result_urls() == ["http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits.checksum",
+                                 "http://casda.csiro.au/download/web/111-000-111-000/askap_img.fits"]
 
 
 def test_plain_hrefs_are_used_as_given(mocked):
@@ -463,7 +465,12 @@ def test_shuffled_results_are_paired_and_errors_split(mocked):
                           "visibility-77")}
     urls = job.result_urls()
     assert len(urls) == 8 and not any("error-" in url for url in urls)
-    assert all(urls[i + 1] == urls[i] + ".checksum" for i in range(0, 8, 2))
+    # in the job's own order, as astroquery.casda returns them
+    assert [url.rsplit("/", 1)[-1] for url in urls] == [
+        "cutout-8-imagecube-1002.fits.checksum", "cutout-7-imagecube-1001.fits.checksum",
+        "cutout-7-imagecube-1001.fits", "spectrum-3-imagecube-12.fits.checksum", "cutout-8-imagecube-1002.fits",
+        "spectrum-3-imagecube-12.fits", "observations-609-visibilities-scienceData.SB609.beam00.ms.tar",
+        "observations-609-visibilities-scienceData.SB609.beam00.ms.tar.checksum"]
     (error,) = job.error_files()
     assert (error.result_id, error.url, error.checksum_url, error.product_id) == (
         "error-01", WEB + "error-01.txt", WEB + "error-01.txt.checksum", None)

@@ -273,7 +273,7 @@ def test_default_circle_is_one_arcmin_in_fixed_point():
     (circle,) = make_regions("333.9 -45.8")
     assert circle == Circle(333.9, -45.8, 1 / 60)
     assert circle.sia2_pos() == "CIRCLE 333.9 -45.8 0.0166666667"
-    assert circle.soda_params() == {"CIRCLE": "333.9 -45.8 0.0166666667"}
+    assert circle.soda_params() == {"POS": "CIRCLE 333.9 -45.8 0.0166666667"}
     assert circle.center.separation(SkyCoord(333.9, -45.8, unit="deg")).arcsec < 1e-9
 
 
@@ -281,7 +281,7 @@ def test_default_circle_is_one_arcmin_in_fixed_point():
 def test_positions_at_zero_give_fixed_point_numbers(position):
     (circle,) = make_regions(position, radius=1e-5)
     assert_casda_numbers(circle.sia2_pos(), "CIRCLE")
-    assert "e" not in circle.soda_params()["CIRCLE"]
+    assert "e" not in circle.soda_params()["POS"].removeprefix("CIRCLE")
 
 
 def test_dec_zero_and_ra_zero_exactly():
@@ -423,7 +423,9 @@ def test_band_string_is_casdas_syntax():
     assert band_string(0.21, 0.22) == "0.21 0.22"
     assert band_string(None, 0.22) == "-Inf 0.22"
     assert band_string(0.21, None) == "0.21 +Inf"
-    assert band_string(2.3e-6, 1) == "0.0000023 1"
+    assert band_string(2.3e-6, 1) == "0.0000023 1.0"
+    assert band_string(0.19986163866666667, 0.21112144929577467) == \
+        "0.19986163866666667 0.21112144929577467"   # as astroquery.casda writes them: exactly
 
 
 # --- channel and pol -------------------------------------------------------------------------
@@ -436,7 +438,8 @@ def test_channel_two_integers_sorted(channel, expected):
 
 
 @pytest.mark.parametrize("channel, fragment", [
-    ((1.0, 2.0), "not one"), ((True, 2), "not one"), (("1", "2"), "not one"), ((1, 2, 3), "2 integers"),
+    ((1.0, 2.0), "not an integer"), ((True, 2), "not an integer"), (("1", "2"), "not an integer"),
+    ((1, 2, 3), "2 integers"),
     (5, "2 integers"), ("12", "2 integers"), ((0, 5), "from 1"), ((-3, 5), "from 1"),
 ])
 def test_channel_rejects(channel, fragment):

@@ -40,14 +40,6 @@ def connections(monkeypatch):
     return tried
 
 
-@pytest.fixture
-def closed_port():
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --- the policy -----------------------------------------------------------------------------------
 
 def test_a_refused_connection_gets_a_shorter_budget_than_other_failures(fake_time):
@@ -152,7 +144,9 @@ def test_a_persistent_503_while_polling_ends_with_the_job_url_and_how_to_resume(
     with pytest.raises(JobError, match="503") as info:
         job.wait()
     error = info.value
-    assert type(error) is JobError and error.job_url == job.url and error.job_urls == [job.url]
+    assert type(error).__name__ == "JobError" and isinstance(error, JobError)    # the plain kind...
+    assert isinstance(error, requests.HTTPError)      # ...made from an HTTP 503, as raise_for_status would
+    assert error.job_url == job.url and error.job_urls == [job.url]
     assert f"Casda.load_job('{job.url}')" in str(error)
     polls = [entry for entry in emulator.request_log[start:] if entry.path.endswith(job.job_id)]
     assert [entry.status for entry in polls] == [503] * 6      # one look, five retries: no second loop

@@ -231,7 +231,7 @@ class EmulatorBackend:
 
     def _tables(self):
         holdings = self.holdings
-        tables = [schema.obscore_table(product.obscore for product in holdings.products),
+        tables = [schema.obscore_table(holdings.obscore_rows()),
                   schema.continuum_component_table(holdings.components),
                   schema.observation_table(holdings.observations)]
         if self.options.catalogue_rows:

@@ -103,6 +103,19 @@ class Holdings:
     projects: list
     member_projects: frozenset
 
+    def obscore_rows(self):
+        """The ``ivoa.obscore`` rows (what SIA2 and TAP list): one per product, then
+        ``config.bulk_listed_rows`` copies of them in turn under new ids (``cube-200000``...),
+        which SIA2 and TAP list but DataLink and SODA do not know (they have no file)."""
+        rows = [product.obscore for product in self.products]
+        yield from rows
+        for index in range(self.config.bulk_listed_rows):
+            row = dict(rows[index % len(rows)])
+            product_id = f"cube-{200_000 + index}"
+            row["obs_publisher_did"] = product_id
+            row["access_url"] = f"#{{baseUrl}}datalink/links?ID={product_id}"
+            yield row
+
     def product(self, product_id):
         """The product whose ``obs_publisher_did`` is ``product_id`` (case-insensitive).
 

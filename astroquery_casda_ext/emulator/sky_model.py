@@ -41,6 +41,7 @@ class HoldingsConfig:
     pol_channels: int = 8
     bulk_count: int = 0            # extra products of bulk_size bytes (benchmarks), in their own SBID
     bulk_size: int = 5_000_000
+    bulk_listed_rows: int = 0      # ObsCore rows listed beyond the products (benchmarks): Holdings.obscore_rows
     seed: int = 609
 
 

@@ -9,17 +9,19 @@ Whole answers are read by `~astroquery_casda_ext.documents` (bounded in bytes an
 streams keep the streams' pacing rule (`~astroquery_casda_ext.transport.Pacing`) and are
 bounded to ``MAXREC + 1`` rows.
 
-Why CASDA's CSV for large results: astropy reads CASDA's fixed-width text columns
-(``arraysize="255"``, ``"2000"``) into 4-byte-per-character arrays of that width, so a
-100 000-row ObsCore result costs gigabytes, and its TABLEDATA parser is many times slower
-than a CSV parser.  So a large result is read as CASDA's CSV with pyarrow, the columns typed
-from the service's own metadata (the FIELDs of the same query run with ``MAXREC=0``).
+Why pyarrow: astropy reads CASDA's fixed-width text columns (``arraysize="255"``,
+``"2000"``) into 4-byte-per-character arrays of that width, so a 100 000-row ObsCore result
+costs gigabytes, and its TABLEDATA parser is many times slower than a CSV parser.  So a
+Table is read from CASDA's VOTable, streamed, its rows rewritten into CSV lines that pyarrow
+reads (``tap.rows``: the header by astropy, the ``QUERY_STATUS`` markers kept), each text
+column at its longest value (`~astroquery_casda_ext.tables`).  Streams to files and
+partitions read CASDA's CSV, typed from the FIELDs of the same query run with ``MAXREC=0``.
 
 =====================  ==================================================================
 module                 job
 =====================  ==================================================================
 ``tap.client``         `TapClient`: requests, async jobs, metadata, Tables, streams
-``tap.rows``           the paced body reader, CASDA's CSV typed by FIELDs (pyarrow)
+``tap.rows``           the paced body reader, CASDA's CSV and VOTable rows through pyarrow
 ``tap.outputs``        output formats and their writers, `StreamedResult`, progress
 ``tap.partitions``     partitioned queries: `split_select`, parts, their manifest
 =====================  ==================================================================

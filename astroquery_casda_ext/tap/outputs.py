@@ -5,8 +5,10 @@ import time as _time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from astropy.table import MaskedColumn, Table
 
+from ..documents import repair_units as _repair_units
 from ..errors import InvalidInputError
 from .rows import _pyarrow, astropy_table
 
@@ -81,10 +83,83 @@ def _check_output(path):
 def _writer(fmt, sink, schema, template):
     pa = _pyarrow()
     if fmt == "parquet":
-        return pa.parquet.ParquetWriter(sink, schema, compression="zstd")
+        return _AstropyParquetWriter(sink, schema, template)
     if fmt == "csv":
         return pa.csv.CSVWriter(sink, schema)
     return _EcsvWriter(sink, template)
+
+
+class _AstropyParquetWriter:
+    """Parquet in astropy's own convention, one batch at a time: ``Table.read(path)`` gives back
+    the Table `TapClient.table` returns, with its units, descriptions, formats and masks.
+
+    What ``Table.write(format="parquet")`` stores: each column that may be masked (numbers,
+    booleans) is followed by a ``<name>.mask`` column and its nulls are filled (NaN, 0,
+    False), the columns are described by the ``table_meta_yaml`` key, and each text
+    column's width (its longest value, known once every batch is written) by
+    ``table::len::<name>``; UCDs are in each column's ``meta``.
+    """
+
+    def __init__(self, sink, schema, template):
+        pa = _pyarrow()
+        self._text = [field.name for field in schema if pa.types.is_string(field.type)]
+        fields = []
+        for field in schema:
+            fields.append(field)
+            if field.name not in self._text:
+                fields.append(pa.field(f"{field.name}.mask", pa.bool_()))
+        self._schema = pa.schema(fields)
+        self._template = template
+        self._widths = dict.fromkeys(self._text, 1)
+        # store_schema=False: the file's key-value metadata, completed at close (text widths are
+        # known only then), is what readers take as the schema's; pyarrow's serialized copy of
+        # the schema would be the one written now, without them
+        self._writer = pa.parquet.ParquetWriter(sink, self._schema, compression="zstd", store_schema=False)
+
+    def write(self, batch):
+        pa = _pyarrow()
+        pc = pa.compute
+        arrays = []
+        for field, column in zip(batch.schema, batch.columns):
+            if field.name in self._widths:
+                longest = pc.max(pc.utf8_length(column)).as_py() if len(column) else 0
+                self._widths[field.name] = max(self._widths[field.name], longest or 0)
+                arrays.append(column)
+                continue
+            fill = float("nan") if pa.types.is_floating(field.type) else \
+                False if pa.types.is_boolean(field.type) else 0
+            arrays.append(pc.fill_null(column, pa.scalar(fill, field.type)))
+            arrays.append(column.is_null())
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+
+    def _yaml(self):
+        """astropy's header for this file's layout (from a one-row Table with every
+        maskable column masked, so that its mask column is part of the layout)."""
+        from astropy.table import Column, meta, serialize
+        from astropy.utils.data_info import serialize_context_as
+        columns = []
+        for name in self._template.colnames:
+            like = self._template[name]
+            info = {"name": name, "unit": like.unit, "description": like.description, "format": like.format,
+                    "meta": like.meta}
+            columns.append(Column(np.array([""]), **info) if name in self._widths else
+                           MaskedColumn(np.zeros(1, like.dtype), mask=[True], **info))
+        table = _repair_units(Table(columns, meta=dict(self._template.meta)))
+        with serialize_context_as("parquet"):
+            encoded = serialize.represent_mixins_as_columns(table)
+        return "\n".join(meta.get_yaml_from_table(encoded))
+
+    def close(self):
+        header = {"table_meta_yaml": self._yaml(),
+                  **{f"table::len::{name}": str(width) for name, width in self._widths.items()}}
+        self._writer.add_key_value_metadata(header)
+        self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.close()
 
 
 class _EcsvWriter:

@@ -19,10 +19,12 @@ import time as _time
 import numpy as np
 from astropy.table import MaskedColumn, Table
 
-from ..errors import IncompleteResultError, ServiceError
+from ..errors import IncompleteResultError, MissingDependencyError, ServiceError
+from ..tables import numpy_text, own_width_text
 from ..transport import Pacing, failures_as, read_some
 
-__all__ = ["read_casda_csv", "astropy_table", "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS"]
+__all__ = ["read_casda_csv", "astropy_table", "votable_table", "answer_table", "VOTableRows",
+           "SERVER_MAX_RECORDS", "MAX_RUNNING_JOBS"]
 
 #: CASDA's ``tap.max.records``: the most rows any query returns (protocol section 8.1).
 SERVER_MAX_RECORDS = 20_000_000
@@ -38,7 +40,8 @@ def _pyarrow():
         import pyarrow.compute  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ImportError("catalogue-scale TAP needs pyarrow: pip install 'astroquery_casda_ext[parquet]'") \
+        raise MissingDependencyError("this needs pyarrow, which is not installed: "
+                                     "pip install 'astroquery_casda_ext[parquet]' (or pip install pyarrow)") \
             from None
     return pyarrow
 
@@ -177,12 +180,14 @@ class _PacedReader(io.BufferedReader):
 
 
 def _fields_of(votable):
-    """(astropy Table with no rows, list of FIELDs) of a parsed result VOTable."""
+    """(astropy Table, list of FIELDs) of a parsed (relaxed) result VOTable; text columns
+    declared with a width are ``U`` at their longest value, the others objects."""
     resources = [res for res in votable.resources if res.tables]
     if not resources:
         raise ServiceError("CASDA's TAP answer has no result table")
     table = resources[0].tables[0]
-    return table.to_table(use_names_over_ids=True), list(table.fields)
+    fixed = getattr(votable, "fixed_width_text", ())
+    return own_width_text(table.to_table(use_names_over_ids=True), fixed), list(table.fields)
 
 
 def _arrow_schema(fields):
@@ -213,7 +218,10 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
         parse_options=pa.csv.ParseOptions(delimiter=separator, double_quote=False, newlines_in_values=True),
         convert_options=pa.csv.ConvertOptions(column_types={f.name: f.type for f in schema},
                                               null_values=["", "NaN"], strings_can_be_null=False,
-                                              quoted_strings_can_be_null=False))
+                                              quoted_strings_can_be_null=False,
+                                              # VOTable booleans (T/F, ? for none) as well as CASDA CSV's
+                                              true_values=["true", "True", "TRUE", "T", "t", "1"],
+                                              false_values=["false", "False", "FALSE", "F", "f", "0"]))
     strings = [index for index, field in enumerate(schema) if pa.types.is_string(field.type)]
     for batch in reader:
         if strings:
@@ -226,10 +234,31 @@ def read_casda_csv(stream, schema, *, separator=",", block_size=1 << 20, use_thr
 
 def astropy_table(arrow_table, template):
     """An astropy Table from an arrow table, with the metadata of ``template`` (the
-    VOTable path's empty table): same names, dtypes, units, descriptions and masks."""
+    VOTable path's empty table): same names, units, descriptions and masks, and the same
+    dtypes but for text, at its longest value (`~astroquery_casda_ext.tables.numpy_text`).
+
+    ``arrow_table`` may also be a list of record batches, which is then emptied and each
+    column's arrow memory let go as soon as that column is converted (the peak is then
+    about the Table, not the Table and the arrow data together).
+    """
+    if isinstance(arrow_table, list):
+        chunks = [[batch.column(index) for batch in arrow_table] for index in range(len(template.colnames))]
+        types = [arrow_table[0].schema.field(index).type for index in range(len(template.colnames))] \
+            if arrow_table else None
+        arrow_table.clear()
+        if types is None:
+            return Table(template[:0], copy=True)
+
+        def column_at(index):
+            pieces, chunks[index] = chunks[index], None
+            return _pyarrow().chunked_array(pieces, type=types[index])
+    else:
+        def column_at(index):
+            return arrow_table.column(index)
     columns = []
-    for name, column in zip(template.colnames, arrow_table.columns):
+    for index, name in enumerate(template.colnames):
         like = template[name]
+        column = column_at(index)
         array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
         mask = array.is_null().to_numpy(zero_copy_only=False)
         if like.dtype.kind == "f":
@@ -237,8 +266,173 @@ def astropy_table(arrow_table, template):
         elif like.dtype.kind in "iub":
             data = array.fill_null(False if like.dtype.kind == "b" else 0).to_numpy(zero_copy_only=False)
         else:
-            data = array.to_numpy(zero_copy_only=False).astype(object)
-        columns.append(MaskedColumn(data.astype(like.dtype, copy=False), mask=mask, name=name,
-                                    unit=like.unit, description=like.description, format=like.format,
-                                    meta=like.meta))
-    return Table(columns, meta=dict(template.meta))
+            data = numpy_text(array, fixed=like.dtype.kind == "U")
+        del array, column
+        columns.append(MaskedColumn(data.astype(like.dtype, copy=False) if like.dtype.kind not in "UO" else data,
+                                    mask=mask, name=name, unit=like.unit, description=like.description,
+                                    format=like.format, meta=like.meta))
+    return Table(columns, meta=dict(template.meta), copy=False)
+
+
+# --- CASDA's VOTable rows through pyarrow ----------------------------------------------------------
+#
+# astropy's VOTable reader converts every TABLEDATA cell in Python (about pyvo's speed: 20 s
+# for 100 000 ObsCore rows) and has no faster mode; pyarrow has no XML reader.  CASDA writes
+# TABLEDATA in one plain shape (``<TR><TD>text</TD>...</TR>``, text XML-escaped, as its CSV),
+# so the rows are rewritten, a block at a time, into the shape of CASDA's CSV (cells
+# separated by U+001F, which XML forbids in text; rows by newlines) and read by the same
+# pyarrow reader as the CSV.  The header (FIELDs) is read by astropy, the QUERY_STATUS INFOs
+# by the one status rule: one request, the error and overflow markers kept.  Anything else
+# (a TD with attributes, CDATA, BINARY serialisation) is read by astropy instead.
+
+_CELL = "\x1f"
+_BETWEEN_TAGS = re.compile(rb">[ \t\r\n]+<")
+
+
+def _rows_as_lines(segment):
+    """Whole ``<TR>...</TR>`` rows as lines of cells separated by U+001F."""
+    segment = _BETWEEN_TAGS.sub(b"><", segment.strip(b" \t\r\n"))   # (a block starts and ends between rows)
+    # a raw newline, carriage return or quote inside a cell is XML text: write it as an entity,
+    # which the reader unescapes with the others
+    segment = segment.replace(b"\n", b"&#10;").replace(b"\r", b"&#13;").replace(b'"', b"&quot;")
+    segment = segment.replace(b"<TD/></TR>", b"</TD></TR>").replace(b"<TD/>", b"</TD>")
+    lines = segment.replace(b"</TD></TR>", b"\n").replace(b"</TD>", b"\x1f").replace(b"</TR>", b"\n") \
+        .replace(b"<TR>", b"").replace(b"<TD>", b"")
+    if b"<" in lines:
+        raise ServiceError("a TABLEDATA row of CASDA's answer holds markup other than <TR>/<TD> "
+                           "(attributes, CDATA): read it with result_format='votable'")
+    return lines
+
+
+class VOTableRows(io.RawIOBase):
+    """The rows of a VOTable (read from ``source``, a binary file) as CASDA-CSV-like lines.
+
+    ``head`` (the document up to ``<TABLEDATA>``) is available from `read_head`; the rows are
+    what `read` gives; ``tail`` is what follows ``</TABLEDATA>``, once the rows are read.
+    """
+
+    def __init__(self, source, block=1 << 20):
+        self._source, self._block = source, block
+        self._pending, self._out, self._offset = b"", b"", 0
+        self.head, self.tail, self.rows_done = None, b"", False
+
+    def readable(self):
+        return True
+
+    def read_head(self):
+        """The document up to and including ``<TABLEDATA>``; None if there is none."""
+        while self.head is None:
+            chunk = self._source.read(self._block)
+            self._pending += chunk
+            at = self._pending.find(b"<TABLEDATA>")
+            if at >= 0:
+                self.head, self._pending = self._pending[:at + len(b"<TABLEDATA>")], \
+                    self._pending[at + len(b"<TABLEDATA>"):]
+            elif not chunk:
+                return None
+        return self.head
+
+    def rest(self):
+        """Everything not yet read, raw (for the astropy path when the rows are not plain)."""
+        return self._pending + self._source.read()
+
+    def _refill(self):
+        while self._offset >= len(self._out) and not self.rows_done:
+            chunk = self._source.read(self._block)
+            self._pending += chunk
+            end = self._pending.find(b"</TABLEDATA>")
+            if end >= 0:
+                rows, self.tail = self._pending[:end], self._pending[end:] + self._source.read()
+                self._pending, self.rows_done = b"", True
+            elif not chunk:
+                raise IncompleteResultError("CASDA's VOTable broke off inside its rows; nothing was kept")
+            else:
+                cut = self._pending.rfind(b"</TR>")
+                if cut < 0 or len(self._pending) < self._block:
+                    continue        # whole rows, a block of them at a time
+                rows, self._pending = self._pending[:cut + 5], self._pending[cut + 5:]
+            self._out, self._offset = _rows_as_lines(rows), 0
+
+    def readinto(self, target):
+        self._refill()
+        size = min(len(target), len(self._out) - self._offset)
+        target[:size] = memoryview(self._out)[self._offset:self._offset + size]
+        self._offset += size
+        return size
+
+
+def _header_votable(head, parse):
+    """The FIELDs of ``head`` (the document up to ``<TABLEDATA>``) parsed as a VOTable with no rows."""
+    return parse(head + b"</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>")
+
+
+def votable_table(source, parse, service, *, url=None, block_size=1 << 20):
+    """The result Table of a VOTable answer read from ``source`` (a binary file), as
+    `~astroquery_casda_ext.documents.table_of` gives it from astropy's parse.
+
+    ``parse(bytes)`` parses a VOTable relaxed (`~astroquery_casda_ext.documents.parse_votable`).
+    Rows go through pyarrow (`VOTableRows`) when the document is plain TABLEDATA and has no
+    array cells; otherwise the whole document goes through ``parse``.  ``source`` is read to
+    its end and closed.  ``QUERY_STATUS`` is
+    read wherever it is (ERROR: `QueryError`; OVERFLOW: a `MaxResultsWarning`).  What bounds
+    an answer that does not end is ``source`` (``conf.table_max_bytes``).
+
+    Raises
+    ------
+    QueryError, ServiceError
+    IncompleteResultError
+        The document broke off (inside its rows, or before ``</VOTABLE>``).
+    """
+    from ..documents import StatusScanner, finish_table, table_of
+    rows = VOTableRows(source, block_size)
+    head = rows.read_head()
+    if head is None:
+        return table_of(parse(rows.rest()), service, url=url)
+    votable = _header_votable(head, parse)
+    template, fields = _fields_of(votable)
+    if any(field.arraysize not in (None, "1") and field.datatype not in ("char", "unicodeChar")
+           for field in fields):
+        return table_of(parse(head + rows.rest()), service, url=url)     # array cells: astropy's
+    pa = _pyarrow()
+    schema = _arrow_schema(fields)
+    # one thread: the blocks are rewritten here, one at a time, so parsing ahead in threads
+    # buys little and holds more blocks in arrow's pool at once
+    batches = [] if _empty_rows(rows) else list(read_casda_csv(rows, schema, separator=_CELL,
+                                                               block_size=block_size, use_threads=False))
+    if not rows.rows_done:
+        rows.read()          # (an empty table: reach </TABLEDATA>)
+    if not rows.tail.rstrip().endswith(b"</VOTABLE>"):
+        raise IncompleteResultError(f"CASDA's {service} answer broke off after its rows; nothing was kept",
+                                    url=url)
+    source.close()           # an answer held in memory is let go before its Table is built
+    scanner = StatusScanner()
+    scanner.feed(head)
+    scanner.feed(rows.tail)
+    table = astropy_table(batches, template) if batches else \
+        astropy_table(pa.Table.from_batches([], schema=schema), template)
+    return finish_table(table, *scanner.status, service, url=url)
+
+
+def answer_table(source, service, *, url=None, what=None):
+    """The result Table of a VOTable answer (bytes or a binary file): through pyarrow when it
+    is installed (`votable_table`), else through astropy (relaxed, then narrowed)."""
+    import importlib.util
+    from ..documents import parse_votable, table_of
+    what = what or f"CASDA {service} query"
+    block = 1 << 20
+    if isinstance(source, (bytes, bytearray)):
+        block = min(max(block, len(source)), 64 << 20)    # in memory already: fewer, larger batches
+        source = io.BytesIO(source)
+    if importlib.util.find_spec("pyarrow") is None:
+        return table_of(parse_votable(source.read(), what=what, url=url, relaxed=True), service, url=url)
+    return votable_table(source, lambda data: parse_votable(data, what=what, url=url, relaxed=True), service,
+                         url=url, block_size=block)
+
+
+def _empty_rows(rows):
+    """Whether the TABLEDATA has no row (pyarrow refuses an empty CSV)."""
+    probe = bytearray(1)
+    if rows.readinto(probe) == 0:
+        return True
+    rows._offset -= 1          # put the byte back
+    return False
