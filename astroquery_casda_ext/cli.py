@@ -1175,6 +1175,11 @@ def main(argv=None):
         warnings.showwarning = _show_warning
         if "-q" in argv or "--quiet" in argv:
             warnings.simplefilter("ignore")
+        elif not debug:
+            # CASDA's DataLink documents give CHANNEL the unit "pixel(s)", which astropy warns
+            # about (VOTable W50) on every call: a quirk of the server, nothing a shell user
+            # can act on. Python callers still get it, as from astroquery.casda; --debug shows it.
+            warnings.filterwarnings("ignore", message=r".*W50: Invalid unit string 'pixels?'")
         try:
             result = cli.main(args=argv, prog_name="casda", standalone_mode=False)
             code = result if isinstance(result, int) else EXIT_OK
