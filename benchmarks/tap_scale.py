@@ -108,7 +108,9 @@ class RecordingProxy:
         self._locks, self._guard = {}, threading.Lock()
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # shutdown() waits for serve_forever's next poll: 0.5 s each time by default
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
         return self
 
     def __exit__(self, *exc):
