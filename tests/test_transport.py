@@ -188,6 +188,9 @@ def third_creation_fails(monkeypatch, emulator):
 def test_a_failure_creating_the_third_of_five_jobs_aborts_the_two_made(casda, emulator, five_products,
                                                                        third_creation_fails, caplog):
     assert len(five_products) == 5
+    # The jobs made must still be running when the abort comes, however slow the machine is
+    # (with the fixture's 0.1 s jobs, a busy machine let them complete first).
+    emulator.set_options(job_phases=(("QUEUED", 0.05), ("EXECUTING", 600)))
     with caplog.at_level("INFO"), pytest.raises(JobSubmissionError, match="job 3 of 5") as info:
         casda.stage_data(five_products)
     created = _created_jobs(emulator)
