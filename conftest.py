@@ -8,6 +8,14 @@ pytest_plugins = ["tests.matrix_summary", "tests.astroquery_suite"]
 CASDA_ENV_VARS = ("CASDA_USER", "CASDA_PASSWORD", "CASDA_PASSWD")
 
 
+def pytest_collection_modifyitems(config, items):
+    """On pytest-xdist workers (setup.cfg runs the suite on one per core, a file at a time) the
+    files of ``slow`` tests are handed out first, so that the short ones fill the other workers
+    while they run instead of a long one starting last.  A serial run keeps the files' order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable: else as collected
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     """A `CasdaEmulator` serving real HTTP on 127.0.0.1 for the whole test session."""

@@ -8,6 +8,10 @@ were collected but never ran (``-x``, Ctrl-C), are added when there are any.
 Registered from the root ``conftest.py``::
 
     pytest_plugins = ["tests.matrix_summary"]
+
+Under pytest-xdist the controller, which prints the summary, collects nothing itself: each
+worker hands the categories it collected back with its results (``workeroutput``), and the
+controller receives every test's reports, so the lines are the same as in a serial run.
 """
 import pytest
 
@@ -56,11 +60,19 @@ class MatrixSummary:
                 raise pytest.UsageError(f"{item.nodeid}: matrix category {category!r} is not one of "
                                         f"{', '.join(CATEGORIES)}")
             self.categories[item.nodeid] = category
+        workeroutput = getattr(session.config, "workeroutput", None)   # an xdist worker
+        if workeroutput is not None:
+            workeroutput["matrix_categories"] = dict(self.categories)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        """(xdist controller) A worker is done: take the categories of the tests it collected."""
+        self.categories.update(getattr(node, "workeroutput", {}).get("matrix_categories", {}))
 
     def pytest_runtest_logreport(self, report):
-        """A test failed if any phase failed; it passed if its call passed and nothing failed."""
-        if report.nodeid not in self.categories:
-            return
+        """A test failed if any phase failed; it passed if its call passed and nothing failed.
+
+        Every test's outcome is noted: under xdist the categories arrive only as the workers end."""
         previous = self.outcomes.get(report.nodeid)
         if report.failed:
             self.outcomes[report.nodeid] = "failed"

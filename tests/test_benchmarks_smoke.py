@@ -18,6 +18,9 @@ from benchmarks import harness
 from benchmarks.__main__ import main
 from benchmarks.workloads import QUICK
 
+#: ~70 s of benchmark runs: started first under pytest-xdist (see conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_w1(tmp_path_factory):
