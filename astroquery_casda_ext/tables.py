@@ -106,7 +106,7 @@ def numpy_values(array, fill=None):
 
     Parameters
     ----------
-    array : `pyarrow.Array`
+    array : pyarrow array
         Boolean, integer or floating-point.
     fill : scalar, optional
         The value given to null cells; required when the array has any.
