@@ -275,12 +275,38 @@ def _outlined(linewidth):
     return [patheffects.withStroke(linewidth=linewidth, foreground="black")]
 
 
-def _draw_scale_bar(ax, wcs, shape):
-    """A white bar of a round angle (about a quarter of the width) in the lower-right corner."""
+def _scale_bar_place(data, pixels):
+    """``(right, bottom)`` of the scale bar: lower right, unless a source (a pixel 5 robust
+    sigma above the noise) lies under the bar or its label there; then the corner (but the
+    beam's, lower left) where they cover the faintest pixels."""
+    ny, nx = data.shape
+    height = int(np.ceil(0.16 * ny))
+    left_x, right_x = 0.06 * nx - 0.5, nx - 0.5 - 0.06 * nx      # the bar's two possible right ends
+    corners = [(right_x, -0.5 + 0.07 * ny), (right_x, ny - 0.5 - 0.16 * ny), (left_x + pixels, ny - 0.5 - 0.16 * ny)]
+
+    def brightest(right, bottom):
+        columns = slice(max(0, int(np.floor(right - pixels + 0.5))), max(1, int(np.ceil(right + 0.5))))
+        rows = slice(max(0, int(np.floor(bottom + 0.5)) - 1), int(np.floor(bottom + 0.5)) + height)
+        covered = data[rows, columns]
+        return np.nanmax(covered) if covered.size and np.isfinite(covered).any() else -np.inf
+
+    covered = [brightest(*corner) for corner in corners]
+    finite = data[np.isfinite(data)]
+    if not finite.size:
+        return corners[0]
+    middle = np.median(finite)
+    source = middle + 5.0 * 1.4826 * np.median(np.abs(finite - middle))   # 5 sigma (robust) above the noise
+    return corners[0] if covered[0] <= source else corners[int(np.argmin(covered))]
+
+
+def _draw_scale_bar(ax, wcs, data):
+    """A white bar of a round angle (about a quarter of the width), in the lower-right corner
+    unless another free corner is fainter (`_scale_bar_place`)."""
+    shape = data.shape
     scale = _pixel_scale_arcsec(wcs)
     length = _nice_length(0.3 * shape[1] * scale)
     pixels = length / scale
-    right, bottom = shape[1] - 0.5 - 0.06 * shape[1], -0.5 + 0.07 * shape[0]
+    right, bottom = _scale_bar_place(data, pixels)
     ax.plot([right - pixels, right], [bottom, bottom], color="white", linewidth=2.0, solid_capstyle="butt",
             path_effects=_outlined(3.5))
     ax.text(right - pixels / 2, bottom + 0.03 * shape[0], _angle_text(length), color="white", ha="center",
@@ -321,7 +347,7 @@ def _draw_panel(figure, grid, index, path, title, positions, target=None):
         ax.scatter([target.ra.deg], [target.dec.deg], transform=ax.get_transform("icrs"), marker="o",
                    s=260, facecolors="none", edgecolors="cyan", linewidths=1.3)
     _draw_beam(ax, header, wcs, data.shape)
-    _draw_scale_bar(ax, wcs, data.shape)
+    _draw_scale_bar(ax, wcs, shown)
     ax.set_xlim(-0.5, data.shape[1] - 0.5)
     ax.set_ylim(-0.5, data.shape[0] - 0.5)
     notes = [note for note in (plane_label(header), clipped) if note]
@@ -338,7 +364,8 @@ def contact_sheet(paths, output, *, positions=None, titles=None, columns=None, t
 
     Each panel has a colour bar in the file's ``BUNIT`` (mJy/beam for faint Jy/beam
     images), the restoring beam (``BMAJ``, ``BMIN``, ``BPA``) as a hatched ellipse at the
-    lower left, and a scale bar at the lower right.
+    lower left, and a scale bar at the lower right (or in another corner, when a source
+    lies under the lower right one and the other corner is fainter).
 
     Parameters
     ----------

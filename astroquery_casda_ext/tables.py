@@ -11,12 +11,13 @@ VOTable is read with its text columns relaxed to variable length
 (`~astroquery_casda_ext.documents.parse_votable`), CASDA's CSV through pyarrow (``tap.py``).
 
 `own_width_text` narrows the text columns of a Table read from a relaxed VOTable;
-`numpy_text` turns one pyarrow text column into the same narrow numpy array.
+`numpy_text` turns one pyarrow text column into the same narrow numpy array, and
+`numpy_values` one pyarrow column of numbers or booleans into numpy.
 """
 import numpy as np
 from astropy.table import MaskedColumn
 
-__all__ = ["own_width_text", "numpy_text", "narrow_text_column"]
+__all__ = ["own_width_text", "numpy_text", "numpy_values", "narrow_text_column"]
 
 
 def _width(values):
@@ -66,14 +67,19 @@ def numpy_text(array, *, fixed=True):
     """
     import pyarrow.compute as pc
     if not fixed:
-        return array.to_numpy(zero_copy_only=False).astype(object)
+        return np.array(array.to_pylist(), dtype=object)
     count = len(array)
     if count == 0:
         return np.zeros(0, "U1")
+    if array.null_count:
+        # Masked cells become "" (the mask is kept apart).  The blanks come from compute
+        # functions because ``fill_null("")``, like any array or scalar made from Python
+        # values, imports pandas when it is installed (see `numpy_values`).
+        blanks = pc.utf8_slice_codeunits(pc.cast(array.is_valid(), "string"), 0, 0)
+        array = pc.coalesce(array, blanks)
     width = max(1, pc.max(pc.utf8_length(array)).as_py() or 0)
-    if array.null_count or not pc.all(pc.string_is_ascii(array)).as_py():
-        values = ["" if value is None else value for value in array.to_pylist()]
-        return np.array(values, dtype=f"U{width}")
+    if not pc.all(pc.string_is_ascii(array)).as_py():
+        return np.array(array.to_pylist(), dtype=f"U{width}")
     out = np.empty(count, dtype=f"U{width}")
     step = max(1, (16 << 20) // width)         # padded a slice at a time: 16 MB at most beside the result
     for first in range(0, count, step):
@@ -82,4 +88,44 @@ def numpy_text(array, *, fixed=True):
         start = int(np.frombuffer(padded.buffers()[1], np.int32, count=1, offset=4 * padded.offset)[0])
         out[first:first + len(piece)] = np.frombuffer(padded.buffers()[2], dtype=f"S{width}", count=len(piece),
                                                       offset=start)
+    return out
+
+
+def _bits(buffer, offset, count):
+    """``count`` bits of an arrow bitmap from bit ``offset``, as a new numpy bool array."""
+    bits = np.unpackbits(np.frombuffer(buffer, np.uint8), bitorder="little", count=offset + count)
+    return bits[offset:].view(bool)
+
+
+def numpy_values(array, fill=None):
+    """A pyarrow array of numbers or booleans as a new, writable numpy array.
+
+    Read from the array's buffers rather than through pyarrow's ``to_numpy`` or
+    ``fill_null``, which import pandas whenever it is installed: half a second and some
+    40 MB on a table's first use.
+
+    Parameters
+    ----------
+    array : pyarrow array
+        Boolean, integer or floating-point.
+    fill : scalar, optional
+        The value given to null cells; required when the array has any.
+
+    Returns
+    -------
+    `numpy.ndarray`
+    """
+    import pyarrow as pa
+    count, offset = len(array), array.offset
+    validity, values = array.buffers()[:2]
+    if pa.types.is_boolean(array.type):
+        out = _bits(values, offset, count) if count else np.zeros(0, bool)
+    else:
+        dtype = np.dtype(array.type.to_pandas_dtype())     # numpy's dtype; pandas is not involved
+        out = np.frombuffer(values, dtype, count=count, offset=offset * dtype.itemsize).copy() \
+            if count else np.zeros(0, dtype)
+    if array.null_count:
+        if fill is None:
+            raise ValueError("numpy_values: the array has nulls and no fill value was given")
+        out[~_bits(validity, offset, count)] = fill
     return out

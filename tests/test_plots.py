@@ -143,3 +143,36 @@ def test_pictures_are_written_through_the_safe_writer(emulator, tmp_path):
         plots.contact_sheet([emulator.holdings.product("cube-1001").path], link)
     assert "link" in str(info.value).lower()
     assert target.read_bytes() == b"keep"
+
+
+def _synthetic_image(path, blob=None, size=60, seed=3):
+    """A noise image (1 mJy/beam rms, 2 arcsec pixels) with an optional bright source at ``blob``."""
+    data = np.random.default_rng(seed).normal(0.0, 0.001, (size, size))
+    if blob is not None:
+        y, x = np.mgrid[:size, :size]
+        data += 0.5 * np.exp(-((x - blob[0]) ** 2 + (y - blob[1]) ** 2) / (2 * 2.0 ** 2))
+    header = fits.Header({"CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN", "CRVAL1": 187.5, "CRVAL2": -45.0,
+                          "CRPIX1": size / 2, "CRPIX2": size / 2, "CDELT1": -2 / 3600, "CDELT2": 2 / 3600,
+                          "CUNIT1": "deg", "CUNIT2": "deg", "BUNIT": "Jy/beam", "BMAJ": 8 / 3600,
+                          "BMIN": 6 / 3600, "BPA": 30.0})
+    fits.PrimaryHDU(data.astype("float32"), header).writeto(path)
+    return data
+
+
+def _scale_bar(figure):
+    from matplotlib.lines import Line2D
+    [bar] = [line for line in figure.findobj(Line2D) if line.get_color() == "white" and len(line.get_xdata()) == 2]
+    return bar.get_xdata(), bar.get_ydata()[0]
+
+
+@pytest.mark.parametrize("blob, where", [(None, "lower right"), ((50, 6), "elsewhere")])
+def test_the_scale_bar_stays_off_a_source_in_its_corner(tmp_path, captured, blob, where):
+    data = _synthetic_image(tmp_path / "image.fits", blob)
+    plots.contact_sheet([tmp_path / "image.fits"], tmp_path / "sheet.png")
+    (left, right), bottom = _scale_bar(captured[0])
+    assert left < right
+    if where == "lower right":
+        assert right > 0.8 * data.shape[1] and bottom < 0.2 * data.shape[0]
+    else:
+        under = data[max(0, int(bottom) - 1):int(bottom) + 10, int(left):int(right) + 1]
+        assert under.max() < 0.01            # noise only: the 0.5 Jy/beam source is left visible
