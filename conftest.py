@@ -1,11 +1,31 @@
 """Shared pytest fixtures: one emulator for the session, reset before each test, and a
 hermetic environment (no CASDA_* variables, no real keyring)."""
+import os
+
 import pytest
 
 #: Prints one summary line per reliability/security matrix category at the end of a run.
 pytest_plugins = ["tests.matrix_summary", "tests.astroquery_suite"]
 
 CASDA_ENV_VARS = ("CASDA_USER", "CASDA_PASSWORD", "CASDA_PASSWD")
+
+
+#: Workers ``-n auto`` starts at most: the load test's two minutes bound the run from below, and
+#: four workers already finish the other files within them; more add start-up time and memory.
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (setup.cfg): one worker per CPU this process may run on, at most `MAX_WORKERS`.
+
+    pytest-xdist's own count is of physical cores when psutil is installed (as dask brings it),
+    which is 1 on a machine whose 2 CPUs are the threads of one core.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None                       # the user's explicit count: pytest-xdist reads it
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cpus or 1))
 
 
 def pytest_collection_modifyitems(config, items):
