@@ -394,9 +394,12 @@ def test_two_partitioned_runs_into_one_folder_the_second_refused_at_once(casda, 
     first = threading.Thread(target=lambda: outcome.setdefault(
         "first", casda.query_tap_partitioned(ALL_ROWS, by="ra_deg_cont", parts=2, output=folder)))
     first.start()
-    deadline = time.monotonic() + 5
-    while not (folder / LOCK_NAME).exists() and time.monotonic() < deadline:
+    # The first run holds the lock once it has sent anything (its lock file exists a moment
+    # before it is locked: on a busy machine the second run could take the lock in between).
+    deadline = time.monotonic() + 30
+    while not catalogue_emulator.request_log and first.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert catalogue_emulator.request_log, "the first run sent nothing"
     started = time.monotonic()
     with pytest.raises(FolderBusyError, match="partitioned query"):
         casda.query_tap_partitioned(f"{ALL_ROWS} WHERE first_sbid > 0", by="dec_deg_cont", parts=2,
