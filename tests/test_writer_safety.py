@@ -341,7 +341,7 @@ def test_a_second_query_tap_to_the_same_output_is_refused(casda, world):
 
 
 def test_two_concurrent_writers_of_one_output_one_refused_at_once(casda, catalogue_emulator, world):
-    catalogue_emulator.add_fault(FaultRule(path="/tap/", kind="latency", delay=1.5, times=1))
+    latency = catalogue_emulator.add_fault(FaultRule(path="/tap/", kind="latency", delay=1.5, times=1))
     output = world.dest / "r.csv"
     outcomes = {}
 
@@ -353,9 +353,13 @@ def test_two_concurrent_writers_of_one_output_one_refused_at_once(casda, catalog
             outcomes[label] = (exc, time.monotonic() - started)
     first = threading.Thread(target=run, args=("first",))
     first.start()
-    deadline = time.monotonic() + 5
-    while not writer.claim_path(output).exists() and time.monotonic() < deadline:
+    # The first run holds its claim once its query has reached the server (the claim's file exists
+    # a moment before it is locked: on a busy machine the second run could take it in between).
+    deadline = time.monotonic() + 30
+    while (latency in catalogue_emulator.backend.faults.rules and first.is_alive()
+           and time.monotonic() < deadline):
         time.sleep(0.01)
+    assert writer.claim_path(output).exists(), "the first run's query never reached the server"
     run("second")
     first.join(30)
     refused, elapsed = outcomes["second"]
