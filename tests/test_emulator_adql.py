@@ -2,7 +2,6 @@
 embargo rule, MAXREC and OVERFLOW, TAP_SCHEMA, spherical geometry, and refusals."""
 import random
 import threading
-import time
 
 import pytest
 
@@ -566,10 +565,10 @@ def test_concurrent_queries_from_many_threads(db):
     assert errors == [] and sorted(set(counts)) == [4, 5] and len(counts) == 200
 
 
-def test_a_hundred_thousand_row_obscore_is_read_in_well_under_two_seconds():
+def test_a_hundred_thousand_row_obscore_is_read_whole_when_maxrec_is_its_size():
+    """(How fast the emulator answers is a benchmark's figure: W5's warm-up, not a test.)"""
     rows = [product(number, number % 360, -45.0, None) for number in range(100_000)]
     db = TapDatabase([schema.obscore_table(rows)])
-    started = time.process_time()
     result = db.execute("SELECT * FROM ivoa.obscore", maxrec=100_000)
-    assert time.process_time() - started < 2.0
     assert len(result.rows) == 100_000 and result.overflow is False
+    assert db.execute("SELECT * FROM ivoa.obscore", maxrec=99_999).overflow is True
