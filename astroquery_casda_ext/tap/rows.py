@@ -299,9 +299,13 @@ def _rows_as_lines(segment):
     # a raw newline, carriage return or quote inside a cell is XML text: write it as an entity,
     # which the reader unescapes with the others
     segment = segment.replace(b"\n", b"&#10;").replace(b"\r", b"&#13;").replace(b'"', b"&quot;")
-    segment = segment.replace(b"<TD/></TR>", b"</TD></TR>").replace(b"<TD/>", b"</TD>")
-    lines = segment.replace(b"</TD></TR>", b"\n").replace(b"</TD>", b"\x1f").replace(b"</TR>", b"\n") \
-        .replace(b"<TR>", b"").replace(b"<TD>", b"")
+    segment = segment.replace(b"<TD/>", b"<TD></TD>")
+    if segment.startswith(b"<TR><TD>") and segment.endswith(b"</TD></TR>"):
+        # CASDA's shape: two passes over the block, one between cells and one between rows
+        lines = segment.replace(b"</TD><TD>", b"\x1f").replace(b"</TD></TR><TR><TD>", b"\n")[8:-10] + b"\n"
+    else:
+        lines = segment.replace(b"</TD></TR>", b"\n").replace(b"</TD>", b"\x1f").replace(b"</TR>", b"\n") \
+            .replace(b"<TR>", b"").replace(b"<TD>", b"")
     if b"<" in lines:
         raise ServiceError("a TABLEDATA row of CASDA's answer holds markup other than <TR>/<TD> "
                            "(attributes, CDATA): read it with result_format='votable'")
