@@ -282,7 +282,8 @@ def _scale_bar_place(data, pixels):
     ny, nx = data.shape
     height = int(np.ceil(0.16 * ny))
     left_x, right_x = 0.06 * nx - 0.5, nx - 0.5 - 0.06 * nx      # the bar's two possible right ends
-    corners = [(right_x, -0.5 + 0.07 * ny), (right_x, ny - 0.5 - 0.16 * ny), (left_x + pixels, ny - 0.5 - 0.16 * ny)]
+    low, high = -0.5 + 0.07 * ny, ny - 0.5 - 0.16 * ny                 # the bar's two possible heights
+    corners = [(right_x, low), (right_x, high), (left_x + pixels, high)]
 
     def brightest(right, bottom):
         columns = slice(max(0, int(np.floor(right - pixels + 0.5))), max(1, int(np.ceil(right + 0.5))))
@@ -301,7 +302,7 @@ def _scale_bar_place(data, pixels):
 
 def _draw_scale_bar(ax, wcs, data):
     """A white bar of a round angle (about a quarter of the width), in the lower-right corner
-    unless another free corner is fainter (`_scale_bar_place`)."""
+    unless a source lies there (`_scale_bar_place`)."""
     shape = data.shape
     scale = _pixel_scale_arcsec(wcs)
     length = _nice_length(0.3 * shape[1] * scale)

@@ -161,7 +161,8 @@ def _synthetic_image(path, blob=None, size=60, seed=3):
 
 def _scale_bar(figure):
     from matplotlib.lines import Line2D
-    [bar] = [line for line in figure.findobj(Line2D) if line.get_color() == "white" and len(line.get_xdata()) == 2]
+    [bar] = [line for line in figure.findobj(Line2D)
+             if line.get_color() == "white" and len(line.get_xdata()) == 2]
     return bar.get_xdata(), bar.get_ydata()[0]
 
 

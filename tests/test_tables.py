@@ -112,7 +112,8 @@ def test_numpy_values_are_the_arrays_values_with_nulls_filled(values, kind, fill
     for view, expected in ((array, values), (array.slice(1), values[1:])):      # an offset view too
         out = numpy_values(view, fill=fill)
         assert out.dtype == np.dtype(kind.to_pandas_dtype()) and out.flags.writeable
-        assert [fill if value is None else value for value in expected] == pytest.approx(list(out), nan_ok=True)
+        filled = [fill if value is None else value for value in expected]
+        assert filled == pytest.approx(list(out), nan_ok=True)
     if array.null_count:
         with pytest.raises(ValueError, match="no fill value"):
             numpy_values(array)
@@ -130,13 +131,18 @@ def test_a_query_tap_table_can_be_edited_in_place(emulator):
 def test_a_table_query_does_not_import_pandas(emulator):
     """pyarrow's ``to_numpy`` and ``fill_null`` import pandas whenever it is installed: half
     a second and tens of MB on a session's first table, which the table never uses."""
+    import importlib.util
     import subprocess
     import sys
-    pytest.importorskip("pandas")         # installed with the test extra: the case that matters
-    script = (f"import sys; from astroquery_casda_ext import CasdaClass; c = CasdaClass(server={emulator.url!r}); "
-              "t = c.query_tap('SELECT * FROM ivoa.obscore', maxrec=200); r = c.query_region('187.5 -45.0', "
-              "radius='3 deg', cache=False); assert len(t) and len(r) and t['s_ra'].mask.any() + 1; "
-              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas'))")
+    assert importlib.util.find_spec("pandas"), "the test extra installs pandas (through dask[dataframe])"
+    script = "\n".join([
+        "import sys",
+        "from astroquery_casda_ext import CasdaClass",
+        f"casda = CasdaClass(server={emulator.url!r})",
+        "assert len(casda.query_tap('SELECT * FROM ivoa.obscore', maxrec=200)) > 0",
+        "assert len(casda.query_region('187.5 -45.0', radius='3 deg', cache=False)) > 0",
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'pandas'))",
+    ])
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
