@@ -377,3 +377,15 @@ def test_command_line_serves_and_prints_url_and_login(tmp_path):
         process.terminate()
         process.wait(timeout=10)
     assert process.returncode == 0
+
+
+def test_the_request_log_is_in_the_order_requests_arrived_not_the_order_they_finished():
+    """A response is logged once sent; on a busy machine the next request (sent as soon as the
+    client had the last byte) can be logged first.  The log keeps the order of arrival."""
+    from astroquery_casda_ext.emulator.backend import LoggedRequest, RequestLog
+    log = RequestLog()
+    first, second = log.begin(), log.begin()
+    log.finish(LoggedRequest("GET", "/second", {}, None, 200, 1), second)
+    assert log.in_flight == 1
+    log.finish(LoggedRequest("GET", "/first", {}, None, 200, 1), first)
+    assert [entry.path for entry in log.snapshot()] == ["/first", "/second"] and log.in_flight == 0

@@ -6,6 +6,7 @@ OPAL users, DataLink tokens, SODA jobs (``soda_state.DataAccessJobStore``), TAP 
 (`RequestLog`) and the clock every service reads (``clock.Clock``, replaceable by a
 ``clock.ManualClock``).  ``reset()`` puts it back the way it started, for the next test.
 """
+import bisect
 import hashlib
 import hmac
 import threading
@@ -80,20 +81,31 @@ class LoggedRequest:
 
 
 class RequestLog:
-    """Thread-safe list of `LoggedRequest`, plus a count of requests still being served."""
+    """Thread-safe list of `LoggedRequest` in the order the requests arrived, plus a count of
+    requests still being served.
+
+    An entry is written once its response is sent, which on a busy machine can come after a
+    later request's (the client already had the last byte and sent the next one); the order
+    is the order of arrival all the same, so a test can read the client's sequence of calls.
+    """
 
     def __init__(self):
-        self._entries = []
+        self._entries = []          # (arrival number, entry), kept in arrival order
+        self._arrivals = 0
         self._in_flight = 0
         self._changed = threading.Condition()
 
     def begin(self):
+        """Count a request that has just arrived; its arrival number, for `finish`."""
         with self._changed:
             self._in_flight += 1
+            self._arrivals += 1
+            return self._arrivals
 
-    def finish(self, entry):
+    def finish(self, entry, arrival):
+        """Log ``entry``, the request that `begin` numbered ``arrival``."""
         with self._changed:
-            self._entries.append(entry)
+            bisect.insort(self._entries, (arrival, entry), key=lambda item: item[0])
             self._in_flight -= 1
             self._changed.notify_all()
 
@@ -119,7 +131,7 @@ class RequestLog:
         with self._changed:
             while self._in_flight > 0 and (remaining := deadline - time.monotonic()) > 0:
                 self._changed.wait(remaining)
-            return list(self._entries)
+            return [entry for _, entry in self._entries]
 
     def clear(self, settle=1.0):
         """Forget every entry, after letting requests in flight (up to ``settle`` s) finish."""

@@ -69,8 +69,8 @@ def _loggable_query(request):
 class _Exchange:
     """What the log needs to know about one request while it is being answered."""
 
-    def __init__(self, request):
-        self.method, self.path = request.method, request.path
+    def __init__(self, request, arrival):
+        self.method, self.path, self.arrival = request.method, request.path, arrival
         self.query = _loggable_query(request)
         self.user = None
         self.status = 0
@@ -139,7 +139,7 @@ class _Body:
     def _record(self):
         if not self._logged:
             self._logged = True
-            self._app.backend.request_log.finish(self._exchange.entry(self.sent))
+            self._app.backend.request_log.finish(self._exchange.entry(self.sent), self._exchange.arrival)
 
     def _rate(self):
         rates = [rate for rate in (self._shaping.rate, getattr(self._inner, "rate", None)) if rate]
@@ -272,9 +272,9 @@ class EmulatorApp:
         request = Request(environ)
         if self.backend.options.control_api and request.path.startswith(_CONTROL_PREFIX):
             return self._control(request)(environ, start_response)  # not logged, no faults
-        self.backend.request_log.begin()
+        arrival = self.backend.request_log.begin()
         try:
-            exchange = _Exchange(request)
+            exchange = _Exchange(request, arrival)
             rules = self.backend.faults.take(request.method, request.path)
             response = self._respond(request, rules, exchange)
 
@@ -426,7 +426,7 @@ class CasdaEmulator:
 
     @property
     def request_log(self):
-        """Every request served so far (`LoggedRequest`), oldest first."""
+        """Every request served so far (`LoggedRequest`), in the order the requests arrived."""
         return self.backend.request_log.snapshot()
 
     # ----- controls
